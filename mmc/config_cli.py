@@ -1,0 +1,29 @@
+"""``mmc config``: print or check a resolved configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print the resolved config (defaults filled in) or the error")
+    show.add_argument("file", help="a YAML config file")
+    show.set_defaults(func=_show)
+    check = sub.add_parser("check", help="validate a config file; print nothing but errors")
+    check.add_argument("file", help="a YAML config file")
+    check.set_defaults(func=_check)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from mmc import config
+
+    print(config.dump(config.load(args.file)), end="")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from mmc import config
+
+    config.load(args.file)
+    return 0

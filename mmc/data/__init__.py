@@ -1,0 +1,1 @@
+"""Datasets: the synthetic scenes generator, downloads, and readers for the evaluation datasets."""
