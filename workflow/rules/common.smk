@@ -1,0 +1,253 @@
+# Config validation, the typed config, and the input functions every rule file uses.
+#
+# Jobs read the same YAML file the workflow was started with (`mmc <stage> --config FILE`), so the
+# workflow insists on exactly one config file and no `--config KEY=VALUE` overrides: what a job
+# reads is then exactly what was validated here. Each rule carries a hash of the config sections it
+# depends on as a `params:` entry, so editing one section reruns only the stages that read it.
+
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from mmc import config as mmc_config
+from mmc.errors import MMCError
+
+SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+DEFAULT_CONFIG_FILE = "config/config.yaml"
+
+
+def _config_file():
+    given = list(workflow.overwrite_configfiles or [])
+    if len(given) > 1:
+        raise WorkflowError(
+            f"pass exactly one --configfile (got {', '.join(map(str, given))}): every job reads "
+            "that one file, so several files merged by Snakemake would not be what the jobs see"
+        )
+    if workflow.config_settings.config:
+        raise WorkflowError(
+            "--config KEY=VALUE overrides are not supported: jobs read the config file itself; "
+            "copy the config file, edit the copy and pass it with --configfile"
+        )
+    if not given:
+        return DEFAULT_CONFIG_FILE
+    path = os.path.abspath(given[0])
+    inside = path.startswith(os.getcwd() + os.sep)
+    return os.path.relpath(path) if inside else path
+
+
+CONFIG_FILE = _config_file()
+validate(config, SCHEMA, set_default=True)
+try:
+    CFG = mmc_config.freeze(mmc_config.resolve(config, where=CONFIG_FILE))
+except MMCError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = CFG.results_dir
+DATA = CFG.data_dir
+SYNTHETIC_DIR = f"{DATA}/synthetic"
+SELECTION_METRICS = ("miou", "oracle_miou", "demo_miou")
+
+
+wildcard_constraints:
+    experiment="[A-Za-z0-9_-]+",
+    model="[A-Za-z0-9_-]+",
+    dataset="[A-Za-z0-9_-]+",
+
+
+# One line at the top of every compute job's log: where it ran and what it was given. The SLURM
+# tests read `slurm_job_id` and `CUDA_VISIBLE_DEVICES` from it.
+JOB_INFO = (
+    'echo "job: host=$(hostname) slurm_job_id=${SLURM_JOB_ID:-none} '
+    'CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"'
+)
+
+
+def section_hash(*values):
+    """A short, stable hash of config sections: a rerun trigger that changes with their content."""
+    return mmc_config.config_hash(list(values))
+
+
+# ----------------------------------------------------------------------------- experiments
+def _check_selection_policy():
+    policy = CFG.selection.policy
+    if policy != "last" and policy.split(":", 1)[1] not in SELECTION_METRICS:
+        raise WorkflowError(
+            f"{CONFIG_FILE}: selection.policy: {policy!r} names an unknown metric: expected "
+            f"last or best:<metric> with metric one of {', '.join(SELECTION_METRICS)}"
+        )
+
+
+_check_selection_policy()
+
+
+def init_checkpoint(experiment):
+    return CFG.experiments[experiment].init_checkpoint
+
+
+def trained_experiments():
+    """Experiments that the workflow pretrains (not those pointed at an existing checkpoint)."""
+    return [name for name in CFG.experiments if init_checkpoint(name) is None]
+
+
+def experiments_in_use():
+    """Experiments whose selected checkpoint is evaluated: named by a model of source experiment."""
+    names = {m.experiment for m in CFG.models.values() if m.source == "experiment"}
+    return [name for name in CFG.experiments if name in names]
+
+
+def pretrain_dir(experiment):
+    return f"{RESULTS}/pretrain/{experiment}"
+
+
+def pretrain_inputs(wildcards):
+    """Pretraining reads an image folder; only the synthetic one is made by this workflow."""
+    path = os.path.normpath(CFG.experiments[wildcards.experiment].data.path)
+    synthetic = os.path.normpath(SYNTHETIC_DIR)
+    return (
+        [SYNTHETIC_MARKER]
+        if path == synthetic or path.startswith(synthetic + os.sep)
+        else []
+    )
+
+
+def gpus_per_node(resources):
+    """GPUs of one node: `gpu` (single node) or the count in `gres: gpu[:model]:N`."""
+    gres = str(resources.get("gres", "") or "")
+    for part in gres.split(","):
+        if part.strip().startswith("gpu"):
+            return int(part.strip().split(":")[-1])
+    return int(resources.get("gpu", 0) or 0)
+
+
+def pretrain_launcher(wildcards, resources):
+    """How `mmc pretrain` is started: one process, or torchrun inside ONE task per node.
+
+    Never a SLURM task per GPU (`tasks`): torchrun starts and supervises one process per GPU.
+    Several nodes (opt-in profile): srun starts one torchrun per node; they meet at the job's
+    first node through the c10d rendezvous.
+    """
+    gpus = gpus_per_node(resources)
+    nodes = int(resources.get("nodes", 1) or 1)
+    if nodes > 1:
+        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
+        return (
+            f"srun --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc-per-node={max(gpus, 1)} "
+            f"--rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d --rdzv-endpoint={head}:29500 -m mmc"
+        )
+    return (
+        "mmc" if gpus <= 1 else f"torchrun --standalone --nproc-per-node={gpus} -m mmc"
+    )
+
+
+def select_inputs(wildcards):
+    inputs = {}
+    path = init_checkpoint(wildcards.experiment)
+    inputs["checkpoints"] = (
+        ancient(path) if path else pretrain_dir(wildcards.experiment)
+    )
+    if CFG.selection.policy != "last":
+        inputs["selection_data"] = dataset_ready(CFG.selection.dataset)
+    return inputs
+
+
+def selection_file(experiment):
+    return f"{RESULTS}/select/{experiment}.json"
+
+
+def published_checkpoint(experiment):
+    return f"checkpoints/{experiment}.pth"
+
+
+# ----------------------------------------------------------------------------- datasets, models
+SYNTHETIC_MARKER = f"{SYNTHETIC_DIR}/classes.json"
+
+
+def dataset_ready(name):
+    """The file that exists once dataset ``name`` is complete on disk."""
+    if CFG.datasets[name].format == "synthetic":
+        return SYNTHETIC_MARKER
+    return f"{DATA}/manifests/{name}.json"
+
+
+def model_checkpoint(name):
+    """The checkpoint file a model is evaluated from, or None for a randomly initialised backbone."""
+    model = CFG.models[name]
+    if model.source == "experiment":
+        return published_checkpoint(model.experiment)
+    if model.source == "url":
+        return f"{DATA}/checkpoints/{name}.pth"
+    if model.source == "file":
+        return model.path
+    return None
+
+
+def evaluation_inputs(wildcards):
+    inputs = {"dataset": dataset_ready(wildcards.dataset)}
+    path = model_checkpoint(wildcards.model)
+    if path is not None:
+        user_file = CFG.models[wildcards.model].source == "file"
+        inputs["checkpoint"] = ancient(path) if user_file else path
+    return inputs
+
+
+def checkpoint_arg(wildcards):
+    path = model_checkpoint(wildcards.model)
+    return f"--checkpoint {path}" if path else ""
+
+
+def evaluation_hash(wildcards, *sections):
+    return section_hash(
+        CFG.models[wildcards.model], CFG.datasets[wildcards.dataset], *sections
+    )
+
+
+# ----------------------------------------------------------------------------- final targets
+def evaluated_pairs():
+    return [(m, d) for m in CFG.models for d in CFG.evaluation.datasets]
+
+
+def segment_summaries():
+    return [f"{RESULTS}/segment/{m}/{d}/summary.json" for m, d in evaluated_pairs()]
+
+
+def segment_objects():
+    return [f"{RESULTS}/segment/{m}/{d}/objects.parquet" for m, d in evaluated_pairs()]
+
+
+def similarity_results():
+    return [
+        f"{RESULTS}/similarity/{m}/{d}/similarity.json" for m, d in evaluated_pairs()
+    ]
+
+
+TABLES = ["segmentation", "similarity"]
+TABLE_FORMATS = ["csv", "md", "tex"]
+
+
+def table_files():
+    return expand(
+        f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=TABLE_FORMATS
+    )
+
+
+def figure_files():
+    names = ["miou_vs_threshold", "similarity_histograms", "qualitative"]
+    return expand(
+        f"{RESULTS}/figures/{{name}}_{{dataset}}.png",
+        name=names,
+        dataset=CFG.evaluation.datasets,
+    )
+
+
+def final_targets():
+    targets = [selection_file(e) for e in experiments_in_use()]
+    targets += [published_checkpoint(e) for e in experiments_in_use()]
+    if CFG.evaluation.datasets and CFG.models:
+        targets += table_files() + figure_files() + [f"{RESULTS}/report/summary.md"]
+    return targets
+
+
+# ----------------------------------------------------------------------------- tracking hooks
+def run_hook(command):
+    shell(f"{command} --config {CONFIG_FILE}")

@@ -1,0 +1,21 @@
+# DVC allows one command per repository at a time and may push to a remote: a local rule.
+
+
+rule publish:
+    input:
+        selection=selection_file("{experiment}"),
+    output:
+        checkpoint=published_checkpoint("{experiment}"),
+        dvc=published_checkpoint("{experiment}") + ".dvc",
+    log:
+        f"{RESULTS}/logs/publish/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/publish/{{experiment}}.jsonl"
+    localrule: True
+    conda:
+        "../envs/mmc.yaml"
+    params:
+        config=CONFIG_FILE,
+        config_hash=section_hash(CFG.dvc),
+    shell:
+        "mmc publish --config {params.config} --experiment {wildcards.experiment} --selection {input.selection} --out {output.checkpoint} > {log} 2>&1"

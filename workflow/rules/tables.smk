@@ -1,0 +1,24 @@
+rule tables:
+    input:
+        summaries=segment_summaries(),
+        similarity=similarity_results(),
+    output:
+        report(
+            expand(f"{RESULTS}/tables/{{table}}.csv", table=TABLES),
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=["md", "tex"]),
+    log:
+        f"{RESULTS}/logs/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.jsonl"
+    localrule: True
+    conda:
+        "../envs/mmc.yaml"
+    params:
+        config=CONFIG_FILE,
+        config_hash=section_hash(CFG.models, CFG.evaluation.datasets),
+        out=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        "mmc tables --config {params.config} --summaries {input.summaries} --similarity {input.similarity} --out {params.out} > {log} 2>&1"
