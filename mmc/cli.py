@@ -18,6 +18,10 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "select": ("mmc.select", "choose the checkpoint of an MMC experiment to evaluate"),
+    "tables": ("mmc.tables", "paper-style comparison tables (CSV, Markdown, LaTeX)"),
+    "figures": ("mmc.figures", "mIoU-vs-threshold curves, similarity histograms, qualitative overlays"),
+    "report": ("mmc.report", "the one-page summary of a run (selected checkpoints and tables)"),
 }
 
 

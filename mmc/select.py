@@ -1,0 +1,160 @@
+"""``mmc select``: choose the checkpoint of an MMC experiment that the evaluation uses (SPEC §5).
+
+Policies: ``last`` (the last epoch) or ``best:<metric>``, the highest zero-shot metric on the
+held-out selection dataset (``selection.dataset``, which config validation keeps disjoint from
+every evaluation dataset: the test data never chooses the model). With ``init_checkpoint`` set,
+pretraining is skipped and that file is the choice. The result names the file, its sha256, the
+policy, every candidate's score and the reason, in words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from mmc.errors import MMCError
+
+# best:<metric> -> the key of an evaluation summary (mmc.segment) holding that metric.
+METRIC_KEYS = {"miou": "best_miou", "oracle_miou": "oracle_miou", "demo_miou": "miou_at_demo_tau"}
+EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pth$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the workflow's YAML config file")
+    parser.add_argument("--experiment", required=True, help="a key of `experiments`")
+    parser.add_argument(
+        "--checkpoints",
+        required=True,
+        help="the experiment's pretraining output directory (epoch_EEEE.pth files), or the "
+        "init_checkpoint file when the experiment sets one",
+    )
+    parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.set_defaults(func=_main)
+
+
+def kept_epochs(experiment_cfg: Any) -> list[int]:
+    """Epochs whose checkpoints pretraining keeps: ``save_epochs`` within the run, and the last."""
+    last = experiment_cfg.optim.epochs
+    return sorted({e for e in experiment_cfg.checkpoint.save_epochs if e <= last} | {last})
+
+
+def epoch_checkpoints(directory: Path, epochs: list[int]) -> dict[int, Path]:
+    """The checkpoint file of each kept epoch; every one must be there."""
+    if not directory.is_dir():
+        raise MMCError(f"{directory}: expected the pretraining output directory (epoch_EEEE.pth files)")
+    found = {
+        int(m.group(1)): directory / p.name for p in directory.iterdir() if (m := EPOCH_FILE.match(p.name))
+    }
+    missing = [e for e in epochs if e not in found]
+    if missing:
+        names = ", ".join(f"epoch_{e:04d}.pth" for e in missing)
+        raise MMCError(f"{directory}: missing checkpoint(s) {names} (kept epochs by config: {epochs})")
+    return {e: found[e] for e in epochs}
+
+
+def choose(policy: str, scores: dict[int, float | None]) -> tuple[int, str]:
+    """The chosen epoch and the reason, from each candidate epoch's score (None under ``last``).
+
+    Under ``best:<metric>`` a higher score wins; on a tie the later epoch wins (it saw more data),
+    so the choice never depends on file-system order.
+    """
+    if not scores:
+        raise MMCError("no candidate checkpoints to choose from")
+    if policy == "last":
+        epoch = max(scores)
+        return epoch, f"policy last: the checkpoint of the last kept epoch ({epoch})"
+    metric = policy.split(":", 1)[1]
+    if any(s is None for s in scores.values()):
+        raise MMCError(f"policy {policy}: every candidate needs a score")
+    epoch = max(scores, key=lambda e: (scores[e], e))
+    others = ", ".join(f"epoch {e}: {scores[e]:.4f}" for e in sorted(scores) if e != epoch)
+    reason = (
+        f"policy {policy}: highest {metric} on the selection dataset ({scores[epoch]:.4f} at epoch {epoch}"
+    )
+    return epoch, reason + (f"; {others})" if others else ")")
+
+
+def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
+    """Zero-shot ``metric`` of an MMC checkpoint on the held-out selection dataset."""
+    from mmc.segment import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(cfg, str(path), cfg.selection.dataset, fmt="mmc")
+    key = METRIC_KEYS[metric]
+    if key not in summary:
+        raise MMCError(f"evaluation summary of {path} has no {key!r} (have: {sorted(summary)})")
+    return float(summary[key])
+
+
+def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:
+    """The selection record of ``experiment`` (see module docstring)."""
+    from mmc.files import sha256_file
+
+    if experiment not in cfg.experiments:
+        raise MMCError(
+            f"--experiment {experiment!r} is not a key of experiments (have: {sorted(cfg.experiments)})"
+        )
+    exp = cfg.experiments[experiment]
+    policy = cfg.selection.policy
+    record: dict[str, Any] = {"experiment": experiment, "policy": policy, "selection_dataset": None}
+    if exp.init_checkpoint is not None:
+        init = Path(exp.init_checkpoint)
+        if not init.is_file():
+            raise MMCError(
+                f"experiments.{experiment}.init_checkpoint: {init} does not exist or is not a file"
+            )
+        sha = sha256_file(init)
+        reason = "pretrain.init_checkpoint is set: pretraining was skipped and that file is used as is"
+        candidates = [{"epoch": None, "path": str(init), "sha256": sha, "score": None}]
+        return {
+            **record,
+            "checkpoint": str(init),
+            "epoch": None,
+            "sha256": sha,
+            "reason": reason,
+            "candidates": candidates,
+        }
+    files = epoch_checkpoints(checkpoints, kept_epochs(exp))
+    scores: dict[int, float | None] = dict.fromkeys(files)
+    if policy != "last":
+        metric = policy.split(":", 1)[1]
+        if metric not in METRIC_KEYS:
+            raise MMCError(
+                f"selection.policy: unknown metric {metric!r}: expected one of {sorted(METRIC_KEYS)}"
+            )
+        record["selection_dataset"] = cfg.selection.dataset
+        scores = {epoch: score_checkpoint(cfg, path, metric) for epoch, path in files.items()}
+    epoch, reason = choose(policy, scores)
+    hashes = {e: sha256_file(p) for e, p in files.items()}
+    candidates = [
+        {"epoch": e, "path": str(p), "sha256": hashes[e], "score": scores[e]} for e, p in files.items()
+    ]
+    return {
+        **record,
+        "checkpoint": str(files[epoch]),
+        "epoch": epoch,
+        "sha256": hashes[epoch],
+        "reason": reason,
+        "candidates": candidates,
+    }
+
+
+def _main(args: argparse.Namespace) -> int:
+    from mmc import config, tracking
+    from mmc.files import write_text_atomic
+
+    cfg = config.load(args.config)
+    with tracking.job("select", cfg, name=f"select-experiment={args.experiment}") as rec:
+        record = select(cfg, args.experiment, Path(args.checkpoints))
+        rec.log_params({"selection": config.to_dict(cfg.selection), "experiment": args.experiment})
+        rec.set_tags({"experiment": args.experiment, "selected_checkpoint_sha256": record["sha256"]})
+        for candidate in record["candidates"]:
+            rec.consumed(candidate["path"], candidate["sha256"])
+            if candidate["score"] is not None:
+                rec.log_metrics({"selection_score": candidate["score"]}, step=candidate["epoch"])
+        write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
+        rec.produced(args.out)
+    print(f"{args.experiment}: {record['checkpoint']} ({record['reason']})")
+    return 0

@@ -1,0 +1,142 @@
+"""mmc select: policies, kept epochs, init_checkpoint, the written record (real files, real CLI)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmc import config
+from mmc.errors import MMCError
+from mmc.select import choose, epoch_checkpoints, kept_epochs, select
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path: Path, **extra) -> Path:
+    raw = {
+        "run_name": "t",
+        "results_dir": str(tmp_path / "results"),
+        "tracking": {"enabled": False},
+        "pretrain": {"optim": {"epochs": 3}, "checkpoint": {"save_epochs": [1, 2, 5]}},
+        "experiments": {"mmc": {}, "short": {"optim": {"epochs": 1}}},
+        **extra,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def fake_run(directory: Path, epochs) -> dict[int, Path]:
+    """Epoch files with distinct contents (select hashes them; it never unpickles under `last`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for e in epochs:
+        files[e] = directory / f"epoch_{e:04d}.pth"
+        files[e].write_bytes(f"checkpoint of epoch {e}".encode())
+    return files
+
+
+def reference_choice(policy, scores):
+    """Written independently: scan epochs in order, keep the best seen (>= keeps the later)."""
+    best = None
+    for epoch in sorted(scores):
+        if policy == "last" or best is None or scores[epoch] >= scores[best]:
+            best = epoch
+    return best
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        {1: 0.2, 2: 0.5, 3: 0.4},
+        {1: 0.5, 2: 0.5, 3: 0.1},
+        {4: 0.1},
+        {1: 0.3, 10: 0.3, 3: 0.3},
+        {2: -1.0, 7: -2.0},
+    ],
+)
+@pytest.mark.parametrize("policy", ["last", "best:miou"])
+def test_choose_matches_reference(policy, scores):
+    epoch, reason = choose(policy, scores if policy != "last" else dict.fromkeys(scores))
+    assert epoch == reference_choice(policy, scores)
+    assert policy in reason and str(epoch) in reason
+
+
+def test_choose_rejects_empty_and_unscored():
+    with pytest.raises(MMCError, match="no candidate"):
+        choose("last", {})
+    with pytest.raises(MMCError, match="needs a score"):
+        choose("best:miou", {1: 0.3, 2: None})
+
+
+def test_kept_epochs_are_save_epochs_within_the_run_plus_the_last(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    assert kept_epochs(cfg.experiments["mmc"]) == [1, 2, 3]
+    assert kept_epochs(cfg.experiments["short"]) == [1]
+
+
+def test_missing_epoch_file_is_named(tmp_path):
+    fake_run(tmp_path / "run", [1, 3])
+    with pytest.raises(MMCError, match=r"epoch_0002\.pth"):
+        epoch_checkpoints(tmp_path / "run", [1, 2, 3])
+    with pytest.raises(MMCError, match="pretraining output directory"):
+        epoch_checkpoints(tmp_path / "absent", [1])
+
+
+def test_last_policy_record(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    files = fake_run(tmp_path / "run", [1, 2, 3, 4])  # epoch 4 is not kept by config: ignored
+    record = select(cfg, "mmc", tmp_path / "run")
+    assert record["checkpoint"] == str(files[3]) and record["epoch"] == 3
+    assert record["sha256"] == hashlib.sha256(files[3].read_bytes()).hexdigest()
+    assert [c["epoch"] for c in record["candidates"]] == [1, 2, 3]
+    assert record["policy"] == "last" and "last" in record["reason"]
+
+
+def test_init_checkpoint_skips_pretraining(tmp_path):
+    init = tmp_path / "given.pth"
+    init.write_bytes(b"a published checkpoint")
+    cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
+    record = select(cfg, "mmc", init)
+    assert record["checkpoint"] == str(init)
+    assert record["sha256"] == hashlib.sha256(b"a published checkpoint").hexdigest()
+    assert "init_checkpoint" in record["reason"]
+    init.unlink()
+    with pytest.raises(MMCError, match="init_checkpoint"):
+        select(cfg, "mmc", init)
+
+
+def test_unknown_experiment(tmp_path):
+    cfg = config.load(write_config(tmp_path))
+    with pytest.raises(MMCError, match="not a key of experiments"):
+        select(cfg, "nope", tmp_path)
+
+
+def test_cli_writes_the_record(tmp_path):
+    cfg_path = write_config(tmp_path)
+    fake_run(tmp_path / "run", [1, 2, 3])
+    out = tmp_path / "results" / "select" / "mmc.json"
+    cmd = [sys.executable, "-m", "mmc", "select", "--config", str(cfg_path), "--experiment", "mmc"]
+    done = subprocess.run(
+        [*cmd, "--checkpoints", str(tmp_path / "run"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert record["epoch"] == 3 and record["experiment"] == "mmc"
+    # A bad path is one clear line, not a traceback.
+    done = subprocess.run(
+        [*cmd, "--checkpoints", str(tmp_path / "none"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "none" in done.stderr
