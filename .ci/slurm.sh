@@ -4,7 +4,9 @@
 #   slurm_install            # apt-get: munge slurmctld slurmd slurm-client (needs root)
 #   slurm_start              # starts munged, slurmctld, slurmd; stops them by PID on EXIT
 #
-# Exports SLURM_CONF (the cluster's config in a fresh directory) for every client that follows.
+# The config goes to /etc/slurm (the default path: `srun` inside batch jobs, as the Snakemake
+# executor uses it, finds no other); a config already there is put back on EXIT. State, spool and
+# logs live in a fresh directory per start.
 # The GPUs are /dev/null clones (`mknod c 1 3`) declared as gres: jobs asking for `--gpus=1` get
 # CUDA_VISIBLE_DEVICES=0. This proves scheduling and resource requests, not GPU code.
 # No slurmdbd: `sacct` does not work, so snakemake must use `--slurm-status-command squeue`
@@ -25,7 +27,7 @@ slurm_install() {
 }
 
 slurm_stop() {
-    local pid
+    local pid f
     for pid in "${SLURM_CI_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -34,6 +36,13 @@ slurm_stop() {
         kill -9 "$pid" 2>/dev/null || true
     done
     SLURM_CI_PIDS=()
+    for f in slurm.conf gres.conf; do
+        if [[ -n "$SLURM_CI_DIR" && -e "$SLURM_CI_DIR/$f.orig" ]]; then
+            mv -f "$SLURM_CI_DIR/$f.orig" "/etc/slurm/$f"
+        elif [[ -n "$SLURM_CI_DIR" && -e "$SLURM_CI_DIR/$f" ]]; then
+            rm -f "/etc/slurm/$f"
+        fi
+    done
 }
 
 _slurm_write_config() {
@@ -75,16 +84,20 @@ CONF
     for i in $(seq 0 $((SLURM_CI_GPUS - 1))); do
         echo "NodeName=$node Name=gpu File=$dir/dev/nvidia$i" >>"$dir/gres.conf"
     done
-    cp /etc/slurm/plugstack.conf "$dir/" 2>/dev/null || true
+    mkdir -p /etc/slurm
+    for f in slurm.conf gres.conf; do
+        if [[ -e "/etc/slurm/$f" ]]; then mv "/etc/slurm/$f" "$dir/$f.orig"; fi
+        cp "$dir/$f" "/etc/slurm/$f"
+    done
 }
 
 slurm_start() {
     SLURM_CI_DIR=$(mktemp -d /tmp/slurm-ci.XXXXXX)
     chmod 755 "$SLURM_CI_DIR"  # munged (user munge) writes its log and pid file below
     mkdir -p "$SLURM_CI_DIR"/{state,spool,dev,munge}
-    _slurm_write_config "$SLURM_CI_DIR"
-    export SLURM_CONF="$SLURM_CI_DIR/slurm.conf"
     trap slurm_stop EXIT
+    _slurm_write_config "$SLURM_CI_DIR"
+    export SLURM_CONF=/etc/slurm/slurm.conf
 
     # munged runs as user munge; its socket directory must belong to munge.
     mkdir -p /run/munge && chown munge:munge /run/munge "$SLURM_CI_DIR/munge"
@@ -109,5 +122,5 @@ slurm_start() {
         tail -n 20 "$SLURM_CI_DIR"/slurmctld.log "$SLURM_CI_DIR"/slurmd.log >&2 || true
         return 1
     fi
-    echo "slurm: cluster up ($SLURM_CI_GPUS fake GPUs), SLURM_CONF=$SLURM_CONF"
+    echo "slurm: cluster up ($SLURM_CI_GPUS fake GPUs), state and logs in $SLURM_CI_DIR"
 }
