@@ -6,6 +6,7 @@
 # depends on as a `params:` entry, so editing one section reruns only the stages that read it.
 
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate

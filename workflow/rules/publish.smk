@@ -1,4 +1,5 @@
-# DVC allows one command per repository at a time and may push to a remote: a local rule.
+# DVC allows one command per repository at a time and may push to a remote: a local rule, and
+# the `dvc` resource (1 in every profile) keeps two publish jobs from running at once.
 
 
 rule publish:
@@ -11,6 +12,8 @@ rule publish:
         f"{RESULTS}/logs/publish/{{experiment}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/publish/{{experiment}}.jsonl"
+    resources:
+        dvc=1,
     localrule: True
     conda:
         "../envs/mmc.yaml"

@@ -1,6 +1,6 @@
-# Provenance hooks (see docs/provenance.md). They run in the main snakemake process only, never in
-# dry runs: `mmc track start` opens the invocation's parent run; after the run, one single writer
-# loads the per-job records into the MLflow store and `mmc pipeline-info` writes the audit trail.
+# Provenance hooks (docs/provenance.md). They run in the main snakemake process only, never in dry
+# runs: `mmc track start` opens the invocation's parent run; afterwards a single writer loads the
+# per-job records into the MLflow store and `mmc pipeline-info` writes the audit trail.
 
 
 onstart:
@@ -10,11 +10,15 @@ onstart:
 
 onsuccess:
     if CFG.tracking.enabled:
-        run_hook("mmc track load")
-    run_hook("mmc pipeline-info")
+        run_hook("mmc track load --status finished")
+    run_hook(f"mmc pipeline-info --snakefile {workflow.main_snakefile}")
 
 
 onerror:
-    if CFG.tracking.enabled:
-        run_hook("mmc track load")
-    run_hook("mmc pipeline-info")
+    # The job's own error is what matters: a failing hook is reported, never raised over it.
+    try:
+        if CFG.tracking.enabled:
+            run_hook("mmc track load --status failed")
+        run_hook(f"mmc pipeline-info --snakefile {workflow.main_snakefile}")
+    except Exception as error:
+        print(f"provenance hooks failed after the error above: {error}", file=sys.stderr)
