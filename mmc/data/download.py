@@ -1,0 +1,280 @@
+"""HTTP(S) downloads that resume, retry, time out, show progress and verify before anyone trusts them.
+
+A download goes to ``DEST.part`` first. An interrupted transfer keeps that partial file and the next
+attempt asks the server for the rest (``Range: bytes=N-``); a server that ignores ranges answers
+200 and the transfer restarts from zero. Only a file whose size and checksums match is renamed onto
+``DEST``; a mismatching file is deleted, never kept for a later resume.
+
+The hashes (sha256 always, md5 when one is expected) are computed while the bytes arrive, so a
+verified download costs a single pass over the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmc import __version__
+from mmc.errors import MMCError
+
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+DEFAULT_TIMEOUT_S = 60.0
+CHUNK_SIZE = 1 << 20
+# Statuses worth asking again for; any other 4xx is the request's fault and will not change.
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    sha256: str
+    md5: str | None
+    attempts: int  # HTTP requests made (0 when DEST was already there and verified)
+    resumed_at: tuple[int, ...]  # offsets at which a partial file was continued
+
+
+class _Retry(Exception):
+    """A transient failure: keep the partial file and ask again after a pause."""
+
+
+class _Hashes:
+    def __init__(self, want_md5: bool):
+        self.want_md5 = want_md5
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0  # bytes hashed so far
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if self.want_md5 else None
+
+    def update(self, data) -> None:
+        self.count += len(data)
+        self.sha256.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+
+    def update_from_file(self, path: Path, length: int) -> None:
+        with open(path, "rb") as f:
+            while length > 0 and (chunk := f.read(min(CHUNK_SIZE, length))):
+                self.update(chunk)
+                length -= len(chunk)
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    size: int | None = None,
+    sha256: str | None = None,
+    md5: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    backoff_s: float = DEFAULT_BACKOFF_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    progress: bool | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Download:
+    """Download ``url`` to ``dest`` and verify it; raise :class:`MMCError` with the reason if it fails.
+
+    ``progress=None`` shows a bar only on a terminal (stderr). ``retries`` counts extra attempts
+    after the first; the pause doubles from ``backoff_s`` (capped at a minute).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        done = _verify_existing(dest, size=size, sha256=sha256, md5=md5)
+        if done is not None:
+            return done
+        dest.unlink()  # an earlier file that no longer matches the registry: fetch it again
+    part = dest.with_name(dest.name + ".part")
+    hashes = _Hashes(want_md5=md5 is not None)
+    resumed_at: list[int] = []
+    last_error = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+        offset = part.stat().st_size if part.exists() else 0
+        if size is not None and offset > size:
+            offset = _truncate(part)
+        if hashes.count != offset:  # a partial file left by an earlier run: hash what is there
+            hashes.reset()
+            hashes.update_from_file(part, offset)
+        try:
+            _attempt(url, part, offset, size, hashes, timeout_s, progress, resumed_at)
+            break
+        except _Retry as e:
+            last_error = str(e)
+    else:
+        raise MMCError(f"{url}: download failed after {retries + 1} attempts: {last_error} (partial file kept: {part})")
+    return _finish(url, dest, part, size, sha256, md5, hashes, attempts=attempt + 1, resumed_at=tuple(resumed_at))
+
+
+def _attempt(url, part: Path, offset: int, size, hashes: _Hashes, timeout_s, progress, resumed_at) -> int:
+    """One HTTP request; returns the number of bytes now in ``part`` (all of them) or raises _Retry."""
+    if size is not None and offset == size and offset > 0:
+        return offset  # the previous attempt got every byte; only verification is left
+    headers = {"User-Agent": f"mmc-repro/{__version__}", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and offset:  # our partial file is as long as (or longer than) the resource
+            total = _total_from_content_range(e.headers.get("Content-Range"))
+            if total == offset:
+                return offset
+            _truncate(part)
+            raise _Retry(f"HTTP 416 for a range starting at {offset}: restarting from zero") from None
+        if e.code in RETRYABLE_STATUS:
+            raise _Retry(f"HTTP {e.code} {e.reason}") from None
+        raise MMCError(f"{url}: HTTP {e.code} {e.reason} (not retried: the server refuses this request)") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise _Retry(_describe_network_error(e)) from None
+    with response:
+        status = getattr(response, "status", None) or 200  # file:// responses carry no status
+        if status == 206:
+            start, total = _parse_content_range(url, response.headers.get("Content-Range"))
+            if start != offset:
+                _truncate(part)
+                raise _Retry(f"server resumed at byte {start}, not {offset}: restarting from zero")
+            resumed_at.append(offset)
+            mode = "ab"
+        else:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None and length.isdigit() else None
+            if offset:
+                hashes.reset()  # the server ignored our Range: it sends the whole file again
+            offset, mode = 0, "wb"
+        if size is not None and total is not None and total != size:
+            part.unlink(missing_ok=True)
+            raise MMCError(f"{url}: the server offers {total} bytes, the registry expects {size}; nothing kept")
+        return _stream(url, response, part, mode, offset, total, hashes, progress)
+
+
+def _stream(url, response, part: Path, mode: str, offset: int, total, hashes: _Hashes, progress) -> int:
+    from tqdm import tqdm
+
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    received = offset
+    bar = tqdm(
+        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+        desc=part.name.removesuffix(".part"), disable=None if progress is None else not progress, leave=False,
+    )  # fmt: skip
+    try:
+        with open(part, mode) as out:
+            while True:
+                try:
+                    n = response.readinto(view)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Retry(f"transfer interrupted at byte {received}: {_describe_network_error(e)}") from None
+                if not n:
+                    break
+                chunk = view[:n]
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    _flush_quietly(out)
+                    part.unlink(missing_ok=True)
+                    raise MMCError(f"{part}: cannot write the download ({e.strerror or e}); nothing kept") from None
+                hashes.update(chunk)
+                received += n
+                bar.update(n)
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as e:
+                part.unlink(missing_ok=True)
+                raise MMCError(f"{part}: cannot write the download ({e.strerror or e}); nothing kept") from None
+    finally:
+        bar.close()
+    if total is not None and received < total:
+        raise _Retry(f"truncated transfer: got {received} of {total} bytes")
+    return received
+
+
+def _flush_quietly(f) -> None:
+    try:
+        f.flush()
+    except OSError:
+        pass
+
+
+def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, attempts, resumed_at) -> Download:
+    actual = part.stat().st_size
+    problems = []
+    if size is not None and actual != size:
+        problems.append(f"size {actual} bytes, expected {size}")
+    got_sha = hashes.sha256.hexdigest()
+    got_md5 = hashes.md5.hexdigest() if hashes.md5 is not None else None
+    if sha256 is not None and got_sha != sha256:
+        problems.append(f"sha256 {got_sha}, expected {sha256}")
+    if md5 is not None and got_md5 != md5:
+        problems.append(f"md5 {got_md5}, expected {md5}")
+    if problems:
+        part.unlink(missing_ok=True)
+        raise MMCError(f"{url}: checksum mismatch ({'; '.join(problems)}); the download was deleted")
+    os.replace(part, dest)
+    return Download(dest, actual, got_sha, got_md5, attempts, resumed_at)
+
+
+def _verify_existing(dest: Path, *, size, sha256, md5) -> Download | None:
+    if size is not None and dest.stat().st_size != size:
+        return None
+    hashes = _Hashes(want_md5=md5 is not None)
+    hashes.update_from_file(dest, dest.stat().st_size)
+    got_sha = hashes.sha256.hexdigest()
+    got_md5 = hashes.md5.hexdigest() if hashes.md5 is not None else None
+    if (sha256 is not None and got_sha != sha256) or (md5 is not None and got_md5 != md5):
+        return None
+    if sha256 is None and md5 is None and size is None:
+        return None  # nothing to check it against: only a fresh download can be trusted
+    return Download(dest, dest.stat().st_size, got_sha, got_md5, 0, ())
+
+
+def _truncate(part: Path) -> int:
+    part.unlink(missing_ok=True)
+    return 0
+
+
+def _parse_content_range(url: str, value: str | None) -> tuple[int, int | None]:
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if match is None:
+        raise MMCError(f"{url}: HTTP 206 with an unreadable Content-Range header {value!r}")
+    total = match.group(3)
+    return int(match.group(1)), None if total == "*" else int(total)
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    match = re.fullmatch(r"bytes \*/(\d+)", (value or "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _describe_network_error(e: BaseException) -> str:
+    reason = getattr(e, "reason", None)
+    if isinstance(e, urllib.error.URLError) and reason is not None:
+        e = reason if isinstance(reason, BaseException) else e
+        if not isinstance(reason, BaseException):
+            return str(reason)
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(e, http.client.IncompleteRead):
+        return f"connection closed early ({len(e.partial)} bytes in the last read)"
+    return f"{type(e).__name__}: {e}"
