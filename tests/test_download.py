@@ -20,6 +20,7 @@ from mmc import config
 from mmc.data import download as dl
 from mmc.data import layouts
 from mmc.data.fetch import fetch_checkpoint, fetch_dataset
+from mmc.data.readers import open_reader
 from mmc.errors import MMCError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,23 +105,23 @@ def test_connection_refused(tmp_path):
 
 
 def test_truncated_transfer_fails_after_retries(tmp_path):
-    with LoopbackServer({"f.bin": PAYLOAD}, Behaviour(ignore_range=True, always_truncate_at=0.3)) as server:
-        with pytest.raises(MMCError, match=r"truncated transfer: got \d+ of \d+ bytes"):
-            dl.download(server.url("f.bin"), tmp_path / "f.bin", sha256=SHA, **FAST)
+    truncating = LoopbackServer({"f.bin": PAYLOAD}, Behaviour(ignore_range=True, always_truncate_at=0.3))
+    with truncating as server, pytest.raises(MMCError, match=r"truncated transfer: got \d+ of \d+ bytes"):
+        dl.download(server.url("f.bin"), tmp_path / "f.bin", sha256=SHA, **FAST)
     assert not (tmp_path / "f.bin").exists()  # only the resumable .part, never the final name
 
 
 def test_checksum_mismatch_deletes_everything(tmp_path):
-    with LoopbackServer({"f.bin": PAYLOAD}) as server:
-        with pytest.raises(MMCError, match=r"checksum mismatch \(md5 [0-9a-f]{32}, expected 0{32}\)"):
-            dl.download(server.url("f.bin"), tmp_path / "f.bin", md5="0" * 32, **FAST)
+    expected = r"checksum mismatch \(md5 [0-9a-f]{32}, expected 0{32}\)"
+    with LoopbackServer({"f.bin": PAYLOAD}) as server, pytest.raises(MMCError, match=expected):
+        dl.download(server.url("f.bin"), tmp_path / "f.bin", md5="0" * 32, **FAST)
     assert leftovers(tmp_path) == []
 
 
 def test_size_announced_by_server_differs_from_registry(tmp_path):
-    with LoopbackServer({"f.bin": PAYLOAD}) as server:
-        with pytest.raises(MMCError, match=f"offers {len(PAYLOAD)} bytes, the registry expects 10"):
-            dl.download(server.url("f.bin"), tmp_path / "f.bin", size=10, **FAST)
+    expected = f"offers {len(PAYLOAD)} bytes, the registry expects 10"
+    with LoopbackServer({"f.bin": PAYLOAD}) as server, pytest.raises(MMCError, match=expected):
+        dl.download(server.url("f.bin"), tmp_path / "f.bin", size=10, **FAST)
     assert leftovers(tmp_path) == []
 
 
@@ -151,6 +152,8 @@ def test_fetch_dataset_in_official_layout(tmp_path, fmt):
         cfg = make_config(tmp_path, {fmt: {"format": fmt, "root": str(root), "archives": entries}})
         manifest_file = fetch_dataset(cfg, fmt, **FAST)
         assert layouts.missing_entries(root, fmt, "val") == []
+        if fmt != "voc":  # the VOC reader is the evaluation stage's (mmc.data.voc)
+            assert all(sample.objects for sample in open_reader(cfg.datasets[fmt]))
         manifest = json.loads(manifest_file.read_text())
         assert manifest["complete"] and manifest["root"] == str(root)
         assert [a["url"] for a in manifest["archives"]] == [e["url"] for e in entries]

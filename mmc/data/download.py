@@ -11,6 +11,7 @@ verified download costs a single pass over the data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -209,10 +210,8 @@ def _stream(url, response, part: Path, mode: str, offset: int, total, hashes: _H
 
 
 def _flush_quietly(f) -> None:
-    try:
+    with contextlib.suppress(OSError):
         f.flush()
-    except OSError:
-        pass
 
 
 def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, attempts, resumed_at) -> Download:

@@ -35,6 +35,8 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> int:
         else:
             raise MMCError(f"{archive}: not a zip or tar archive")
         _check_links_stay_inside(archive, target)
+    except tarfile.FilterError as e:
+        raise MMCError(f"{archive}: unsafe member refused: {e}") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise MMCError(f"{archive}: damaged archive ({e})") from None
     except OSError as e:

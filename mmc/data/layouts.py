@@ -24,7 +24,13 @@ class Entry:
 
 
 def ade20k_split_dir(split: str) -> str:
+    """ADE20K's folder for a split: ``val`` and ``validation`` both name ``validation``."""
     return {"val": "validation", "train": "training"}.get(split, split)
+
+
+def coco_split_name(split: str) -> str:
+    """COCO's name for a split: ``val`` and ``val2017`` both name ``val2017``."""
+    return split if split[-4:].isdigit() else f"{split}2017"
 
 
 def expected_layout(fmt: str, split: str) -> tuple[Entry, ...]:
@@ -36,7 +42,8 @@ def expected_layout(fmt: str, split: str) -> tuple[Entry, ...]:
             Entry(f"ImageSets/Segmentation/{split}.txt", "file"),
         )
     if fmt == "coco":
-        return (Entry(f"{split}2017", "dir"), Entry(f"annotations/instances_{split}2017.json", "file"))
+        name = coco_split_name(split)
+        return (Entry(name, "dir"), Entry(f"annotations/instances_{name}.json", "file"))
     if fmt == "ade20k":
         sub = ade20k_split_dir(split)
         return (Entry(f"images/{sub}", "dir"), Entry(f"annotations/{sub}", "dir"))
