@@ -296,3 +296,40 @@ def test_disk_write_error_during_extraction_leaves_nothing(tmp_path):
     assert "extraction into" in result.stdout and "File too large" in result.stdout
     assert not root.exists() and leftovers(root.parent) == []
     assert not (tmp_path / "data/manifests/d.json").exists()
+
+
+# ----------------------------------------------------------------------------- command line
+def mmc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "mmc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_download_and_fetch_checkpoint(tmp_path):
+    import yaml
+
+    archives = official_archives("davis", tmp_path / "build")
+    files = {a.name: a for a in archives} | {"w.pth": PAYLOAD}
+    with LoopbackServer(files, Behaviour(drop_first_at=0.5)) as server:
+        raw = {
+            "run_name": "t",
+            "data_dir": "data",
+            "datasets": {
+                "davis": {"format": "davis", "root": "data/davis/DAVIS", "archives": [{"url": server.url(archives[0].name)}]},
+                "broken": {"format": "davis", "root": "data/broken", "archives": [{"url": server.url("nope.zip")}]},
+            },
+            "models": {"w": {"source": "url", "url": server.url("w.pth"), "sha256": SHA}},
+        }
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        ok = mmc_cli("data", "download", "davis", "--config", "c.yaml", "--no-progress", cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip() == "data/manifests/davis.json"
+        assert (tmp_path / "data/davis/DAVIS/ImageSets/2017/val.txt").is_file()
+        assert [r.range for r in server.requests] == [None, f"bytes={archives[0].stat().st_size // 2}-"]
+        again = mmc_cli("data", "download", "davis", "--config", "c.yaml", cwd=tmp_path)
+        assert again.returncode == 0 and "nothing to do" in again.stderr
+        bad = mmc_cli("data", "download", "broken", "--config", "c.yaml", "--retries", "0", cwd=tmp_path)
+        assert bad.returncode == 2 and "mmc data: error:" in bad.stderr and "HTTP 404" in bad.stderr
+        assert "Traceback" not in bad.stderr
+        ckpt = mmc_cli("data", "fetch-checkpoint", "w", "--config", "c.yaml", "--backoff", "0", cwd=tmp_path)
+        assert ckpt.returncode == 0, ckpt.stderr
+        assert (tmp_path / "data/checkpoints/w.pth").read_bytes() == PAYLOAD
