@@ -333,3 +333,14 @@ def test_cli_download_and_fetch_checkpoint(tmp_path):
         ckpt = mmc_cli("data", "fetch-checkpoint", "w", "--config", "c.yaml", "--backoff", "0", cwd=tmp_path)
         assert ckpt.returncode == 0, ckpt.stderr
         assert (tmp_path / "data/checkpoints/w.pth").read_bytes() == PAYLOAD
+
+
+def test_registry_fragment_merges_into_the_paper_config():
+    import yaml
+
+    paper = config.load_raw(REPO / "config/config.yaml")
+    registry = yaml.safe_load((REPO / "config/datasets.yaml").read_text())
+    merged = config.freeze(config.resolve(config.deep_merge(paper, registry)))
+    for name in ("voc", "coco", "ade20k", "davis"):
+        assert merged.datasets[name].archives, name
+        assert layouts.expected_layout(merged.datasets[name].format, merged.datasets[name].split)

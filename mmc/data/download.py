@@ -275,6 +275,8 @@ def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, 
 
 
 def _verify_existing(dest: Path, *, size, sha256, md5) -> Download | None:
+    if sha256 is None and md5 is None:
+        return None  # no checksum to check it against: only a fresh download can be trusted
     if size is not None and dest.stat().st_size != size:
         return None
     hashes = _Hashes(want_md5=md5 is not None)
@@ -285,8 +287,6 @@ def _verify_existing(dest: Path, *, size, sha256, md5) -> Download | None:
         hashes.close()
     if (sha256 is not None and got_sha != sha256) or (md5 is not None and got_md5 != md5):
         return None
-    if sha256 is None and md5 is None and size is None:
-        return None  # nothing to check it against: only a fresh download can be trusted
     return Download(dest, dest.stat().st_size, got_sha, got_md5, 0, ())
 
 
