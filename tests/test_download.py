@@ -344,3 +344,29 @@ def test_registry_fragment_merges_into_the_paper_config():
     for name in ("voc", "coco", "ade20k", "davis"):
         assert merged.datasets[name].archives, name
         assert layouts.expected_layout(merged.datasets[name].format, merged.datasets[name].split)
+
+
+def test_provided_dataset_without_archives_is_checked_and_recorded(tmp_path):
+    from dataset_fixtures import make_voc
+
+    root = tmp_path / "data/voc/VOC2012"
+    cfg = make_config(tmp_path, {"voc_train": {"format": "voc", "root": str(root), "split": "train"}})
+    with pytest.raises(MMCError, match=r"no archives to download and .* missing .*ImageSets/Segmentation/train\.txt"):
+        fetch_dataset(cfg, "voc_train")
+    assert not (tmp_path / "data/manifests").exists()
+    make_voc(root, split="train")
+    manifest = json.loads(fetch_dataset(cfg, "voc_train").read_text())
+    assert manifest["complete"] and manifest["source"] == "provided" and manifest["archives"] == []
+
+
+def test_killed_run_leftovers_and_an_unrecorded_root_are_replaced(tmp_path):
+    archives = official_archives("ade20k", tmp_path / "build")
+    root = tmp_path / "data/ade20k/ADEChallengeData2016"
+    (root / "junk").mkdir(parents=True)  # a root with no manifest: not trusted
+    stale = root.parent / ".ADEChallengeData2016.extract-abc123"
+    (stale / "images").mkdir(parents=True)  # what a killed extraction leaves
+    with LoopbackServer({archives[0].name: archives[0]}) as server:
+        cfg = make_config(tmp_path, {"ade": {"format": "ade20k", "root": str(root), "archives": [{"url": server.url(archives[0].name)}]}})
+        fetch_dataset(cfg, "ade", **FAST)
+    assert not (root / "junk").exists() and layouts.missing_entries(root, "ade20k", "val") == []
+    assert leftovers(root.parent) == ["ADEChallengeData2016"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ class COCOReader:
         objects = []
         annotations = sorted(self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], iscrowd=None)), key=lambda a: a["id"])
         for ann in annotations:
-            mask = self.coco.annToMask(ann).astype(bool)
+            with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice, once per mask
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mask = self.coco.annToMask(ann).astype(bool)
             if ann.get("iscrowd", 0):
                 if self.crowd_as_void:
                     void |= mask

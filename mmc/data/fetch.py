@@ -113,7 +113,7 @@ def fetch_dataset(cfg: Any, name: str, **download_options) -> Path:
         _log(f"{name}: complete ({manifest}); nothing to do")
         return manifest
     if not dataset.archives:
-        raise MMCError(f"datasets.{name}.archives is empty: nothing to download (put the dataset at {dataset.root} yourself)")
+        return _record_provided(cfg, name, dataset, manifest)
     downloads_dir = Path(cfg.data_dir) / "downloads"
     names = [_archive_file_name(a.url) for a in dataset.archives]
     if len(set(names)) != len(names):
@@ -151,9 +151,37 @@ def fetch_dataset(cfg: Any, name: str, **download_options) -> Path:
     return manifest
 
 
+def _record_provided(cfg: Any, name: str, dataset: Any, manifest: Path) -> Path:
+    """A dataset without archives (already on disk, or sharing another entry's root): check, record."""
+    missing = layouts.missing_entries(Path(dataset.root), dataset.format, dataset.split)
+    if missing:
+        raise MMCError(
+            f"datasets.{name}: no archives to download and {dataset.root} is not a complete {dataset.format} "
+            f"dataset (split {dataset.split!r}): missing {', '.join(missing)}"
+        )
+    body = {
+        "version": MANIFEST_VERSION, "dataset": name, "format": dataset.format, "split": dataset.split,
+        "root": str(dataset.root), "archives": [], "source": "provided",
+        "layout": [e.path for e in layouts.expected_layout(dataset.format, dataset.split)],
+        "layout_checked": True, "complete": True, "created": _now(), "mmc_version": __version__,
+    }  # fmt: skip
+    write_text_atomic(manifest, json.dumps(body, indent=2) + "\n")
+    _log(f"{name}: no archives; {dataset.root} has the {dataset.format} layout; manifest {manifest}")
+    return manifest
+
+
+def _remove_stale(root: Path) -> None:
+    """Temporary directories left beside ``root`` by a run that was killed."""
+    for stale in root.parent.glob(f".{root.name}.extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.parent.glob(f".{root.name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _install(root: Path, archives: list[Path], fmt: str, split: str, what: str) -> None:
     """Extract ``archives`` beside ``root``, find the layout, rename it onto ``root``."""
     root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.extract-", dir=root.parent))
     try:
         for archive in archives:
