@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,7 @@ class Behaviour:
     fail_times: int = 0  # ... to this many requests (then serve normally); -1 = always
     drop_first_at: float | None = None  # first request of a path: close after this fraction of bytes
     always_truncate_at: float | None = None  # every response: close after this fraction of its bytes
+    stall_s: float = 0.0  # wait this long after the headers before sending the body
 
 
 @dataclass
@@ -107,6 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
         self.send_header("Accept-Ranges", "none" if b.ignore_range else "bytes")
         self.end_headers()
+        if b.stall_s:
+            self.wfile.flush()
+            time.sleep(b.stall_s)
         end = total
         if b.drop_first_at is not None and first_of_path:
             end = start + int((total - start) * b.drop_first_at)

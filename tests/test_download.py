@@ -104,6 +104,13 @@ def test_connection_refused(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_stalled_server_times_out(tmp_path):
+    expected = r"after 1 attempts: transfer interrupted at byte 0: timed out"
+    with LoopbackServer({"f.bin": PAYLOAD}, Behaviour(stall_s=3.0)) as server, pytest.raises(MMCError, match=expected):
+        dl.download(server.url("f.bin"), tmp_path / "f.bin", **{**FAST, "retries": 0, "timeout_s": 0.3})
+    assert not (tmp_path / "f.bin").exists()
+
+
 def test_truncated_transfer_fails_after_retries(tmp_path):
     truncating = LoopbackServer({"f.bin": PAYLOAD}, Behaviour(ignore_range=True, always_truncate_at=0.3))
     with truncating as server, pytest.raises(MMCError, match=r"truncated transfer: got \d+ of \d+ bytes"):
