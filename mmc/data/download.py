@@ -163,7 +163,8 @@ def _download(url, dest, part, size, sha256, md5, hashes: _Hashes, retries, back
         except _Retry as e:
             last_error = str(e)
     else:
-        raise MMCError(f"{url}: download failed after {retries + 1} attempts: {last_error} (partial file kept: {part})")
+        kept = f" (partial file kept for a later resume: {part})" if part.exists() else ""
+        raise MMCError(f"{url}: download failed after {retries + 1} attempts: {last_error}{kept}")
     return _finish(url, dest, part, size, sha256, md5, hashes, attempts=attempt + 1, resumed_at=tuple(resumed_at))
 
 
