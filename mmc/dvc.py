@@ -22,6 +22,8 @@ import yaml
 from mmc.errors import MMCError
 
 REMOTE_NAME = "storage"
+# Never versioned: resumable partial downloads, the pins lock, a killed run's temporary directories.
+IGNORED = ("*.part", "pins.lock", ".*.extract-*", ".*.old-*")
 
 
 def run(repo: str | os.PathLike, *args: str) -> str:
@@ -46,9 +48,18 @@ def setup(repo: str | os.PathLike, dvc_cfg: Any) -> None:
     repo = Path(repo)
     if not (repo / ".dvc").is_dir():
         run(repo, "init", *([] if (repo / ".git").exists() else ["--no-scm"]), "--quiet")
+    _ensure_ignored(repo / ".dvcignore")
     run(repo, "remote", "add", "--default", "--force", REMOTE_NAME, dvc_cfg.remote)
     run(repo, "config", "cache.type", dvc_cfg.cache_type)
     run(repo, "config", "core.hardlink_lock", "true" if dvc_cfg.hardlink_lock else "false")
+
+
+def _ensure_ignored(path: Path) -> None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    missing = [pattern for pattern in IGNORED if pattern not in lines]
+    if missing:
+        header = ["# mmc data download: partial downloads, locks and temporary directories"]
+        path.write_text("\n".join([*lines, *header, *missing]) + "\n")
 
 
 def add(repo: str | os.PathLike, path: str = "data") -> Path:

@@ -377,3 +377,16 @@ def test_killed_run_leftovers_and_an_unrecorded_root_are_replaced(tmp_path):
         fetch_dataset(cfg, "ade", **FAST)
     assert not (root / "junk").exists() and layouts.missing_entries(root, "ade20k", "val") == []
     assert leftovers(root.parent) == ["ADEChallengeData2016"]
+
+
+def test_changed_registry_checksum_is_not_a_no_op(tmp_path):
+    archives = official_archives("ade20k", tmp_path / "build")
+    root = tmp_path / "data/ade20k/ADEChallengeData2016"
+    with LoopbackServer({archives[0].name: archives[0]}) as server:
+        entry = {"url": server.url(archives[0].name), "md5": hashlib.md5(archives[0].read_bytes()).hexdigest()}
+        cfg = make_config(tmp_path, {"ade": {"format": "ade20k", "root": str(root), "archives": [entry]}})
+        fetch_dataset(cfg, "ade", **FAST)
+        changed = make_config(tmp_path, {"ade": {"format": "ade20k", "root": str(root), "archives": [{**entry, "md5": "f" * 32}]}})
+        with pytest.raises(MMCError, match=r"checksum mismatch \(md5 [0-9a-f]{32}, expected f{32}\)"):
+            fetch_dataset(changed, "ade", **FAST)
+        assert len(server.requests) == 2  # the cached archive no longer matched: fetched again, refused

@@ -81,6 +81,9 @@ def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
     repo = git_repo(tmp_path / "repo")
     (repo / "data/manifests").mkdir(parents=True)
     (repo / "data/manifests/voc.json").write_text("{}\n")
+    (repo / "data/manifests/pins.lock").write_text("")
+    (repo / "data/downloads").mkdir()
+    (repo / "data/downloads/val2017.zip.part").write_bytes(b"partial")
     (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(
@@ -89,4 +92,5 @@ def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
     assert result.returncode == 0, result.stderr
     name, digest = result.stdout.split()
     assert name == "data.dvc" and digest == dvc.dataset_hash(repo)
+    assert yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["nfiles"] == 1  # no .part, no lock
     assert any(p.is_file() for p in (tmp_path / "remote").rglob("*"))

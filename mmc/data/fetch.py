@@ -94,11 +94,15 @@ def _manifest_is_current(path: Path, dataset: Any) -> bool:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    urls = [a.url for a in dataset.archives]
+    recorded = manifest.get("archives", [])
+    same_archives = len(recorded) == len(dataset.archives) and all(
+        r.get("url") == a.url and all(getattr(a, key) in (None, r.get(key)) for key in ("size", "md5", "sha256"))
+        for r, a in zip(recorded, dataset.archives, strict=False)
+    )  # the registry's URLs and every value it publishes match what was verified
     return (
         manifest.get("complete") is True
         and manifest.get("root") == str(dataset.root)
-        and [a.get("url") for a in manifest.get("archives", [])] == urls
+        and same_archives
         and not layouts.missing_entries(Path(dataset.root), dataset.format, dataset.split)
     )
 
