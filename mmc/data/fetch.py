@@ -132,27 +132,33 @@ def fetch_dataset(cfg: Any, name: str, **download_options) -> Path:
             {"url": archive.url, "file": str(got.path), "size": got.size, "sha256": got.sha256, "md5": got.md5, "verified_by": how}
         )
     root = Path(dataset.root)
+    manifest.unlink(missing_ok=True)  # from here on the old manifest would describe a root being replaced
     _install(root, [Path(r["file"]) for r in records], dataset.format, dataset.split, what=f"datasets.{name}")
     with _pins(cfg) as current:
         for r in records:
             if r["verified_by"].startswith("none published"):
                 current[r["url"]] = {"sha256": r["sha256"], "size": r["size"], "pinned_at": _now()}
+    _write_manifest(manifest, name, dataset, records, source="download")
+    _log(f"{name}: complete at {root}; manifest {manifest}")
+    return manifest
+
+
+def _write_manifest(path: Path, name: str, dataset: Any, archives: list[dict], source: str) -> None:
     body = {
         "version": MANIFEST_VERSION,
         "dataset": name,
         "format": dataset.format,
         "split": dataset.split,
         "root": str(dataset.root),
-        "archives": records,
+        "source": source,
+        "archives": archives,
         "layout": [e.path for e in layouts.expected_layout(dataset.format, dataset.split)],
         "layout_checked": True,
         "complete": True,
         "created": _now(),
         "mmc_version": __version__,
     }
-    write_text_atomic(manifest, json.dumps(body, indent=2) + "\n")
-    _log(f"{name}: complete at {root}; manifest {manifest}")
-    return manifest
+    write_text_atomic(path, json.dumps(body, indent=2) + "\n")
 
 
 def _record_provided(cfg: Any, name: str, dataset: Any, manifest: Path) -> Path:
@@ -163,13 +169,7 @@ def _record_provided(cfg: Any, name: str, dataset: Any, manifest: Path) -> Path:
             f"datasets.{name}: no archives to download and {dataset.root} is not a complete {dataset.format} "
             f"dataset (split {dataset.split!r}): missing {', '.join(missing)}"
         )
-    body = {
-        "version": MANIFEST_VERSION, "dataset": name, "format": dataset.format, "split": dataset.split,
-        "root": str(dataset.root), "archives": [], "source": "provided",
-        "layout": [e.path for e in layouts.expected_layout(dataset.format, dataset.split)],
-        "layout_checked": True, "complete": True, "created": _now(), "mmc_version": __version__,
-    }  # fmt: skip
-    write_text_atomic(manifest, json.dumps(body, indent=2) + "\n")
+    _write_manifest(manifest, name, dataset, [], source="provided")
     _log(f"{name}: no archives; {dataset.root} has the {dataset.format} layout; manifest {manifest}")
     return manifest
 
