@@ -216,7 +216,13 @@ def cache_file(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
 
 
 def dataset_features(
-    cfg: Any, model, model_info: dict, reader, dataset_name: str, model_name: str | None, stats: dict | None = None
+    cfg: Any,
+    model,
+    model_info: dict,
+    reader,
+    dataset_name: str,
+    model_name: str | None,
+    stats: dict | None = None,
 ) -> Iterator[tuple[Sample, Any]]:
     """:func:`iter_features` with the ``evaluation`` options of ``cfg``; cached when ``model_name``
     is given and ``evaluation.feature_cache`` is on."""

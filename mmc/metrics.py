@@ -64,7 +64,9 @@ def iou(pred: np.ndarray, target: np.ndarray, void: np.ndarray | None = None) ->
     return 1.0 if union == 0 else inter / union
 
 
-def _count_at_or_above(sorted_scores: np.ndarray, cum_weights: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def _count_at_or_above(
+    sorted_scores: np.ndarray, cum_weights: np.ndarray, thresholds: np.ndarray
+) -> np.ndarray:
     """Sum of weights of scores >= each threshold; ``cum_weights`` has a leading 0."""
     start = np.searchsorted(sorted_scores, thresholds, side="left")
     return cum_weights[-1] - cum_weights[start]
@@ -107,7 +109,9 @@ def oracle_iou(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarra
 
 
 # ----------------------------------------------------------------------------- prompts
-def prompt_point(mask: np.ndarray, mode: str = "center", rng: np.random.Generator | None = None) -> tuple[int, int]:
+def prompt_point(
+    mask: np.ndarray, mode: str = "center", rng: np.random.Generator | None = None
+) -> tuple[int, int]:
     """A pixel on the object: ``center`` = the maximum of the distance transform (first in raster
     order on ties; the image border counts as outside the object), ``random`` = uniform in the mask."""
     if not mask.any():

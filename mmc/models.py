@@ -24,8 +24,16 @@ from mmc.errors import MMCError
 FORMATS = ("mmc", "dino", "ibot", "mae", "mocov3", "timm")
 ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size")
 
-# Globals a supported checkpoint may pickle besides tensors and plain containers.
+# Globals a supported checkpoint may pickle besides tensors and plain containers: DINO/iBOT/MAE
+# pickle their `args`; `torch.__version__` (a str subclass) often lands in a `versions` dict.
 ALLOWED_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+
+
+def _allowed_globals() -> list:
+    from torch.torch_version import TorchVersion
+
+    return [*ALLOWED_GLOBALS, TorchVersion]
+
 
 # Heads of the standard ViT sizes by format, for files that store no head count. The number of
 # heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head count), which
@@ -109,7 +117,7 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise MMCError(f"{path}: checkpoint file not found")
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+        with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
@@ -118,11 +126,13 @@ def read_checkpoint(path: str | Path) -> Any:
             what = name.group(1) if name else "an object outside the allow-list"
             raise MMCError(
                 f"{path}: refused to load: the file pickles {what}, which is not one of the allowed "
-                f"globals ({', '.join(g.__module__ + '.' + g.__qualname__ for g in ALLOWED_GLOBALS)}). "
+                f"globals ({', '.join(g.__module__ + '.' + g.__qualname__ for g in _allowed_globals())}). "
                 "Untrusted checkpoints are never unpickled with weights_only=False; convert the file to a "
                 "plain state dict first."
             ) from None
-        raise MMCError(f"{path}: not a readable checkpoint (corrupt or truncated?): {text.splitlines()[0]}") from None
+        raise MMCError(
+            f"{path}: not a readable checkpoint (corrupt or truncated?): {text.splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MMCError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from None
@@ -360,7 +370,9 @@ def load_state_strict(model, state: Mapping, path: Path) -> None:
         )
     for k, v in model.state_dict().items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise MMCError(f"{path}: {k} has shape {tuple(state[k].shape)}, the backbone expects {tuple(v.shape)}")
+            raise MMCError(
+                f"{path}: {k} has shape {tuple(state[k].shape)}, the backbone expects {tuple(v.shape)}"
+            )
     model.load_state_dict(dict(state), strict=True)
 
 
@@ -411,7 +423,13 @@ def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None):
     if spec.source == "random" and checkpoint is None:
         arch = arch_dict(spec.backbone)
         model = random_backbone(arch, spec.seed)
-        return model, {"format": "random", "sha256": None, "arch": arch, "weights": f"seed {spec.seed}", "path": None}
+        return model, {
+            "format": "random",
+            "sha256": None,
+            "arch": arch,
+            "weights": f"seed {spec.seed}",
+            "path": None,
+        }
     if checkpoint is None:
         if spec.source == "file":
             checkpoint = spec.path

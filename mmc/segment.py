@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- per image
 def thresholds_of(evaluation: Any) -> list[float]:
     """The tau grid plus the demo tau, sorted; each must have a distinct 2-decimal column name."""
-    taus = sorted({round(float(t), 6) for t in evaluation.thresholds} | {round(float(evaluation.demo_threshold), 6)})
+    taus = sorted(
+        {round(float(t), 6) for t in evaluation.thresholds} | {round(float(evaluation.demo_threshold), 6)}
+    )
     names = [f"{t:.2f}" for t in taus]
     if len(set(names)) != len(names):
         raise MMCError(f"evaluation.thresholds: {taus} collide when written with two decimals")
@@ -112,7 +114,9 @@ def evaluate_image(
             "prompt_col": c,
         }
         row.update({f"iou_{t:.2f}": float(v) for t, v in zip(thresholds, ious, strict=True)})
-        row.update(oracle_tau=oracle_tau if math.isfinite(oracle_tau) else float("nan"), oracle_iou=oracle_iou)
+        row.update(
+            oracle_tau=oracle_tau if math.isfinite(oracle_tau) else float("nan"), oracle_iou=oracle_iou
+        )
         rows.append(row)
     return rows, skipped
 
@@ -142,7 +146,16 @@ def evaluate(cfg: Any, model, model_info: dict, dataset_name: str, model_name: s
         )
         rows.extend(image_rows)
         skipped += image_skipped
-    columns = ["image_id", "object_id", "class_id", "area", "prompt_y", "prompt_x", "prompt_row", "prompt_col"]
+    columns = [
+        "image_id",
+        "object_id",
+        "class_id",
+        "area",
+        "prompt_y",
+        "prompt_x",
+        "prompt_row",
+        "prompt_col",
+    ]
     columns += [f"iou_{t:.2f}" for t in thresholds] + ["oracle_tau", "oracle_iou"]
     table = pd.DataFrame(rows, columns=columns)
     return table, skipped, stats
@@ -216,7 +229,14 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": config.to_dict(cfg.datasets[args.dataset]),
             }
         )
-        rec.set_tags({"model": args.model, "dataset": args.dataset, "format": info["format"], "weights": info["weights"]})
+        rec.set_tags(
+            {
+                "model": args.model,
+                "dataset": args.dataset,
+                "format": info["format"],
+                "weights": info["weights"],
+            }
+        )
         if info["path"] is not None:
             rec.consumed(info["path"], info["sha256"])
         table, skipped, stats = evaluate(cfg, model, info, args.dataset, model_name=args.model)
@@ -252,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
             value = summary["miou_by_tau"][f"{t:.2f}"]
             if value is not None:
                 rec.log_metrics({"miou_by_tau_index": value}, step=step)
+
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"
 

@@ -124,12 +124,26 @@ def plot(result: dict, title: str, png: Path, svg: Path) -> None:
     edges = np.asarray(result["bins"])
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(centres, result["hist_intra"], width=width, alpha=0.55, label=f"intra (mean {result['mean_intra']:.3f})")
-    ax.bar(centres, result["hist_inter"], width=width, alpha=0.55, label=f"inter (mean {result['mean_inter']:.3f})")
+    ax.bar(
+        centres,
+        result["hist_intra"],
+        width=width,
+        alpha=0.55,
+        label=f"intra (mean {result['mean_intra']:.3f})",
+    )
+    ax.bar(
+        centres,
+        result["hist_inter"],
+        width=width,
+        alpha=0.55,
+        label=f"inter (mean {result['mean_inter']:.3f})",
+    )
     ax.set_xlim(-1, 1)
     ax.set_xlabel("cosine similarity to the prompt token")
     ax.set_ylabel("fraction of tokens")
-    ax.set_title(f"{title}\noverlap {result['overlap']:.3f}, best balanced acc. {result['best_balanced_accuracy']:.3f}")
+    ax.set_title(
+        f"{title}\noverlap {result['overlap']:.3f}, best balanced acc. {result['best_balanced_accuracy']:.3f}"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, format="png", dpi=120)
@@ -156,7 +170,14 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": config.to_dict(cfg.datasets[args.dataset]),
             }
         )
-        rec.set_tags({"model": args.model, "dataset": args.dataset, "format": info["format"], "weights": info["weights"]})
+        rec.set_tags(
+            {
+                "model": args.model,
+                "dataset": args.dataset,
+                "format": info["format"],
+                "weights": info["weights"],
+            }
+        )
         if info["path"] is not None:
             rec.consumed(info["path"], info["sha256"])
         intra, inter, stats = collect(cfg, model, info, args.dataset, model_name=args.model)
@@ -173,7 +194,17 @@ def run(args: argparse.Namespace) -> int:
         for name in ("similarity.json", "histogram.png", "histogram.svg"):
             rec.produced(out / name)
         rec.log_metrics(
-            {k: result[k] for k in ("mean_intra", "mean_inter", "overlap", "best_balanced_accuracy", "n_intra", "n_inter")}
+            {
+                k: result[k]
+                for k in (
+                    "mean_intra",
+                    "mean_inter",
+                    "overlap",
+                    "best_balanced_accuracy",
+                    "n_intra",
+                    "n_inter",
+                )
+            }
         )
     print(
         f"similarity {args.model} on {args.dataset}: mean intra {result['mean_intra']:.4f}, "

@@ -8,6 +8,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from mmc.data.readers import Sample, SegObject
+
 TINY_ARCH = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 4.0, "img_size": 32}
 
 
@@ -73,3 +75,25 @@ def write_config(tmp: Path, voc_root: Path, models: dict | None = None, **sectio
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def handmade_sample():
+    """16 x 16 labels on a 4 x 4 grid (4 px per token)."""
+    a = np.zeros((16, 16), bool)
+    a[0:8, 0:8] = True  # tokens (0,0) (0,1) (1,0) (1,1) exactly
+    c = np.zeros((16, 16), bool)
+    c[0:6, 10:16] = True  # 36 px inside tokens (0,2) (0,3) (1,2) (1,3), which hold 64 px
+    tiny = np.zeros((16, 16), bool)
+    tiny[14:16, 0:2] = True  # 4 px = 0.25 token: skipped
+    void = np.zeros((16, 16), bool)
+    void[8, :] = True  # 16 void px in row 8 (token row 2), none on a or c
+    objects = (SegObject(1, 5, a), SegObject(2, 7, c), SegObject(3, 9, tiny))
+    return Sample("hand", np.zeros((16, 16, 3), np.uint8), objects, void)
+
+
+def handmade_features():
+    feats = np.zeros((4, 4, 3), np.float32)
+    feats[..., 2] = 1  # background direction
+    feats[0:2, 0:2] = [1, 0, 0]  # object a's tokens
+    feats[0:2, 2:4] = [0, 1, 0]  # tokens around object c
+    return feats
