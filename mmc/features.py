@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,32 @@ def image_digest(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def prepared(reader, prepare: Callable, workers: int, window: int) -> Iterator:
+    """``map(prepare, reader)`` in order, by ``workers`` threads at most ``window`` items ahead.
+
+    Readers with ``__getitem__`` are also read in the threads; others are read in order here and
+    only ``prepare`` runs in the threads.
+    """
+    if workers <= 0:
+        yield from map(prepare, reader)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if hasattr(reader, "__getitem__"):
+        tasks = ((lambda i=i: prepare(reader[i])) for i in range(len(reader)))
+    else:
+        tasks = ((lambda s=s: prepare(s)) for s in reader)
+    with ThreadPoolExecutor(workers, thread_name_prefix="mmc-read") as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def cache_key(model_info: dict, dataset_cfg: Any, settings: dict) -> str:
     """What the cached features depend on (the images themselves are checked per entry)."""
     from mmc.config import to_dict
@@ -123,6 +149,7 @@ def iter_features(
     layer: int = -1,
     precision: str = "float32",
     batch_size: int = 16,
+    num_workers: int = 0,
     device: str = "cpu",
     cache_path: str | Path | None = None,
     cache_key_value: str | None = None,
@@ -131,8 +158,9 @@ def iter_features(
     """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors.
 
     Images of one batch share an input size (always so unless ``keep_aspect``); a batch is flushed
-    when it is full or the next image has another size. ``stats`` (if given) receives counts of
-    computed and cached images.
+    when it is full or the next image has another size. With ``num_workers > 0`` images are read,
+    hashed and preprocessed by that many threads (image decoding releases the GIL) while the
+    backbone runs. ``stats`` (if given) receives counts of computed and cached images.
     """
     import torch
 
@@ -145,18 +173,19 @@ def iter_features(
     model = model.to(device).eval()
 
     def flush(batch):
-        todo = [(i, x) for i, (_, x, entry) in enumerate(batch) if entry is None]
+        todo = [(i, x) for i, (_, x, entry, _) in enumerate(batch) if entry is None]
         feats = {}
         if todo:
             xs = torch.stack([x for _, x in todo]).to(device)
             out = patch_features(model, xs, layer, precision).cpu()
-            feats = {i: out[j] for j, (i, _) in enumerate(todo)}
+            # clone: a view would make torch.save store the whole batch with every entry
+            feats = {i: out[j].clone() for j, (i, _) in enumerate(todo)}
             counts["computed"] += len(todo)
-        for i, (sample, _, entry) in enumerate(batch):
+        for i, (sample, _, entry, digest) in enumerate(batch):
             if entry is None:
                 f = feats[i]
                 if cache_path is not None:
-                    fresh[sample.image_id] = {"digest": image_digest(sample.image), "features": f}
+                    fresh[sample.image_id] = {"digest": digest, "features": f}
             else:
                 f = entry["features"]
                 counts["cached"] += 1
@@ -164,20 +193,23 @@ def iter_features(
                     fresh[sample.image_id] = entry
             yield sample, f
 
-    batch: list = []
-    size = None
-    for sample in reader:
+    def prepare(sample):
+        digest = image_digest(sample.image) if cache_path is not None else None
         entry = cached.get(sample.image_id)
-        if entry is not None and entry["digest"] != image_digest(sample.image):
+        if entry is not None and entry["digest"] != digest:
             entry = None
         h, w = sample.image.shape[:2]
-        this_size = eval_size(h, w, resolution, patch, keep_aspect)
+        size = eval_size(h, w, resolution, patch, keep_aspect)
+        return sample, size, entry, digest, preprocess(sample.image, size) if entry is None else None
+
+    batch: list = []
+    size = None
+    for sample, this_size, entry, digest, x in prepared(reader, prepare, num_workers, window=2 * batch_size):
         if batch and (len(batch) >= batch_size or this_size != size):
             yield from flush(batch)
             batch = []
         size = this_size
-        x = preprocess(sample.image, this_size) if entry is None else None
-        batch.append((sample, x, entry))
+        batch.append((sample, x, entry, digest))
     if batch:
         yield from flush(batch)
     if cache_path is not None and counts["computed"]:
@@ -238,6 +270,7 @@ def dataset_features(
         layer=evaluation.layer,
         precision=evaluation.precision,
         batch_size=evaluation.batch_size,
+        num_workers=evaluation.num_workers,
         device=resolve_device(cfg.device),
         cache_path=path,
         cache_key_value=key,

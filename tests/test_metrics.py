@@ -125,6 +125,19 @@ def test_center_prompt_by_hand():
     assert ring[y, x]
 
 
+def test_center_prompt_equals_the_full_image_distance_transform():
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = np.zeros((30, 40), bool)
+        for _ in range(3):
+            y, x = rng.integers(0, 25), rng.integers(0, 35)
+            mask[y : y + rng.integers(1, 12), x : x + rng.integers(1, 15)] = True
+        full = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        assert metrics.prompt_point(mask) == np.unravel_index(np.argmax(full), mask.shape)
+
+
 def test_random_prompt_is_inside_and_seeded():
     mask = np.zeros((20, 20), bool)
     mask[5:9, 3:17] = True

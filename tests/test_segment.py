@@ -38,7 +38,11 @@ def test_voc_reader_objects_classes_and_void(voc):
     _, instances, classes = scene(1)
     assert sample.image.shape == (48, 64, 3) and sample.image.dtype == np.uint8
     assert [o.object_id for o in sample.objects] == [1, 2, 3]
-    assert [o.class_id for o in sample.objects] == [int(classes[instances == i][0]) for i in (1, 2, 3)] == [1, 2, 3]
+    assert (
+        [o.class_id for o in sample.objects]
+        == [int(classes[instances == i][0]) for i in (1, 2, 3)]
+        == [1, 2, 3]
+    )
     np.testing.assert_array_equal(sample.objects[0].mask, instances == 1)
     np.testing.assert_array_equal(sample.void, instances == 255)
     assert sample.objects[1].mask.sum() == 18 * 26 and sample.void.sum() == 20 * 28 - 18 * 26
@@ -271,7 +275,9 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     cached = write_config(tmp_path, data)
     args = ["--model", "tiny", "--dataset", "scenes"]
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "a") == 0
-    assert (tmp_path / "state" / "features" / "tiny" / "scenes.pt").is_file()
+    cache = tmp_path / "state" / "features" / "tiny" / "scenes.pt"
+    # 3 images x 8 x 8 tokens x 48 floats: each entry stores its own tensor, not its batch's
+    assert 3 * 64 * 48 * 4 < cache.stat().st_size < 2 * 3 * 64 * 48 * 4
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "b") == 0
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
     assert first["features"] == {"computed": 3, "cached": 0} and second["features"] == {
@@ -316,3 +322,17 @@ def test_segment_runs_as_a_process(voc, tmp_path):
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["thresholds"] == [0.2, 0.625, 0.9]  # the demo tau is always evaluated
     assert summary["settings"]["upsample"] == "bilinear" and summary["settings"]["prompt"] == "random"
+
+
+def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
+    tables = []
+    for workers in (0, 2):
+        cfg = write_config(
+            tmp_path, voc, evaluation={"num_workers": workers, "feature_cache": False, "batch_size": 2}
+        )
+        out = tmp_path / f"w{workers}"
+        assert (
+            run_cli("segment", "--config", cfg, "--model", "tiny", "--dataset", "scenes", "--out", out) == 0
+        )
+        tables.append(pd.read_parquet(out / "objects.parquet"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
