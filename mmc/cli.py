@@ -18,6 +18,8 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "segment": ("mmc.segment", "zero-shot prompt-patch segmentation of one model on one dataset"),
+    "similarity": ("mmc.similarity", "intra/inter-object similarity of one model on one dataset"),
 }
 
 
