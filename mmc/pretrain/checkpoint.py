@@ -46,6 +46,21 @@ def save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def state_digest(*state_dicts: dict | None) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of every tensor (None entries skipped)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for sd in state_dicts:
+        if sd is None:
+            continue
+        for name in sorted(sd):
+            t = sd[name].detach().cpu().contiguous()
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------- RNG states
 def rng_state() -> dict:
     np_state = np.random.get_state()

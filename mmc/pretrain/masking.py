@@ -2,8 +2,8 @@
 
 A mask of ``round(ratio * H * W)`` patches at most is built from rectangular blocks. Each block's
 area is drawn from U(min_block, budget) (budget = patches still to mask) and its aspect ratio
-log-uniformly from ``aspect_range``; a block is accepted when it masks between 1 and ``budget`` new
-patches. When no block fits in ``max_attempts`` tries the mask stops growing: as in BEiT, a view
+log-uniformly from ``aspect_range``; a block covers at least min(min_block, budget) patches and is
+accepted when it masks between 1 and ``budget`` new patches (blocks may overlap). When no block fits in ``max_attempts`` tries the mask stops growing: as in BEiT, a view
 whose budget is smaller than one block can stay unmasked, which the losses handle explicitly.
 """
 
@@ -46,6 +46,8 @@ def block_mask(
             block_h = round(math.sqrt(area * aspect))
             block_w = round(math.sqrt(area / aspect))
             if not (1 <= block_h <= height and 1 <= block_w <= width):
+                continue
+            if block_h * block_w < min(min_block, budget):  # rounding must not shrink a block below min
                 continue
             top = _randint(generator, height - block_h + 1)
             left = _randint(generator, width - block_w + 1)

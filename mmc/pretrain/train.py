@@ -239,8 +239,20 @@ class Trainer:
             self._loop()
         finally:
             signal.signal(signal.SIGTERM, previous)
+        self._check_ranks_agree()
         if self.is_main:
             self._export()
+
+    def _check_ranks_agree(self) -> None:
+        """Under DDP every rank must end with the same weights; a silent divergence is a bug."""
+        if self.world == 1:
+            return
+        digest = ckpt_mod.state_digest(*self._state_dicts())
+        digests = [None] * self.world
+        torch.distributed.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise MMCError(f"ranks ended with different weights: {digests}")
+        _log(f"weights identical on {self.world} ranks: sha256 {digest}")
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
