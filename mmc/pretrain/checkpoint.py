@@ -37,7 +37,7 @@ def versions() -> dict:
 
     from mmc import __version__
 
-    return {"mmc": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+    return {"mmc": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version()}
 
 
 def save(obj: dict, path: Path) -> None:
@@ -119,7 +119,9 @@ def latest_valid(state_dir: Path, report=print) -> tuple[dict | None, Path | Non
         try:
             return load_checkpoint(path), path
         except ValueError as e:
-            report(f"mmc pretrain: warning: resume checkpoint {path} {e}; falling back to the previous one")
+            report(f"warning: resume checkpoint {path} {e}; falling back to the previous one")
+    if list_resume(state_dir):
+        report(f"warning: no usable resume checkpoint in {state_dir}; starting from step 0")
     return None, None
 
 

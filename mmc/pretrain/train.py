@@ -232,6 +232,9 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            for stale in self.state.glob(".step_*.tmp-*"):  # a save cut short by a kill
+                stale.unlink(missing_ok=True)
         self._resume()
         self._restore_metrics()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
