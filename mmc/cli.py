@@ -18,6 +18,10 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E.pth, dvc add and push it"),
+    "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
+    "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
+    "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
 }
 
 

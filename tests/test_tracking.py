@@ -1,0 +1,245 @@
+"""Job records and their loading into a real MLflow store (embedded SQLite and a real server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mmc import config, mlflow_store, tracking
+from mmc.files import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A real job: a separate Python process running a stage-like body inside tracking.job.
+JOB_SCRIPT = """
+import sys
+from pathlib import Path
+from mmc import config, tracking
+
+cfg = config.load(sys.argv[1])
+index = sys.argv[2]
+with tracking.job("segment", cfg, wildcards={"model": "m" + index, "dataset": "toy"}) as rec:
+    out = Path(cfg.results_dir) / "segment" / ("m" + index) / "summary.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"model,miou\\nm{index},0.{index}\\n")
+    weights = out.parent / "weights.pth"
+    weights.write_bytes(bytes(range(256)) * 64)
+    rec.log_params({"evaluation": {"resolution": 32, "prompt": "center"}})
+    for step in range(3):
+        rec.log_metrics({"loss": 1.0 / (step + 1), "miou": 0.1 * step}, step=step)
+    rec.consumed(weights)
+    rec.produced(out)
+    rec.log_artifact(out)
+    rec.log_artifact(weights)
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MMC_INVOCATION_ID", "SLURM_JOB_ID")}
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.update(extra)
+    return env
+
+
+def _mmc(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "mmc", *args], cwd=cwd, env=_env(**env),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _write_config(tmp_path: Path, **tracking_opts) -> Path:
+    path = tmp_path / "config.yaml"
+    opts = {"enabled": True, **tracking_opts}
+    path.write_text(json.dumps({"run_name": "unit", "results_dir": str(tmp_path / "results"),
+                                "data_dir": str(tmp_path / "data"), "tracking": opts}))
+    return path
+
+
+def _run_jobs(tmp_path: Path, cfg_path: Path, indices, **env: str) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(JOB_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(script), str(cfg_path), str(i)], cwd=tmp_path,
+                              env=_env(**env), stderr=subprocess.PIPE, text=True) for i in indices]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+
+
+REQUIRED_TAGS = ("mmc.git_commit", "mmc.git_dirty", "mmc.version", "mmc.stage", "snakemake.rule",
+                 "snakemake.wildcard.model", "snakemake.wildcard.dataset", "mmc.config_hash", "mmc.host",
+                 "mmc.invocation_id", "mmc.record_id", "mmc.record_hash", "mmc.checkpoint_consumed_sha256",
+                 "mmc.dataset_dvc_md5")
+
+
+def test_record_carries_provenance_tags(tmp_path, monkeypatch):
+    import torch  # the record reports torch/device only when the job imported torch
+
+    cfg_path = _write_config(tmp_path)
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv(tracking.INVOCATION_ENV, "inv-from-env")
+    cfg = config.load(cfg_path)
+    ckpt = tmp_path / "epoch_0001.pth"
+    ckpt.write_bytes(b"weights")
+    with tracking.job("select", cfg, wildcards={"experiment": "mmc"}) as rec:
+        rec.consumed(ckpt)
+        rec.set_tags({"mmc.device": "set-by-stage"})
+    record = json.loads((tracking.record_dir(cfg) / "select-experiment=mmc.json").read_text())
+    tags = record["tags"]
+    assert record["status"] == "FINISHED" and record["wildcards"] == {"experiment": "mmc"}
+    assert record["invocation_id"] == tags["mmc.invocation_id"] == "inv-from-env"
+    assert tags["slurm.job_id"] == "4242"
+    assert tags["snakemake.wildcard.experiment"] == "mmc" and tags["snakemake.rule"] == "select"
+    assert tags["mmc.dataset_dvc_md5"] == "0123456789abcdef0123456789abcdef.dir"
+    assert tags["mmc.checkpoint_consumed_sha256"] == sha256_file(ckpt)
+    assert tags["mmc.torch_version"] == torch.__version__ and "mmc.cuda_version" in tags
+    assert tags["mmc.device"] == "set-by-stage"  # what a stage says wins over the automatic guess
+    assert len(tags["mmc.git_commit"]) == 40 and tags["mmc.git_dirty"] in ("true", "false")
+    assert tags["mmc.config_hash"] == config.config_hash(cfg) == record["config"]["hash"]
+    assert Path(record["config"]["snapshot"]).read_text() == config.dump(cfg)
+
+
+def test_failed_job_is_recorded_as_failed(tmp_path):
+    cfg = config.load(_write_config(tmp_path))
+    with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
+        rec.log_metrics({"loss": float("nan"), "lr": 0.1}, step=7)
+        raise RuntimeError("loss is not finite")
+    record = json.loads((tracking.record_dir(cfg) / "pretrain-mmc.json").read_text())
+    assert record["status"] == "FAILED"
+    assert record["tags"]["mmc.error"] == "RuntimeError: loss is not finite"
+    assert [m["key"] for m in record["metrics"]] == ["lr"]  # non-finite values are dropped
+
+
+def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
+    cfg_path = _write_config(tmp_path)
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: aaaabbbbccccddddeeeeffff00001111.dir\n  path: data\n")
+    invocation = _mmc("track", "start", "--config", str(cfg_path), cwd=tmp_path).stdout.strip()
+    jobs = range(8)
+    _run_jobs(tmp_path, cfg_path, jobs, MLFLOW_RUN_ID="must-not-be-resumed")
+    first = _mmc("track", "load", "--config", str(cfg_path), "--status", "finished", cwd=tmp_path)
+    assert "loaded 8 job record(s), skipped 0" in first.stdout, first.stdout
+    assert "lock" not in (first.stdout + first.stderr).lower()
+
+    cfg = config.load(cfg_path)
+    parent, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    assert parent is not None and parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == sorted(f"segment-model=m{i}-dataset=toy" for i in jobs)
+    for child in children:
+        missing = [t for t in REQUIRED_TAGS if t not in child.data.tags]
+        assert not missing, (child.info.run_name, missing)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id != child.info.run_id
+        assert child.data.params["evaluation.resolution"] == "32"
+    client = mlflow_store._client(mlflow_store.store_uri(cfg))
+    history = client.get_metric_history(children[0].info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    uploaded = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert uploaded == {"summary.csv", "mmc_job_record.json"}  # the .pth is tagged, never uploaded
+    assert any(k.startswith("mmc.artifact_not_uploaded") and "weights.pth sha256=" in v
+               for k, v in children[0].data.tags.items())
+
+    again = _mmc("track", "load", "--config", str(cfg_path), cwd=tmp_path)
+    assert "loaded 0 job record(s), skipped 8" in again.stdout
+
+    # A new invocation in which only two jobs ran again (the others were up to date).
+    second = _mmc("track", "start", "--config", str(cfg_path), cwd=tmp_path).stdout.strip()
+    _run_jobs(tmp_path, cfg_path, [1, 5])
+    third = _mmc("track", "load", "--config", str(cfg_path), "--status", "failed", cwd=tmp_path)
+    assert "loaded 2 job record(s), skipped 6" in third.stdout
+    parent2, children2 = mlflow_store.runs_of_invocation(cfg, second)
+    assert parent2.info.status == "FAILED"
+    assert sorted(c.info.run_name for c in children2) == ["segment-model=m1-dataset=toy", "segment-model=m5-dataset=toy"]
+    assert len(mlflow_store.runs_of_invocation(cfg, invocation)[1]) == 8  # the first one is untouched
+
+
+def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
+    cfg_path = _write_config(tmp_path)
+    cfg = config.load(cfg_path)
+    invocation = mlflow_store.start_invocation(cfg)["invocation_id"]
+    with tracking.job("tables", cfg) as rec:
+        rec.log_metrics({"rows": 2})
+    record = json.loads((tracking.record_dir(cfg) / "tables.json").read_text())
+    # What a loader killed after create_run (before its final tag) leaves behind:
+    client = mlflow_store._client(mlflow_store.store_uri(cfg))
+    experiment = mlflow_store._experiment_id(client, cfg)
+    client.create_run(experiment, tags={"mmc.record_id": record["record_id"]}, run_name="tables")
+    report = mlflow_store.load_records(cfg)
+    assert len(report.cleaned) == 1 and len(report.loaded) == 1
+    _, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    assert [c.info.run_name for c in children] == ["tables"]
+    assert len(client.search_runs([experiment], filter_string="attributes.run_name = 'tables'")) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    with open(server_dir / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+             "--artifacts-destination", str(server_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=server_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(server_dir / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_jobs_log_directly_to_a_tracking_server(tmp_path, mlflow_server):
+    cfg_path = _write_config(tmp_path, uri=mlflow_server)
+    invocation = _mmc("track", "start", "--config", str(cfg_path), cwd=tmp_path).stdout.strip()
+    stored = json.loads((tmp_path / "results" / "tracking" / "invocation.json").read_text())
+    assert stored["invocation_id"] == invocation and stored["parent_run_id"]
+    _run_jobs(tmp_path, cfg_path, range(3), MLFLOW_RUN_ID=stored["parent_run_id"])
+    for i in range(3):
+        record = json.loads((tmp_path / "results" / "tracking" / "jobs" / f"segment-model=m{i}-dataset=toy.json").read_text())
+        assert record["mlflow"]["uri"] == mlflow_server and record["mlflow"]["run_id"]
+    loaded = _mmc("track", "load", "--config", str(cfg_path), "--status", "finished", cwd=tmp_path)
+    assert "loaded 0 job record(s), skipped 3" in loaded.stdout  # they are already on the server
+
+    cfg = config.load(cfg_path)
+    parent, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    assert parent.info.run_id == stored["parent_run_id"] and parent.info.status == "FINISHED"
+    assert parent.data.params  # the resolved config
+    assert sorted(c.info.run_name for c in children) == [f"segment-model=m{i}-dataset=toy" for i in range(3)]
+    for child in children:
+        assert not [t for t in REQUIRED_TAGS if t not in child.data.tags and t != "mmc.dataset_dvc_md5"]
+        assert child.info.status == "FINISHED"
+    client = mlflow_store._client(mlflow_server)
+    assert len(client.get_metric_history(children[0].info.run_id, "miou")) == 3
+    assert "summary.csv" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
