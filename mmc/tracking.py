@@ -161,13 +161,12 @@ def _config_identity(cfg: Any, config_path: str | None, snapshot_dir: Path) -> d
 
     try:
         digest = config_module.config_hash(cfg)
-        text = config_module.dump(cfg)
     except (TypeError, ValueError):  # not a frozen config (e.g. a bare namespace in a script)
         return {"hash": None, "path": config_path, "snapshot": None}
     snapshot = snapshot_dir / f"{digest}.yaml"
     if not snapshot.exists():
         with atomic_path(snapshot) as tmp:  # concurrent jobs write identical bytes: last rename wins
-            tmp.write_text(text)
+            tmp.write_text(config_module.dump(cfg))
     return {"hash": digest, "path": config_path, "snapshot": str(snapshot)}
 
 
