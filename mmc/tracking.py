@@ -338,6 +338,9 @@ def _log_directly(cfg: Any, recorder: JobRecorder, invocation: Mapping) -> None:
     """Log the finished job to the tracking server now; on failure leave it to ``mmc track load``."""
     from mmc import mlflow_store
 
+    # MLflow's defaults retry for minutes; a job should not hang that long on an unreachable server.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     try:
         run_id = mlflow_store.log_record_direct(cfg, recorder.record, invocation)
     except Exception as e:  # the job's own work succeeded: a server hiccup must not fail it

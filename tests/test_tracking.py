@@ -229,17 +229,96 @@ def test_jobs_log_directly_to_a_tracking_server(tmp_path, mlflow_server):
     for i in range(3):
         record = json.loads((tmp_path / "results" / "tracking" / "jobs" / f"segment-model=m{i}-dataset=toy.json").read_text())
         assert record["mlflow"]["uri"] == mlflow_server and record["mlflow"]["run_id"]
+    # A job that cannot reach the server still succeeds; its record is loaded afterwards.
+    unreachable = tmp_path / "unreachable.yaml"
+    unreachable.write_text(cfg_path.read_text().replace(mlflow_server, f"http://127.0.0.1:{_free_port()}"))
+    _run_jobs(tmp_path, unreachable, [3], MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    assert "mlflow" not in json.loads((tmp_path / "results/tracking/jobs/segment-model=m3-dataset=toy.json").read_text())
     loaded = _mmc("track", "load", "--config", str(cfg_path), "--status", "finished", cwd=tmp_path)
-    assert "loaded 0 job record(s), skipped 3" in loaded.stdout  # they are already on the server
+    assert "loaded 1 job record(s), skipped 3" in loaded.stdout  # the others are already on the server
 
     cfg = config.load(cfg_path)
     parent, children = mlflow_store.runs_of_invocation(cfg, invocation)
     assert parent.info.run_id == stored["parent_run_id"] and parent.info.status == "FINISHED"
     assert parent.data.params  # the resolved config
-    assert sorted(c.info.run_name for c in children) == [f"segment-model=m{i}-dataset=toy" for i in range(3)]
+    assert sorted(c.info.run_name for c in children) == [f"segment-model=m{i}-dataset=toy" for i in range(4)]
     for child in children:
         assert not [t for t in REQUIRED_TAGS if t not in child.data.tags and t != "mmc.dataset_dvc_md5"]
         assert child.info.status == "FINISHED"
     client = mlflow_store._client(mlflow_server)
     assert len(client.get_metric_history(children[0].info.run_id, "miou")) == 3
     assert "summary.csv" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
+
+
+SNAKEFILE = """
+import sys
+
+MMC = f"{sys.executable} -m mmc"
+
+
+onstart:
+    shell(f"{MMC} track start --config config.yaml")
+
+
+onsuccess:
+    shell(f"{MMC} track load --config config.yaml --status finished")
+
+
+onerror:
+    shell(f"{MMC} track load --config config.yaml --status failed")
+
+
+rule all:
+    input:
+        expand("results/out/{i}.txt", i=range(6)),
+
+
+rule work:
+    output:
+        "results/out/{i}.txt",
+    shell:
+        "python work.py {wildcards.i} {output}"
+"""
+
+WORK_SCRIPT = """
+import sys
+from pathlib import Path
+from mmc import config, tracking
+
+index, out = sys.argv[1:3]
+cfg = config.load("config.yaml")
+with tracking.job("work", cfg, wildcards={"i": index}) as rec:
+    rec.log_metrics({"value": float(index)}, step=0)
+    if index == "3" and not Path("let-3-pass").exists():
+        raise RuntimeError("job 3 fails the first time")
+    Path(out).write_text(index)
+    rec.produced(out)
+"""
+
+
+@pytest.mark.slow
+def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs(tmp_path):
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "work.py").write_text(WORK_SCRIPT)
+    cfg_path = _write_config(tmp_path)
+    env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "snakemake", "-c2", "--keep-going", "--snakefile", "Snakefile"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode != 0 and "job 3 fails the first time" in first.stderr
+    first_invocation = json.loads((tmp_path / "results/tracking/invocation.json").read_text())["invocation_id"]
+    (tmp_path / "let-3-pass").touch()
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "loaded 1 job record(s), skipped 5" in second.stderr + second.stdout
+    second_invocation = json.loads((tmp_path / "results/tracking/invocation.json").read_text())["invocation_id"]
+    assert "database is locked" not in first.stderr + second.stderr
+
+    cfg = config.load(cfg_path)
+    parent1, children1 = mlflow_store.runs_of_invocation(cfg, first_invocation)
+    parent2, children2 = mlflow_store.runs_of_invocation(cfg, second_invocation)
+    assert parent1.info.status == "FAILED" and parent2.info.status == "FINISHED"
+    assert sorted((c.info.run_name, c.info.status) for c in children1) == [
+        (f"work-i={i}", "FAILED" if i == 3 else "FINISHED") for i in range(6)]
+    assert [(c.info.run_name, c.info.status) for c in children2] == [("work-i=3", "FINISHED")]
+    hashes = [c.data.tags["mmc.record_hash"] for c in children1 + children2]
+    assert len(set(hashes)) == 7
