@@ -14,6 +14,7 @@ The DVC CLI runs through ``python -m dvc`` of this interpreter.
 from __future__ import annotations
 
 import argparse
+import configparser
 import contextlib
 import fcntl
 import json
@@ -57,8 +58,12 @@ def ensure_repo(cfg: Any, start: Path) -> Path:
                            f"({in_git.stdout.strip()}): run `dvc init` there first")
         dvc("init", "--quiet", *([] if in_git.returncode == 0 else ["--no-scm"]), cwd=start)
         root = start
-    dvc("config", "--local", "cache.type", cfg.dvc.cache_type, cwd=root)
-    dvc("config", "--local", "core.hardlink_lock", str(cfg.dvc.hardlink_lock).lower(), cwd=root)
+    wanted = {("cache", "type"): cfg.dvc.cache_type, ("core", "hardlink_lock"): str(cfg.dvc.hardlink_lock).lower()}
+    local = configparser.ConfigParser()
+    local.read(root / ".dvc" / "config.local")
+    for (section, key), value in wanted.items():
+        if local.get(section, key, fallback=None) != value:  # each dvc call costs ~0.5 s: only on change
+            dvc("config", "--local", f"{section}.{key}", value, cwd=root)
     return root
 
 

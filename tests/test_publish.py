@@ -36,7 +36,7 @@ def _mmc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def repo(tmp_path) -> Path:
+def dvc_project(tmp_path) -> Path:
     """A git + DVC project holding a pretrained checkpoint and the selection that chose it."""
     _run("git", "init", "-q", cwd=tmp_path)
     _run(sys.executable, "-m", "dvc", "init", "-q", cwd=tmp_path)
@@ -55,76 +55,76 @@ def repo(tmp_path) -> Path:
     return tmp_path
 
 
-def test_publish_adds_pushes_and_restores_the_checkpoint(repo):
-    source = repo / "results" / "pretrain" / "mmc" / "epoch_0002.pth"
+def test_publish_adds_pushes_and_restores_the_checkpoint(dvc_project):
+    source = dvc_project / "results" / "pretrain" / "mmc" / "epoch_0002.pth"
     content = source.read_bytes()
     done = _mmc("publish", "--config", "config.yaml", "--experiment", "mmc",
-                "--selection", "results/select/mmc.json", cwd=repo)
+                "--selection", "results/select/mmc.json", cwd=dvc_project)
     md5 = hashlib.md5(content).hexdigest()
     assert f"DVC md5 {md5}" in done.stdout
 
-    published = repo / "checkpoints" / "mmc.pth"
+    published = dvc_project / "checkpoints" / "mmc.pth"
     assert published.read_bytes() == content
-    dvc_file = yaml.safe_load((repo / "checkpoints" / "mmc.pth.dvc").read_text())
+    dvc_file = yaml.safe_load((dvc_project / "checkpoints" / "mmc.pth.dvc").read_text())
     assert dvc_file["outs"][0]["md5"] == md5 and dvc_file["outs"][0]["path"] == "mmc.pth"
-    remote = (repo / ".." / "remote-store").resolve()
+    remote = (dvc_project / ".." / "remote-store").resolve()
     assert (remote / "files" / "md5" / md5[:2] / md5[2:]).read_bytes() == content  # really pushed
-    assert "checkpoints/mmc.pth" not in _run("git", "status", "--porcelain", "--ignored=no", cwd=repo).stdout
+    assert "checkpoints/mmc.pth" not in _run("git", "status", "--porcelain", "--ignored=no", cwd=dvc_project).stdout
 
-    record = json.loads((repo / "results" / "tracking" / "jobs" / "publish-experiment=mmc.json").read_text())
+    record = json.loads((dvc_project / "results" / "tracking" / "jobs" / "publish-experiment=mmc.json").read_text())
     assert record["tags"]["dvc.md5"] == md5
     assert record["files"]["produced"]["checkpoints/mmc.pth"] == hashlib.sha256(content).hexdigest()
     assert record["files"]["consumed"]["results/pretrain/mmc/epoch_0002.pth"] == hashlib.sha256(content).hexdigest()
 
     # A fresh clone's view: no workspace copy, no cache; `dvc pull` brings it back from the remote.
     published.unlink()
-    shutil.rmtree(repo / ".dvc" / "cache")
-    _run(sys.executable, "-m", "dvc", "pull", "-q", "checkpoints/mmc.pth.dvc", cwd=repo)
+    shutil.rmtree(dvc_project / ".dvc" / "cache")
+    _run(sys.executable, "-m", "dvc", "pull", "-q", "checkpoints/mmc.pth.dvc", cwd=dvc_project)
     assert published.read_bytes() == content
 
     # Downstream jobs that consume the published checkpoint carry its hash and DVC md5 in provenance.
-    (repo / "segment.py").write_text(
+    (dvc_project / "segment.py").write_text(
         "import sys\nfrom pathlib import Path\nfrom mmc import config, tracking\n"
         "cfg = config.load('config.yaml')\n"
         "with tracking.job('segment', cfg, wildcards={'model': 'mmc', 'dataset': 'toy'}) as rec:\n"
         "    rec.consumed('checkpoints/mmc.pth')\n"
         "    Path('results/summary.csv').write_text('model,miou\\nmmc,0.5\\n')\n"
         "    rec.produced('results/summary.csv')\n")
-    _run(sys.executable, "segment.py", cwd=repo)
-    trail = _mmc("provenance", "results/summary.csv", cwd=repo).stdout
+    _run(sys.executable, "segment.py", cwd=dvc_project)
+    trail = _mmc("provenance", "results/summary.csv", cwd=dvc_project).stdout
     assert f"checkpoint   checkpoints/mmc.pth sha256 {hashlib.sha256(content).hexdigest()} (DVC md5 {md5})" in trail
     assert "job publish-experiment=mmc " in trail and "job segment-model=mmc-dataset=toy " in trail
 
 
-def test_republish_updates_the_dvc_file_and_keeps_both_versions(repo):
+def test_republish_updates_the_dvc_file_and_keeps_both_versions(dvc_project):
     args = ("publish", "--config", "config.yaml", "--experiment", "mmc", "--selection", "results/select/mmc.json")
-    _mmc(*args, cwd=repo)
-    first = yaml.safe_load((repo / "checkpoints" / "mmc.pth.dvc").read_text())["outs"][0]["md5"]
-    newer = repo / "results" / "pretrain" / "mmc" / "epoch_0004.pth"
+    _mmc(*args, cwd=dvc_project)
+    first = yaml.safe_load((dvc_project / "checkpoints" / "mmc.pth.dvc").read_text())["outs"][0]["md5"]
+    newer = dvc_project / "results" / "pretrain" / "mmc" / "epoch_0004.pth"
     newer.write_bytes(os.urandom(1000))
-    (repo / "results" / "select" / "mmc.json").write_text(json.dumps({"checkpoint": str(newer.relative_to(repo)),
+    (dvc_project / "results" / "select" / "mmc.json").write_text(json.dumps({"checkpoint": str(newer.relative_to(dvc_project)),
                                                                       "sha256": sha256_file(newer)}))
-    _mmc(*args, cwd=repo)
-    second = yaml.safe_load((repo / "checkpoints" / "mmc.pth.dvc").read_text())["outs"][0]["md5"]
+    _mmc(*args, cwd=dvc_project)
+    second = yaml.safe_load((dvc_project / "checkpoints" / "mmc.pth.dvc").read_text())["outs"][0]["md5"]
     assert second == hashlib.md5(newer.read_bytes()).hexdigest() != first
-    remote = (repo / ".." / "remote-store").resolve()
+    remote = (dvc_project / ".." / "remote-store").resolve()
     assert all((remote / "files" / "md5" / h[:2] / h[2:]).is_file() for h in (first, second))
-    assert (repo / "checkpoints" / "mmc.pth").read_bytes() == newer.read_bytes()
+    assert (dvc_project / "checkpoints" / "mmc.pth").read_bytes() == newer.read_bytes()
 
 
-def test_checkpoint_changed_after_selection_is_refused(repo):
-    source = repo / "results" / "pretrain" / "mmc" / "epoch_0002.pth"
+def test_checkpoint_changed_after_selection_is_refused(dvc_project):
+    source = dvc_project / "results" / "pretrain" / "mmc" / "epoch_0002.pth"
     source.write_bytes(source.read_bytes() + b"\0")
     done = _mmc("publish", "--config", "config.yaml", "--experiment", "mmc",
-                "--selection", "results/select/mmc.json", cwd=repo, check=False)
+                "--selection", "results/select/mmc.json", cwd=dvc_project, check=False)
     assert done.returncode == 2
     assert "the checkpoint changed after selection" in done.stderr
-    assert not (repo / "checkpoints" / "mmc.pth").exists()
-    record = json.loads((repo / "results" / "tracking" / "jobs" / "publish-experiment=mmc.json").read_text())
+    assert not (dvc_project / "checkpoints" / "mmc.pth").exists()
+    record = json.loads((dvc_project / "results" / "tracking" / "jobs" / "publish-experiment=mmc.json").read_text())
     assert record["status"] == "FAILED"
 
 
-def test_unknown_experiment_is_a_clear_error(repo):
+def test_unknown_experiment_is_a_clear_error(dvc_project):
     done = _mmc("publish", "--config", "config.yaml", "--experiment", "nope",
-                "--selection", "results/select/mmc.json", cwd=repo, check=False)
+                "--selection", "results/select/mmc.json", cwd=dvc_project, check=False)
     assert done.returncode == 2 and "'nope' is not a key of experiments" in done.stderr
