@@ -137,6 +137,7 @@ def _log_artifacts(client, run_id: str, record: Mapping[str, Any], max_bytes: in
     """Upload small tables and figures; for weights and big files, tag path and sha256 instead."""
     notes: dict[str, str] = {}
     cwd = Path(record.get("cwd") or ".")
+    cwd = cwd if cwd.is_dir() else Path.cwd()  # a project copied elsewhere: paths are relative to it
     for index, given in enumerate(record.get("artifacts", [])):
         path = cwd / given
         if path.is_dir():

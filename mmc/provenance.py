@@ -10,6 +10,7 @@ that recorded it is a MISMATCH (exit status 1); a file no longer on disk is only
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -61,7 +62,15 @@ class Trace:
 
 
 def _absolute(path: str, cwd: str | None) -> str:
-    return os.path.normpath(os.path.join(cwd or os.getcwd(), path))
+    """Relative paths are relative to the job's working directory; where that folder is not on this
+    machine (a copied or moved project), to the current one."""
+    base = cwd if cwd and _is_dir(cwd) else os.getcwd()
+    return os.path.normpath(os.path.join(base, path))
+
+
+@functools.cache
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
 
 
 class RecordIndex:

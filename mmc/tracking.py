@@ -252,8 +252,10 @@ class JobRecorder:
 
     def dump(self) -> None:
         """Write the (finalised) record atomically: a reader never sees half a record."""
+        # Readable when small; a long training curve (10^5+ points) is written compactly.
+        indent = 1 if len(self.record["metrics"]) <= 10_000 else None
         with atomic_path(self.record_path) as tmp:
-            tmp.write_text(json.dumps(self.record, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(self.record, indent=indent, sort_keys=True))
 
 
 def _start_tags(cfg: Any, stage: str, rule: str, wildcards: Mapping[str, Any], invocation: Mapping) -> dict[str, str]:

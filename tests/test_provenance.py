@@ -55,8 +55,12 @@ def _provenance(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
+    return _build_run(tmp_path_factory.mktemp("run"))
+
+
+def _build_run(root: Path) -> Path:
     """data -> pretrain -> select -> segment -> tables, each a real job process with a record."""
-    root = tmp_path_factory.mktemp("run")
+    root.mkdir(exist_ok=True)
     (root / "stage.py").write_text(STAGE_SCRIPT)
     (root / "config.yaml").write_text("run_name: prov\nresults_dir: results\ndata_dir: data\n")
     (root / "data").mkdir()
@@ -125,3 +129,15 @@ def test_file_without_a_record_is_a_clear_error(finished_run):
     done = _provenance(finished_run, "data/voc.bin")
     assert done.returncode == 2
     assert "data/voc.bin: no job record produced this file" in done.stderr
+
+
+def test_moved_project_is_still_verified(tmp_path):
+    original = _build_run(tmp_path / "original")
+    moved = tmp_path / "moved"
+    original.rename(moved)  # the records' working directory no longer exists
+    done = _provenance(moved, "results/tables/main.csv")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "MISSING" not in done.stdout and "(10 checked)" in done.stdout
+    (moved / "data" / "unlabelled.bin").write_bytes(b"other pretraining data")
+    done = _provenance(moved, "results/tables/main.csv")
+    assert done.returncode == 1 and "MISMATCH data/unlabelled.bin" in done.stdout

@@ -267,7 +267,7 @@ rule work:
     output:
         "results/out/{i}.txt",
     shell:
-        "python work.py {wildcards.i} {output}"
+        "python work.py --config config.yaml {wildcards.i} {output}"
 """
 
 WORK_SCRIPT = """
@@ -275,8 +275,8 @@ import sys
 from pathlib import Path
 from mmc import config, tracking
 
-index, out = sys.argv[1:3]
-cfg = config.load("config.yaml")
+config_path, index, out = sys.argv[2:5]  # like every mmc stage: --config F first
+cfg = config.load(config_path)
 with tracking.job("work", cfg, wildcards={"i": index}) as rec:
     rec.log_metrics({"value": float(index)}, step=0)
     if index == "3" and not Path("let-3-pass").exists():
@@ -312,3 +312,8 @@ def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs
     assert [(c.info.run_name, c.info.status) for c in children2] == [("work-i=3", "FINISHED")]
     hashes = [c.data.tags["mmc.record_hash"] for c in children1 + children2]
     assert len(set(hashes)) == 7
+    wanted = ("mmc.git_commit", "mmc.git_dirty", "mmc.version", "snakemake.rule", "snakemake.wildcard.i",
+              "mmc.config_hash", "mmc.config_path", "mmc.host", "mmc.invocation_id", "mmc.record_id")
+    for child in children1 + children2:
+        assert not [t for t in wanted if t not in child.data.tags], child.data.tags
+        assert child.data.tags["mlflow.parentRunId"] in (parent1.info.run_id, parent2.info.run_id)
