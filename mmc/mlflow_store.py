@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import tempfile
 import time
 import uuid
@@ -118,13 +119,20 @@ def _create_parent(client, experiment_id: str, cfg: Any, invocation: Mapping[str
 
 
 # ----------------------------------------------------------------------------- one child run
+def mlflow_key(key: str) -> str:
+    """MLflow accepts letters, digits, ``_ - . : /`` and spaces in a key, and no path tricks."""
+    key = re.sub(r"[^\w.\- :/]", "_", str(key))
+    key = re.sub(r"/+", "/", key).strip("/")
+    return key if key not in ("", ".", "..") else "_"
+
+
 def _log_batch(client, run_id: str, params: Mapping[str, str] = (), tags: Mapping[str, str] = (),
                metrics: Iterable[Mapping[str, Any]] = ()) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    params = [Param(k, str(v)[:6000]) for k, v in dict(params).items()]
-    tags = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in dict(tags).items()]
-    metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics]
+    params = [Param(mlflow_key(k), str(v)[:6000]) for k, v in dict(params).items()]
+    tags = [RunTag(mlflow_key(k), str(v)[:MAX_TAG_CHARS]) for k, v in dict(tags).items()]
+    metrics = [Metric(mlflow_key(m["key"]), m["value"], m["timestamp"], m["step"]) for m in metrics]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
     for i in range(0, len(tags), 100):
@@ -190,6 +198,7 @@ def log_record_direct(cfg: Any, record: Mapping[str, Any], invocation: Mapping[s
 @dataclass
 class LoadReport:
     loaded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
@@ -197,7 +206,7 @@ class LoadReport:
 
     def summary(self) -> str:
         return (f"loaded {len(self.loaded)} job record(s), skipped {len(self.skipped)} already in the store, "
-                f"{len(self.invalid)} unreadable, {len(self.cleaned)} half-loaded run(s) redone; "
+                f"{len(self.failed)} failed, {len(self.invalid)} unreadable, {len(self.cleaned)} half-loaded run(s) redone; "
                 f"parent runs: {len(self.parents)}")
 
 
@@ -265,7 +274,11 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
                 known = invocation if invocation.get("invocation_id") == invocation_id else {
                     "invocation_id": invocation_id, "run_name": f"{cfg.run_name}-{invocation_id[:12]}"}
                 parents[invocation_id] = _create_parent(client, experiment_id, cfg, known)
-            log_record(client, experiment_id, parents[invocation_id], record, _max_bytes(cfg))
+            try:
+                log_record(client, experiment_id, parents[invocation_id], record, _max_bytes(cfg))
+            except Exception as e:  # one bad record must not keep the others out; its run is redone next time
+                report.failed.append(f"{path}: {type(e).__name__}: {e}")
+                continue
             report.loaded.append(str(path))
         current = invocation.get("invocation_id")
         if status and current:

@@ -39,4 +39,6 @@ def _load(args: argparse.Namespace) -> int:
     print(f"{report.summary()} -> {mlflow_store.store_uri(cfg)}")
     for path in report.invalid:
         print(f"  unreadable record (left in place): {path}")
-    return 0
+    for problem in report.failed:
+        print(f"  not loaded (retried by the next load): {problem}")
+    return 1 if report.failed else 0

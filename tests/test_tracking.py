@@ -160,7 +160,8 @@ def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
     cfg = config.load(cfg_path)
     invocation = mlflow_store.start_invocation(cfg)["invocation_id"]
     with tracking.job("tables", cfg) as rec:
-        rec.log_metrics({"rows": 2})
+        rec.log_metrics({"rows": 2, "miou@0.5": 0.25})  # '@' is not allowed in MLflow keys
+        rec.log_params({"a=b": 1})
     record = json.loads((tracking.record_dir(cfg) / "tables.json").read_text())
     # What a loader killed after create_run (before its final tag) leaves behind:
     client = mlflow_store._client(mlflow_store.store_uri(cfg))
@@ -170,6 +171,7 @@ def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
     assert len(report.cleaned) == 1 and len(report.loaded) == 1
     _, children = mlflow_store.runs_of_invocation(cfg, invocation)
     assert [c.info.run_name for c in children] == ["tables"]
+    assert children[0].data.metrics == {"rows": 2.0, "miou_0.5": 0.25} and children[0].data.params == {"a_b": "1"}
     assert len(client.search_runs([experiment], filter_string="attributes.run_name = 'tables'")) == 1
 
 
