@@ -121,6 +121,14 @@ def test_failed_job_is_recorded_as_failed(tmp_path):
     assert [m["key"] for m in record["metrics"]] == ["lr"]  # non-finite values are dropped
 
 
+def test_disabled_tracking_writes_nothing(tmp_path):
+    cfg = config.load(_write_config(tmp_path, enabled=False))
+    with tracking.job("tables", cfg, wildcards={"table": "main"}) as rec:
+        rec.log_metrics({"rows": 2})
+    assert not (tmp_path / "results").exists()
+    assert _mmc("track", "start", "--config", str(tmp_path / "config.yaml"), cwd=tmp_path).stdout == ""
+
+
 def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
     cfg_path = _write_config(tmp_path)
     (tmp_path / "data.dvc").write_text("outs:\n- md5: aaaabbbbccccddddeeeeffff00001111.dir\n  path: data\n")
