@@ -6,6 +6,7 @@
 - ``rulegraph.dot``: ``snakemake --rulegraph`` of the workflow (when snakemake can parse it);
 - ``trace.csv``: one row per job from the ``benchmark:`` files under ``{results_dir}/benchmarks``
   (start, duration, max RSS, CPU time, ...);
+- ``jobs.csv``: one row per job record (exact start/end, status, host, SLURM job id, device, commit);
 - ``index.json``: what was written, what could not be and why, the report and tracking store paths.
 """
 
@@ -73,6 +74,33 @@ def collect_trace(benchmarks: Path) -> list[dict[str, Any]]:
     return rows
 
 
+JOB_COLUMNS = ("name", "stage", "rule", "wildcards", "status", "start", "end", "duration_s", "host", "slurm_job_id",
+               "device", "invocation_id", "git_commit", "config_hash")
+
+
+def job_rows(records_dir: Path) -> list[dict[str, Any]]:
+    """One row per job record: exact start/end times, where it ran, which code and config."""
+    from mmc.mlflow_store import read_records
+
+    def iso(ms: int | None) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds") if ms else ""
+
+    rows = []
+    for _, rec in read_records(records_dir)[0] if records_dir.is_dir() else []:
+        tags = rec.get("tags", {})
+        start, end = rec.get("start_time"), rec.get("end_time")
+        rows.append({
+            "name": rec.get("name"), "stage": rec.get("stage"), "rule": rec.get("rule", rec.get("stage")),
+            "wildcards": json.dumps(rec.get("wildcards", {}), sort_keys=True), "status": rec.get("status"),
+            "start": iso(start), "end": iso(end),
+            "duration_s": round((end - start) / 1000, 3) if start and end else "",
+            "host": tags.get("mmc.host", ""), "slurm_job_id": tags.get("slurm.job_id", ""),
+            "device": tags.get("mmc.device", ""), "invocation_id": rec.get("invocation_id") or "",
+            "git_commit": tags.get("mmc.git_commit", ""), "config_hash": rec.get("config", {}).get("hash") or "",
+        })
+    return sorted(rows, key=lambda r: (r["start"], r["name"] or ""))
+
+
 def rule_graph(snakefile: Path, config_path: Path, timeout: int = 300) -> tuple[str | None, str]:
     """(dot text, note). ``--nolock``: this runs from ``onsuccess``, inside the locked workflow."""
     if not snakefile.is_file():
@@ -123,6 +151,14 @@ def write(cfg: Any, config_path: Path, snakefile: Path, report: Path | None, out
         writer.writerows(rows)
     index["files"]["trace"] = "trace.csv"
     index["notes"]["trace"] = f"{len(rows)} job(s) from {benchmarks}" if rows else f"no benchmark files under {benchmarks}"
+
+    jobs = job_rows(tracking.record_dir(cfg))
+    with atomic_path(out / "jobs.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=JOB_COLUMNS)
+        writer.writeheader()
+        writer.writerows(jobs)
+    index["files"]["jobs"] = "jobs.csv"
+    index["notes"]["jobs"] = f"{len(jobs)} job record(s)"
 
     report = report or Path(cfg.results_dir) / "report.html"
     index["report"] = {"path": str(report), "exists": report.exists()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mmc import config
+from mmc import config, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,8 +87,11 @@ def test_pipeline_info_collects_config_versions_rulegraph_and_trace(tmp_path):
     assert index["tracking"]["store"].endswith("results/tracking/mlflow.db")
 
 
-def test_missing_snakefile_is_a_note_not_a_failure(tmp_path):
+def test_missing_snakefile_is_a_note_not_a_failure(tmp_path, monkeypatch):
     (tmp_path / "config.yaml").write_text("run_name: info\nresults_dir: results\n")
+    monkeypatch.chdir(tmp_path)
+    with tracking.job("tables", config.load("config.yaml"), wildcards={"table": "main"}):
+        pass
     done = subprocess.run([sys.executable, "-m", "mmc", "pipeline-info", "--config", "config.yaml",
                            "--snakefile", "nowhere/Snakefile"], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=180)
@@ -96,3 +99,7 @@ def test_missing_snakefile_is_a_note_not_a_failure(tmp_path):
     assert "rulegraph: no Snakefile at nowhere/Snakefile" in done.stdout
     index = json.loads((tmp_path / "results" / "pipeline_info" / "index.json").read_text())
     assert "rulegraph" not in index["files"] and index["notes"]["trace"].startswith("no benchmark files")
+    with open(tmp_path / "results" / "pipeline_info" / "jobs.csv") as handle:
+        (job,) = list(csv.DictReader(handle))
+    assert (job["name"], job["status"], job["wildcards"]) == ("tables-table=main", "FINISHED", '{"table": "main"}')
+    assert len(job["git_commit"]) == 40 and float(job["duration_s"]) >= 0
