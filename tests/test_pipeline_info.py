@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mmc import config, tracking
+from mmc import config, tracking, versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_pipeline_info_collects_config_versions_rulegraph_and_trace(tmp_path):
         assert software["versions"][package] == importlib.metadata.version(package)
     assert software["versions"]["gpus"]  # a model name or "none"
     assert software["python_packages"]["PyYAML"] == yaml.__version__
-    assert len(software["versions"]["git_commit"]) == 40
+    assert software["versions"]["git_commit"] == versions.git_state()["commit"]
 
     dot = (info / "rulegraph.dot").read_text()
     assert dot.startswith("digraph") and all(rule in dot for rule in ("make_a", "make_b", "all"))
@@ -102,4 +102,4 @@ def test_missing_snakefile_is_a_note_not_a_failure(tmp_path, monkeypatch):
     with open(tmp_path / "results" / "pipeline_info" / "jobs.csv") as handle:
         (job,) = list(csv.DictReader(handle))
     assert (job["name"], job["status"], job["wildcards"]) == ("tables-table=main", "FINISHED", '{"table": "main"}')
-    assert len(job["git_commit"]) == 40 and float(job["duration_s"]) >= 0
+    assert job["git_commit"] == versions.git_state()["commit"] and float(job["duration_s"]) >= 0
