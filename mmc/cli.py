@@ -18,10 +18,17 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "pretrain": ("mmc.pretrain.cli", "pretrain a ViT with MMC (masked modelling, self-distillation, contrast)"),
     "select": ("mmc.select", "choose the checkpoint of an MMC experiment to evaluate"),
+    "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E.pth, dvc add and push it"),
+    "segment": ("mmc.segment", "zero-shot prompt-patch segmentation of one model on one dataset"),
+    "similarity": ("mmc.similarity", "intra/inter-object similarity of one model on one dataset"),
     "tables": ("mmc.tables", "paper-style comparison tables (CSV, Markdown, LaTeX)"),
     "figures": ("mmc.figures", "mIoU-vs-threshold curves, similarity histograms, qualitative overlays"),
     "report": ("mmc.report", "the one-page summary of a run (selected checkpoints and tables)"),
+    "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
+    "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
+    "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
 }
 
 
