@@ -238,7 +238,7 @@ def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
 
     cfg = config.load(args.config)
-    with tracking.job("figures", cfg, name="figures") as rec:
+    with tracking.job("figures", cfg) as rec:
         for path in [*args.summaries, *args.objects, *args.similarity]:
             rec.consumed(path)
         paths = make_figures(cfg, args.summaries, args.objects, args.similarity, Path(args.out))

@@ -49,7 +49,7 @@ def _main(args: argparse.Namespace) -> int:
     from mmc.files import write_text_atomic
 
     cfg = config.load(args.config)
-    with tracking.job("report", cfg, name="report") as rec:
+    with tracking.job("report", cfg) as rec:
         selections, tables = [], []
         for path in args.selections:
             try:

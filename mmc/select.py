@@ -146,7 +146,7 @@ def _main(args: argparse.Namespace) -> int:
     from mmc.files import write_text_atomic
 
     cfg = config.load(args.config)
-    with tracking.job("select", cfg, name=f"select-experiment={args.experiment}") as rec:
+    with tracking.job("select", cfg, wildcards={"experiment": args.experiment}) as rec:
         record = select(cfg, args.experiment, Path(args.checkpoints))
         rec.log_params({"selection": config.to_dict(cfg.selection), "experiment": args.experiment})
         rec.set_tags({"experiment": args.experiment, "selected_checkpoint_sha256": record["sha256"]})

@@ -237,7 +237,7 @@ def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
 
     cfg = config.load(args.config)
-    with tracking.job("tables", cfg, name="tables") as rec:
+    with tracking.job("tables", cfg) as rec:
         for path in [*args.summaries, *args.similarity]:
             rec.consumed(path)
         paths = make_tables(

@@ -28,14 +28,7 @@ from workflow_helpers import (
     write_config,
 )
 
-from mmc.cli import COMMANDS
-
 pytestmark = pytest.mark.slow
-# Until every stage command has landed on this branch (temporary: removed after the merge).
-_MISSING = sorted({"pretrain", "segment", "similarity", "publish", "track", "pipeline-info"} - set(COMMANDS))
-if _MISSING:
-    pytest.skip(f"stage commands not merged into this branch yet: {_MISSING}", allow_module_level=True)
-
 RESULTS = "results/test"
 # Small enough for 2 CPU cores, large enough that pretraining takes several resume checkpoints.
 TINY = {

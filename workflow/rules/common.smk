@@ -157,7 +157,7 @@ def selection_file(experiment):
 
 
 def published_checkpoint(experiment):
-    return f"checkpoints/{experiment}.pth"
+    return f"{CFG.dvc.checkpoint_dir}/{experiment}.pth"
 
 
 # ----------------------------------------------------------------------------- datasets, models

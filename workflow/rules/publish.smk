@@ -12,11 +12,11 @@ rule publish:
         f"{RESULTS}/logs/publish/{{experiment}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/publish/{{experiment}}.jsonl"
-    resources:
-        dvc=1,
     localrule: True
     conda:
         "../envs/mmc.yaml"
+    resources:
+        dvc=1,
     params:
         config=CONFIG_FILE,
         config_hash=section_hash(CFG.dvc),

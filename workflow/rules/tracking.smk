@@ -21,4 +21,7 @@ onerror:
             run_hook("mmc track load --status failed")
         run_hook(f"mmc pipeline-info --snakefile {workflow.main_snakefile}")
     except Exception as error:
-        print(f"provenance hooks failed after the error above: {error}", file=sys.stderr)
+        print(
+            f"provenance hooks failed after the error above: {error}",
+            file=sys.stderr,
+        )
