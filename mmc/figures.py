@@ -4,11 +4,13 @@
   its best tau marked and its oracle mIoU as a dashed line of the same colour;
 - ``similarity_histograms_<dataset>.{png,svg}``: intra- vs inter-object similarity distributions,
   one panel per model;
-- ``qualitative_<dataset>.png``: a few images, one row per model: ground-truth objects outlined,
-  each object's prompt point, and the IoU of its mask at the model's best tau.
+- ``qualitative_<dataset>.png``: a few images, one row per model: each object's predicted mask at
+  the model's best tau (filled), its ground truth (outlined), its prompt point and its IoU.
 
-Everything is drawn from the files of ``mmc segment`` and ``mmc similarity``; the images come
-from the dataset reader. Matplotlib runs headless (Agg).
+Curves and histograms are drawn from the files of ``mmc segment`` and ``mmc similarity``. The
+qualitative figure recomputes the similarity maps of its few images with the evaluation's own
+feature code (``mmc.features``), so its masks are the ones the metrics scored. Matplotlib runs
+headless (Agg).
 """
 
 from __future__ import annotations
@@ -116,8 +118,13 @@ def plot_qualitative(
     best_tau: dict[str, float],
     dataset: str,
     base: Path,
+    predicted: dict[str, dict[tuple[str, int], np.ndarray]] | None = None,
 ) -> list[Path]:
-    """Rows: models; columns: ``samples`` (mmc.data.readers.Sample)."""
+    """Rows: models; columns: ``samples`` (mmc.data.readers.Sample).
+
+    ``predicted[model][(image_id, object_id)]`` is an object's predicted mask (bool, label size).
+    """
+    predicted = predicted or {}
     plt = _pyplot()
     models = list(objects_by_model)
     rows, cols = max(len(models), 1), max(len(samples), 1)
@@ -135,6 +142,11 @@ def plot_qualitative(
             rows_of_image = frame[frame["image_id"].astype(str) == str(sample.image_id)]
             for k, obj in enumerate(sample.objects):
                 colour = f"C{k % 10}"
+                mask = predicted.get(model, {}).get((str(sample.image_id), obj.object_id))
+                if mask is not None:
+                    ax.imshow(
+                        np.ma.masked_where(~mask, mask), cmap=_solid(colour), alpha=0.45, vmin=0, vmax=1
+                    )
                 ax.contour(obj.mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
                 match = rows_of_image[rows_of_image["object_id"] == obj.object_id]
                 if match.empty:
@@ -154,8 +166,49 @@ def plot_qualitative(
                     )
             if c == 0:
                 ax.set_title(f"{model} (τ={best_tau[model]:.2f})", fontsize="small", loc="left")
-    fig.suptitle(f"{dataset}: prompts (×) and IoU of each object's mask at the best τ")
+    fig.suptitle(
+        f"{dataset}: predicted masks at the best τ (filled), ground truth (outlined), prompts (×), IoU"
+    )
     return _save(fig, base, ("png",))
+
+
+def _solid(colour: str):
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([colour, colour])
+
+
+def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, frame, tau: float) -> dict:
+    """Each evaluated object's mask at threshold ``tau``, computed as the evaluation computes it."""
+    import torch
+
+    from mmc import metrics
+    from mmc.features import eval_size, patch_features, preprocess, resolve_device
+    from mmc.models import model_for
+
+    ev = cfg.evaluation
+    device = resolve_device(cfg.device)
+    model, info = model_for(cfg, model_name, checkpoint)
+    model = model.to(device).eval()
+    patch = int(info["arch"]["patch_size"])
+    masks = {}
+    for sample in samples:
+        rows = frame[frame["image_id"].astype(str) == str(sample.image_id)]
+        if rows.empty:
+            continue
+        size = eval_size(*sample.image.shape[:2], ev.resolution, patch, ev.keep_aspect)
+        with torch.inference_mode():
+            features = patch_features(model, preprocess(sample.image, size)[None].to(device), ev.layer)[0]
+        features = features.cpu().numpy()
+        shape = sample.void.shape
+        for row in rows.itertuples(index=False):
+            sims = features @ features[int(row.prompt_row), int(row.prompt_col)]
+            if ev.upsample == "bilinear":
+                mask = metrics.upsample_bilinear(sims, shape) >= tau
+            else:
+                mask = metrics.upsample_nearest(sims >= tau, shape)
+            masks[(str(row.image_id), int(row.object_id))] = np.asarray(mask, dtype=bool)
+    return masks
 
 
 def qualitative_samples(dataset_cfg: Any, image_ids: set[str], count: int) -> list[Any]:
@@ -191,8 +244,14 @@ def _ordered(records: list[dict], models: Sequence[str]) -> list[dict]:
 
 
 def make_figures(
-    cfg: Any, summaries: Sequence[str], objects: Sequence[str], similarity: Sequence[str], out: Path
+    cfg: Any,
+    summaries: Sequence[str],
+    objects: Sequence[str],
+    similarity: Sequence[str],
+    out: Path,
+    checkpoints: dict[str, str] | None = None,
 ):
+    """All figures; ``checkpoints`` (model -> file) are needed for the predicted masks only."""
     import pandas as pd
 
     models = list(cfg.models)
@@ -219,7 +278,17 @@ def make_figures(
         best = {s["model"]: float(s["best_tau"]) for s in seg_d}
         ids = set().union(*(set(f["image_id"].astype(str)) for f in by_model.values())) if by_model else set()
         samples = qualitative_samples(cfg.datasets[dataset], ids, QUALITATIVE_IMAGES) if ids else []
-        paths += plot_qualitative(samples, by_model, best, dataset, out / f"qualitative_{dataset}")
+        predicted = {}
+        if checkpoints is not None:
+            for model, frame in by_model.items():
+                if cfg.models[model].source != "random" and model not in checkpoints:
+                    raise MMCError(
+                        f"--checkpoint {model}=PATH is needed to draw the masks of model {model!r}"
+                    )
+                predicted[model] = predicted_masks(
+                    cfg, model, checkpoints.get(model), samples, frame, best[model]
+                )
+        paths += plot_qualitative(samples, by_model, best, dataset, out / f"qualitative_{dataset}", predicted)
     return paths
 
 
@@ -230,8 +299,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--similarity", nargs="+", required=True, help="similarity.json files of mmc similarity"
     )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="MODEL=PATH",
+        help="a model's weights, for the predicted masks of the qualitative figure (repeat per model; "
+        "models of source random need none)",
+    )
     parser.add_argument("--out", required=True, help="directory for the figures")
     parser.set_defaults(func=_main)
+
+
+def _checkpoint_map(pairs: Sequence[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        model, sep, path = pair.partition("=")
+        if not sep or not model or not path:
+            raise MMCError(f"--checkpoint {pair!r}: expected MODEL=PATH")
+        mapping[model] = path
+    return mapping
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -241,7 +328,10 @@ def _main(args: argparse.Namespace) -> int:
     with tracking.job("figures", cfg) as rec:
         for path in [*args.summaries, *args.objects, *args.similarity]:
             rec.consumed(path)
-        paths = make_figures(cfg, args.summaries, args.objects, args.similarity, Path(args.out))
+        checkpoints = _checkpoint_map(args.checkpoint)
+        for path in checkpoints.values():
+            rec.consumed(path)
+        paths = make_figures(cfg, args.summaries, args.objects, args.similarity, Path(args.out), checkpoints)
         for path in paths:
             rec.produced(path)
             rec.log_artifact(path)

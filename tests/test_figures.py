@@ -86,3 +86,59 @@ def test_histogram_inputs_round_trip_through_json(tmp_path, model_count):
     results = [similarity_result(f"m{i}", "d", i) for i in range(model_count)]
     loaded = [json.loads(json.dumps(r)) for r in results]  # exactly what mmc similarity writes
     assert plot_similarity_histograms(loaded, "d", tmp_path / "h")[0].exists()
+
+
+def test_predicted_masks_reproduce_the_scored_ious(tmp_path):
+    """The qualitative masks are the evaluation's: their IoU equals the one mmc segment scored."""
+    import dataclasses
+
+    import yaml
+
+    from mmc import config
+    from mmc.data import synthetic
+    from mmc.data.readers import open_reader
+    from mmc.figures import predicted_masks
+    from mmc.models import model_for
+    from mmc.segment import evaluate
+
+    root = tmp_path / "synthetic"
+    spec = synthetic.SyntheticSpec.from_config(config.section_defaults("synthetic"))
+    synthetic.generate(root, dataclasses.replace(spec, images=8, unlabelled_images=0, size=64))
+    raw = {
+        "run_name": "t",
+        "device": "cpu",
+        "results_dir": str(tmp_path / "results"),
+        "tracking": {"enabled": False},
+        "models": {
+            "random": {
+                "source": "random",
+                "backbone": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 64},
+            }
+        },
+        "datasets": {
+            "d": {"format": "synthetic", "root": str(root / "VOCdevkit" / "VOC2012"), "max_images": 3}
+        },
+        "evaluation": {"datasets": ["d"], "resolution": 64, "num_workers": 0},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cfg = config.load(tmp_path / "c.yaml")
+    model, info = model_for(cfg, "random")
+    table, _, _ = evaluate(cfg, model, info, "d", "random")
+    samples = list(open_reader(cfg.datasets["d"]))
+    assert len(table) > 0
+    for tau in (0.3, 0.6):
+        masks = predicted_masks(cfg, "random", None, samples, table, tau)
+        assert len(masks) == len(table)
+        for sample in samples:
+            valid = ~sample.void
+            for obj in sample.objects:
+                row = table[
+                    (table["image_id"].astype(str) == str(sample.image_id))
+                    & (table["object_id"] == obj.object_id)
+                ]
+                if row.empty:
+                    continue
+                pred = masks[(str(sample.image_id), obj.object_id)]
+                union = ((pred | obj.mask) & valid).sum()
+                iou = ((pred & obj.mask) & valid).sum() / union if union else 1.0
+                assert iou == pytest.approx(row[f"iou_{tau:.2f}"].iloc[0], abs=1e-9)

@@ -130,9 +130,10 @@ SLURM_CI = [
     *[f"{rule}:{key}={value}" for rule in ("pretrain", "segment", "similarity")
       for key, value in (("gpu", 1), ("cpus_per_gpu", 1), ("mem_mb", 2000))],
     "select:mem_mb=2000",
+    "figures:mem_mb=2000",
 ]  # fmt: skip
 GPU_RULES = ("pretrain", "segment", "similarity")
-CLUSTER_RULES = (*GPU_RULES, "select")
+CLUSTER_RULES = (*GPU_RULES, "select", "figures")
 
 
 def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
@@ -147,9 +148,8 @@ def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
         for p in (workdir / RESULTS / "logs").rglob("*.log")
     }
     cluster_logs = {p: t for p, t in logs.items() if p.parts[0] in CLUSTER_RULES}
-    assert (
-        len(cluster_logs) == 2 + 2 + 3 + 3
-    )  # pretrain, select (2 experiments), segment, similarity (3 models)
+    # pretrain, select, segment, similarity: 2 experiments = 2 models; and figures
+    assert len(cluster_logs) == 4 * 2 + 1, sorted(map(str, cluster_logs))
     assert len(submitted) >= len(cluster_logs)
     for path, text in cluster_logs.items():
         info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+)", text)

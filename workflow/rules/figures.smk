@@ -4,6 +4,7 @@ rule figures:
         objects=segment_objects(),
         similarity=similarity_results(),
         datasets=[dataset_ready(name) for name in CFG.evaluation.datasets],
+        checkpoints=[path for path in map(model_checkpoint, CFG.models) if path],
     output:
         report(
             expand(
@@ -41,12 +42,17 @@ rule figures:
         f"{RESULTS}/logs/figures.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures.jsonl"
-    localrule: True
     conda:
         "../envs/mmc.yaml"
     params:
         config=CONFIG_FILE,
+        job_info=JOB_INFO,
+        checkpoints=" ".join(
+            f"--checkpoint {model}={path}"
+            for model in CFG.models
+            if (path := model_checkpoint(model))
+        ),
         config_hash=section_hash(CFG.models, CFG.evaluation.datasets),
         out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "mmc figures --config {params.config} --summaries {input.summaries} --objects {input.objects} --similarity {input.similarity} --out {params.out} > {log} 2>&1"
+        "({params.job_info} && mmc figures --config {params.config} --summaries {input.summaries} --objects {input.objects} --similarity {input.similarity} {params.checkpoints} --out {params.out}) > {log} 2>&1"
