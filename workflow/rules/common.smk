@@ -86,17 +86,6 @@ def init_checkpoint(experiment):
     return CFG.experiments[experiment].init_checkpoint
 
 
-def trained_experiments():
-    """Experiments that the workflow pretrains (not those pointed at an existing checkpoint)."""
-    return [name for name in CFG.experiments if init_checkpoint(name) is None]
-
-
-def experiments_in_use():
-    """Experiments whose selected checkpoint is evaluated: named by a model of source experiment."""
-    names = {m.experiment for m in CFG.models.values() if m.source == "experiment"}
-    return [name for name in CFG.experiments if name in names]
-
-
 def pretrain_dir(experiment):
     return f"{RESULTS}/pretrain/{experiment}"
 
@@ -242,8 +231,9 @@ def figure_files():
 
 
 def final_targets():
-    targets = [selection_file(e) for e in experiments_in_use()]
-    targets += [published_checkpoint(e) for e in experiments_in_use()]
+    # Every experiment is trained, selected and published; `models` says which are evaluated.
+    targets = [selection_file(e) for e in CFG.experiments]
+    targets += [published_checkpoint(e) for e in CFG.experiments]
     if CFG.evaluation.datasets and CFG.models:
         targets += table_files() + figure_files() + [f"{RESULTS}/report/summary.md"]
     return targets

@@ -4,7 +4,7 @@
 
 rule report:
     input:
-        selections=[selection_file(e) for e in experiments_in_use()],
+        selections=[selection_file(e) for e in CFG.experiments],
         tables=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
     output:
         report(
