@@ -214,9 +214,21 @@ def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_
         assert run_cli("segment", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", out) == 0
         summaries[fmt] = json.loads((out / "summary.json").read_text())
         assert summaries[fmt]["checkpoint_sha256"] is not None
+        sim_out = tmp_path / "sim" / fmt
+        assert (
+            run_cli("similarity", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", sim_out)
+            == 0
+        )
+        similarity = json.loads((sim_out / "similarity.json").read_text())
+        assert similarity["checkpoint_sha256"] == summaries[fmt]["checkpoint_sha256"]
+        assert (sim_out / "histogram.png").is_file() and (sim_out / "histogram.svg").is_file()
     reference = summaries["timm"]["miou_by_tau"]
     for fmt, summary in summaries.items():
         assert summary["miou_by_tau"] == reference, fmt
+        assert (
+            json.loads((tmp_path / "sim" / fmt / "similarity.json").read_text())["overlap"]
+            == similarity["overlap"]
+        )
     # --checkpoint overrides the model's source, and evaluate_checkpoint agrees with the command
     out = tmp_path / "out" / "override"
     assert (
@@ -295,7 +307,14 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
 
 def test_segment_runs_as_a_process(voc, tmp_path):
     cfg = write_config(
-        tmp_path, voc, evaluation={"upsample": "bilinear", "prompt": "random", "thresholds": [0.2, 0.625]}
+        tmp_path,
+        voc,
+        evaluation={
+            "upsample": "bilinear",
+            "prompt": "random",
+            "thresholds": [0.2, 0.625],
+            "keep_aspect": True,
+        },
     )
     result = subprocess.run(
         [
@@ -322,6 +341,7 @@ def test_segment_runs_as_a_process(voc, tmp_path):
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["thresholds"] == [0.2, 0.625, 0.9]  # the demo tau is always evaluated
     assert summary["settings"]["upsample"] == "bilinear" and summary["settings"]["prompt"] == "random"
+    assert summary["settings"]["keep_aspect"] is True and summary["n_objects"] == 6
 
 
 def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
