@@ -211,11 +211,13 @@ def _check_references(data: dict, where: str) -> None:
                 f"models.{name}.experiment: '{model['experiment']}' is not a key of experiments "
                 f"(have: {sorted(data['experiments'])})"
             )
-        patch = model["backbone"]["patch_size"]
+            continue
+        backbone = data["experiments"][model["experiment"]]["backbone"] if model["source"] == "experiment" else model["backbone"]
+        patch = backbone["patch_size"]
         if not data["evaluation"]["keep_aspect"] and data["evaluation"]["resolution"] % patch:
             problems.append(
                 f"evaluation.resolution: {data['evaluation']['resolution']} is not a multiple of "
-                f"models.{name}.backbone.patch_size ({patch})"
+                f"the patch size of model {name} ({patch})"
             )
     selection = data["selection"]
     if selection["policy"] != "last":

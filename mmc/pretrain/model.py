@@ -1,0 +1,187 @@
+"""Student and teacher networks: a timm VisionTransformer plus the heads of the active losses.
+
+Names of parameters are the checkpoint contract (docs/architecture.md): ``backbone.*`` (timm ViT),
+``mask_token``, ``recon_head.*``, ``dino_head.*``, ``projector.*``, ``predictor.*``. A head exists only
+when its loss has a non-zero weight; the teacher (EMA of the student) has no mask token, no
+reconstruction head and no predictor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def arch_of(pcfg) -> dict:
+    b = pcfg.backbone
+    return {
+        "patch_size": int(b.patch_size),
+        "embed_dim": int(b.embed_dim),
+        "depth": int(b.depth),
+        "num_heads": int(b.num_heads),
+        "mlp_ratio": float(b.mlp_ratio),
+        "img_size": int(b.img_size),
+    }
+
+
+def build_backbone(pcfg, drop_path: float) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    b = pcfg.backbone
+    return VisionTransformer(
+        img_size=b.img_size,
+        patch_size=b.patch_size,
+        embed_dim=b.embed_dim,
+        depth=b.depth,
+        num_heads=b.num_heads,
+        mlp_ratio=b.mlp_ratio,
+        num_classes=0,
+        drop_path_rate=drop_path,
+        dynamic_img_size=True,  # local crops and evaluation at other resolutions resample pos_embed
+    )
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP -> L2-normalised bottleneck -> K prototypes with unit-norm rows (DINO's weight-norm, g = 1)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        self.last = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+        return F.linear(x, F.normalize(self.last.weight, dim=1, eps=1e-6))
+
+
+def _norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(dim, affine=affine)
+    if kind == "layer":
+        return nn.LayerNorm(dim, elementwise_affine=affine)
+    return nn.Identity()
+
+
+def mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, norm: str) -> nn.Sequential:
+    """MoCo v3's MLP: Linear-Norm-ReLU blocks, the last output normalised without affine parameters."""
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        d_in = in_dim if i == 0 else hidden_dim
+        d_out = out_dim if i == num_layers - 1 else hidden_dim
+        layers.append(nn.Linear(d_in, d_out, bias=norm == "none"))
+        if i < num_layers - 1:
+            layers += [_norm(norm, d_out), nn.ReLU(inplace=True)]
+        else:
+            layers.append(_norm(norm, d_out, affine=False))
+    return nn.Sequential(*layers)
+
+
+class MMCNetwork(nn.Module):
+    """One network of the pair. ``forward`` returns the outputs the losses need, shaped (views, B, ...)."""
+
+    def __init__(self, pcfg, *, student: bool):
+        super().__init__()
+        b, w = pcfg.backbone, pcfg.loss
+        self.is_student = student
+        self.patch_size = int(b.patch_size)
+        self.distill_mode = pcfg.distill.mode
+        self.backbone = build_backbone(pcfg, b.drop_path if student else 0.0)
+        dim = b.embed_dim
+        if student:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+            if w.w_mim > 0:
+                self.recon_head = nn.Linear(dim, b.patch_size * b.patch_size * 3)
+        if w.w_distill > 0:
+            d = pcfg.distill
+            self.dino_head = DINOHead(dim, d.out_dim, d.hidden_dim, d.bottleneck_dim)
+        if w.w_contrast > 0:
+            c = pcfg.contrast
+            self.projector = mlp(3, dim, c.hidden_dim, c.dim, c.head_norm)
+            if student:
+                self.predictor = mlp(2, c.dim, c.hidden_dim, c.dim, c.head_norm)
+
+    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the final norm, (B, 1+N, D); masked patch embeddings replaced before pos_embed."""
+        vit = self.backbone
+        x = vit.patch_embed(images)  # (B, H, W, D): dynamic_img_size keeps the grid
+        if mask is not None:
+            b, h, w, _ = x.shape
+            x = torch.where(mask.reshape(b, h, w, 1), self.mask_token.to(x.dtype), x)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        return vit.norm(x)
+
+    def forward(
+        self, global_views: torch.Tensor, masks: torch.Tensor | None = None, local_views: list[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """global_views: (V, B, 3, H, W); masks: (V, B, N) bool (student only); local_views: [(B, 3, h, w)]."""
+        views, batch = global_views.shape[:2]
+        flat_masks = masks.flatten(0, 1) if masks is not None else None
+        tokens = self.encode(global_views.flatten(0, 1), flat_masks)
+        tokens = tokens.unflatten(0, (views, batch))
+        out: dict[str, torch.Tensor] = {}
+        if hasattr(self, "recon_head"):
+            out["recon"] = self.recon_head(tokens[:, :, 1:])
+        if hasattr(self, "dino_head"):
+            need_patches = self.is_student or self.distill_mode == "patch"
+            out["dino"] = self.dino_head(tokens if need_patches else tokens[:, :, :1])
+            if local_views:
+                local_cls = [self.encode(v)[:, 0] for v in local_views]
+                out["dino_local"] = self.dino_head(torch.stack(local_cls))
+        if hasattr(self, "projector"):
+            cls = tokens[:, :, 0].flatten(0, 1)
+            projected = self.projector(cls)
+            if hasattr(self, "predictor"):
+                out["query"] = self.predictor(projected).unflatten(0, (views, batch))
+            else:
+                out["key"] = projected.unflatten(0, (views, batch))
+        return out
+
+
+def build_pair(pcfg) -> tuple[MMCNetwork, MMCNetwork | None]:
+    """Student, and its teacher initialised to the same weights (None when only L_mim is on)."""
+    student = MMCNetwork(pcfg, student=True)
+    if pcfg.loss.w_distill == 0 and pcfg.loss.w_contrast == 0:
+        return student, None
+    teacher = MMCNetwork(pcfg, student=False)
+    ema_update(teacher, student, momentum=0.0)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher = momentum * teacher + (1 - momentum) * student, for every teacher parameter."""
+    student_params = dict(student.named_parameters())
+    for name, t in teacher.named_parameters():
+        s = student_params[name].detach()
+        if momentum == 0.0:
+            t.copy_(s)
+        else:
+            t.mul_(momentum).add_(s, alpha=1.0 - momentum)
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases and tokens (1-d tensors, cls/pos/mask tokens)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_token = name.endswith(("cls_token", "pos_embed", "reg_token", "mask_token"))
+        (no_decay if p.ndim <= 1 or is_token else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]

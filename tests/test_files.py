@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mmc.files import atomic_path, sha256_file, write_text_atomic
+
+
+def test_atomic_file_appears_only_on_success(tmp_path):
+    target = tmp_path / "out" / "table.csv"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temporary left behind
+    write_text_atomic(target, "whole")
+    assert target.read_text() == "whole"
+    assert [p.name for p in target.parent.iterdir()] == ["table.csv"]
+
+
+def test_atomic_directory_replaces_the_old_one_only_when_complete(tmp_path):
+    target = tmp_path / "dataset"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(ValueError), atomic_path(target, directory=True) as tmp:
+        (tmp / "b").write_text("2")
+        raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 5000
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()

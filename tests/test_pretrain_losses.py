@@ -1,0 +1,209 @@
+"""The MMC losses against independently written (loop, numpy, float64) formulas on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mmc.pretrain import losses
+
+RTOL = 1e-5
+
+
+def np_log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    return x - m - math.log(np.exp(x - m).sum())
+
+
+def np_softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(np_log_softmax(x))
+
+
+def ce(target: np.ndarray, student_logits: np.ndarray, ts: float) -> float:
+    return float(-(target * np_log_softmax(student_logits / ts)).sum())
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_patchify_matches_a_loop(gen):
+    images = torch.randn(2, 3, 8, 12, generator=gen)
+    p = 4
+    out = losses.patchify(images, p).numpy()
+    x = images.numpy()
+    for b in range(2):
+        n = 0
+        for gy in range(2):
+            for gx in range(3):
+                expected = [x[b, c, gy * p + py, gx * p + px] for py in range(p) for px in range(p) for c in range(3)]
+                np.testing.assert_allclose(out[b, n], expected)
+                n += 1
+
+
+def masks_with_an_empty_image():
+    # (V=2, B=3, N=4): image 1 of view 0 and image 2 of view 1 have no masked token; counts differ
+    return torch.tensor([[[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]]).bool()
+
+
+@pytest.mark.parametrize("kind", ["l1", "mse_norm"])
+def test_mim_loss_averages_over_masked_pixels_only(gen, kind):
+    mask = masks_with_an_empty_image()
+    pred = torch.randn(2, 3, 4, 6, generator=gen)
+    target = torch.randn(2, 3, 4, 6, generator=gen)
+    errors = []
+    for v in range(2):
+        for b in range(3):
+            for n in range(4):
+                if not mask[v, b, n]:
+                    continue
+                t = target[v, b, n].double().numpy()
+                p = pred[v, b, n].double().numpy()
+                if kind == "l1":
+                    errors.extend(abs(p - t))
+                else:
+                    t = (t - t.mean()) / math.sqrt(t.var() + 1e-6)
+                    errors.extend((p - t) ** 2)
+    expected = sum(errors) / len(errors)
+    got = losses.mim_loss(pred, target, mask, kind).item()
+    assert got == pytest.approx(expected, rel=RTOL)
+    # the unmasked positions really are ignored
+    pred2 = pred.clone()
+    pred2[~mask] += 100.0
+    assert losses.mim_loss(pred2, target, mask, kind).item() == pytest.approx(got, rel=RTOL)
+
+
+def test_mim_loss_without_any_masked_token_is_zero_with_a_graph(gen):
+    pred = torch.randn(2, 3, 4, 6, generator=gen, requires_grad=True)
+    loss = losses.mim_loss(pred, torch.randn(2, 3, 4, 6, generator=gen), torch.zeros(2, 3, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(pred.grad == 0)
+
+
+def test_teacher_probs_centre_and_temperature(gen):
+    logits, center = torch.randn(3, 5, generator=gen), torch.randn(5, generator=gen)
+    got = losses.teacher_probs(logits, center, 0.04).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(got[i], np_softmax((logits[i] - center).double().numpy() / 0.04), rtol=1e-5, atol=1e-7)
+
+
+def test_distill_cls_loss_pairs_every_student_view_with_the_other_teacher_views(gen):
+    vs, vt, b, k, ts = 4, 2, 3, 7, 0.1  # 2 global + 2 local student views
+    s = torch.randn(vs, b, k, generator=gen)
+    t = torch.softmax(torch.randn(vt, b, k, generator=gen), dim=-1)
+    terms = []
+    for j in range(vt):
+        for i in range(vs):
+            if i == j:
+                continue
+            terms.append(np.mean([ce(t[j, n].double().numpy(), s[i, n].double().numpy(), ts) for n in range(b)]))
+    assert losses.distill_cls_loss(s, t, ts).item() == pytest.approx(np.mean(terms), rel=RTOL)
+    assert len(terms) == 6
+
+
+def test_distill_patch_loss_normalisation_skips_images_without_masked_tokens(gen):
+    mask = masks_with_an_empty_image()
+    s = torch.randn(2, 3, 4, 5, generator=gen)
+    t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=-1)
+    per_image, all_tokens = [], []
+    for v in range(2):
+        for b in range(3):
+            token_ce = [ce(t[v, b, n].double().numpy(), s[v, b, n].double().numpy(), 0.1) for n in range(4) if mask[v, b, n]]
+            all_tokens.extend(token_ce)
+            if token_ce:
+                per_image.append(sum(token_ce) / len(token_ce))
+    assert len(per_image) == 4  # two of the six (view, image) pairs have nothing masked
+    expected = sum(per_image) / len(per_image)
+    got = losses.distill_patch_loss(s, t, mask, 0.1).item()
+    assert got == pytest.approx(expected, rel=RTOL)
+    # and it is not the token-weighted mean, nor a mean that counts empty images as zeros
+    assert abs(got - np.mean(all_tokens)) > 1e-3
+    assert abs(got - sum(per_image) / 6) > 1e-3
+
+
+def test_distill_patch_loss_with_nothing_masked_is_zero(gen):
+    s = torch.randn(2, 3, 4, 5, generator=gen, requires_grad=True)
+    t = torch.softmax(torch.randn(2, 3, 4, 5, generator=gen), dim=-1)
+    loss = losses.distill_patch_loss(s, t, torch.zeros(2, 3, 4, dtype=torch.bool), 0.1)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all()
+
+
+def test_cls_to_patch_targets_every_patch_with_the_other_views_teacher_cls(gen):
+    s = torch.randn(2, 3, 4, 5, generator=gen)
+    t_cls = torch.softmax(torch.randn(2, 3, 5, generator=gen), dim=-1)
+    terms = []
+    for i, j in ((0, 1), (1, 0)):
+        terms.append(
+            np.mean([ce(t_cls[j, b].double().numpy(), s[i, b, n].double().numpy(), 0.1) for b in range(3) for n in range(4)])
+        )
+    assert losses.distill_cls_to_patch_loss(s, t_cls, 0.1).item() == pytest.approx(np.mean(terms), rel=RTOL)
+
+
+def test_updated_center_is_an_ema_of_the_batch_mean(gen):
+    center, logits = torch.randn(5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen)
+    flat = logits.double().numpy().reshape(-1, 5)
+    expected = 0.9 * center.double().numpy() + 0.1 * flat.mean(axis=0)
+    np.testing.assert_allclose(losses.updated_center(center, logits, 0.9).numpy(), expected, rtol=1e-5)
+
+
+def np_info_nce(q: np.ndarray, k: np.ndarray, temp: float) -> float:
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=1, keepdims=True)
+    total = 0.0
+    for b in range(len(q)):
+        sims = [float(q[b] @ k[j]) / temp for j in range(len(k))]
+        total += -(sims[b] - math.log(sum(math.exp(x) for x in sims)))
+    return total / len(q) * 2 * temp
+
+
+@pytest.mark.parametrize("temp", [0.2, 1.0])
+def test_contrast_loss_is_symmetric_infonce_times_2t(gen, temp):
+    q = torch.randn(2, 5, 8, generator=gen)
+    k = torch.randn(2, 5, 8, generator=gen)
+    expected = np_info_nce(q[0].double().numpy(), k[1].double().numpy(), temp) + np_info_nce(
+        q[1].double().numpy(), k[0].double().numpy(), temp
+    )
+    assert losses.contrast_loss(q, k, temp).item() == pytest.approx(expected, rel=RTOL)
+    with pytest.raises(ValueError, match="two global views"):
+        losses.contrast_loss(q[:1], k[:1], temp)
+
+
+def pcfg(w_mim=1.0, w_distill=1.0, w_contrast=1.0, mode="patch"):
+    return SimpleNamespace(
+        loss=SimpleNamespace(w_mim=w_mim, w_distill=w_distill, w_contrast=w_contrast),
+        mim=SimpleNamespace(loss="l1"),
+        distill=SimpleNamespace(mode=mode, student_temp=0.1),
+        contrast=SimpleNamespace(temperature=0.2),
+    )
+
+
+def fake_outputs(gen, v=2, b=3, n=4, k=5, d=6, p=12):
+    student = {
+        "recon": torch.randn(v, b, n, p, generator=gen),
+        "dino": torch.randn(v, b, 1 + n, k, generator=gen),
+        "query": torch.randn(v, b, d, generator=gen),
+    }
+    teacher = {"dino": torch.randn(v, b, 1 + n, k, generator=gen), "key": torch.randn(v, b, d, generator=gen)}
+    return student, teacher, torch.randn(v, b, n, p, generator=gen), masks_with_an_empty_image()
+
+
+@pytest.mark.parametrize("mode", ["patch", "cls_to_patch"])
+def test_mmc_loss_is_the_weighted_sum_and_zero_weights_switch_losses_off(gen, mode):
+    student, teacher, targets, masks = fake_outputs(gen)
+    centers = {"cls": torch.zeros(5), "patch": torch.zeros(5)}
+    full = losses.mmc_loss(student, teacher, targets, masks, centers, 0.04, pcfg(0.5, 2.0, 3.0, mode))
+    assert set(full) == {"mim", "distill_cls", "distill_patch", "distill", "contrast", "loss"}
+    expected = 0.5 * full["mim"] + 2.0 * (full["distill_cls"] + full["distill_patch"]) + 3.0 * full["contrast"]
+    assert full["loss"].item() == pytest.approx(expected.item(), rel=RTOL)
+    mim_only = losses.mmc_loss(student, None, targets, masks, centers, 0.04, pcfg(1.0, 0.0, 0.0, mode))
+    assert set(mim_only) == {"mim", "loss"} and mim_only["loss"].item() == pytest.approx(full["mim"].item())
+    pair = losses.mmc_loss(student, teacher, None, masks, centers, 0.04, pcfg(0.0, 1.0, 1.0, mode))
+    assert "mim" not in pair
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        losses.mmc_loss(student, teacher, targets, masks, centers, 0.04, pcfg(0.0, 0.0, 0.0, mode))
