@@ -15,6 +15,7 @@ and the oracle), i.e. (b) without preprocessing and the forward pass. Run:  PYTH
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -113,6 +114,7 @@ def main() -> None:
     model = random_backbone(VIT_S16, 0)
     res = args.resolution
     print(f"ViT-S/16, random init, {res} px, {args.threads} threads, torch {torch.__version__}")
+    print("load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     patch_features(model, torch.zeros(1, 3, res, res))  # warm-up
     print(f"peak RSS after model load + warm-up: {peak_rss_mib():.0f} MiB")
 
@@ -149,6 +151,7 @@ def main() -> None:
         )
         print(f"  {precision:8s}: {2 * len(x) / seconds:.2f} images/s")
     print(f"peak RSS at the end: {peak_rss_mib():.0f} MiB")
+    print("load average at the end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
