@@ -287,9 +287,11 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     cached = write_config(tmp_path, data)
     args = ["--model", "tiny", "--dataset", "scenes"]
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "a") == 0
-    cache = tmp_path / "state" / "features" / "tiny" / "scenes.pt"
-    # 3 images x 8 x 8 tokens x 48 floats: each entry stores its own tensor, not its batch's
-    assert 3 * 64 * 48 * 4 < cache.stat().st_size < 2 * 3 * 64 * 48 * 4
+    (cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()  # one directory per key
+    entries = sorted(cache.iterdir())
+    assert len(entries) == 3
+    # 8 x 8 tokens x 48 floats each: an entry stores its own tensor, not its batch's
+    assert all(64 * 48 * 4 < e.stat().st_size < 2 * 64 * 48 * 4 for e in entries)
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "b") == 0
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
     assert first["features"] == {"computed": 3, "cached": 0} and second["features"] == {
@@ -303,6 +305,14 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "c") == 0
     third = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert third["features"] == {"computed": 1, "cached": 2}
+    # Other feature settings: a new key; the stale directory is removed, an unreadable entry recomputed.
+    other = write_config(tmp_path, data, evaluation={"resolution": 48})
+    assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "d") == 0
+    (new_cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()
+    assert new_cache != cache
+    sorted(new_cache.iterdir())[0].write_bytes(b"garbage")
+    assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "e") == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["features"] == {"computed": 1, "cached": 2}
 
 
 def test_segment_runs_as_a_process(voc, tmp_path):
