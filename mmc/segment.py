@@ -87,9 +87,7 @@ def evaluate_image(
         # Thresholding then nearest upsampling = weighting each token by its pixels.
         pid = metrics.patch_ids((h, w), (grid_h, grid_w))
         valid_per_token = np.bincount(pid[valid], minlength=grid_h * grid_w)
-    elif upsample == "bilinear":
-        maps = metrics.upsample_bilinear(sims.T.reshape(-1, grid_h, grid_w), (h, w))
-    else:
+    elif upsample != "bilinear":
         raise MMCError(f"evaluation.upsample: {upsample!r} is not nearest or bilinear")
     rows = []
     for k, (obj, (y, x), (r, c)) in enumerate(kept):
@@ -98,7 +96,8 @@ def evaluate_image(
             pos = np.bincount(pid[obj.mask & valid], minlength=grid_h * grid_w)
             neg = valid_per_token - pos
         else:
-            scores = maps[k][valid]
+            # one object at a time: a full-resolution map per object of a crowded image is large
+            scores = metrics.upsample_bilinear(sims[:, k].reshape(grid_h, grid_w), (h, w))[valid]
             pos = obj.mask[valid].astype(np.float64)
             neg = 1.0 - pos
         ious = metrics.iou_curve(scores, pos, neg, thresholds)

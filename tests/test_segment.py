@@ -312,7 +312,10 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     assert new_cache != cache
     sorted(new_cache.iterdir())[0].write_bytes(b"garbage")
     assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "e") == 0
-    assert json.loads((tmp_path / "e" / "summary.json").read_text())["features"] == {"computed": 1, "cached": 2}
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["features"] == {
+        "computed": 1,
+        "cached": 2,
+    }
 
 
 def test_segment_runs_as_a_process(voc, tmp_path):
