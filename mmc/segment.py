@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": args.dataset,
                 "format": info["format"],
                 "weights": info["weights"],
+                "checkpoint_sha256": info["sha256"],
             }
         )
         if info["path"] is not None:
@@ -267,10 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 if summary[k] is not None
             }
         )
-        for step, t in enumerate(thresholds):  # step = position in the sorted tau grid
-            value = summary["miou_by_tau"][f"{t:.2f}"]
-            if value is not None:
-                rec.log_metrics({"miou_by_tau_index": value}, step=step)
+        rec.log_metrics({f"miou_tau_{k}": v for k, v in summary["miou_by_tau"].items() if v is not None})
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"

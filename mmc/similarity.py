@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": args.dataset,
                 "format": info["format"],
                 "weights": info["weights"],
+                "checkpoint_sha256": info["sha256"],
             }
         )
         if info["path"] is not None:

@@ -160,6 +160,8 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     )
     record = json.loads((tmp_path / "results" / "tracking" / "jobs" / "segment-tiny-scenes.json").read_text())
     assert record["status"] == "FINISHED" and record["tags"]["model"] == "tiny"
+    metrics = {m["key"]: m["value"] for m in record["metrics"]}
+    assert metrics["miou_tau_0.90"] == summary["miou_by_tau"]["0.90"] and metrics["n_skipped"] == 3
     assert set(record["files"]["produced"]) == {
         str(tmp_path / "out" / n) for n in ("objects.parquet", "summary.csv", "summary.json")
     }
