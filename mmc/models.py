@@ -204,9 +204,9 @@ def _dino_like(obj: Mapping, weights: str, fmt: str, flat_wrapper: str | None) -
     if flat_wrapper is not None:
         _require(obj, (flat_wrapper,), fmt)
         obj = obj[flat_wrapper]
-    state = dict(obj)
-    dropped = [k for k in state if k == "masked_embed"]
-    state.pop("masked_embed", None)
+    # A backbone file may still carry a classifier or the mask embedding: neither is the backbone.
+    dropped = sorted(k for k in obj if k == "masked_embed" or k.startswith("head."))
+    state = {k: v for k, v in obj.items() if k not in dropped}
     return Converted(state, dropped=dropped, source="backbone file")
 
 

@@ -84,7 +84,17 @@ def layouts(teacher: dict, student: dict) -> dict:
             "ibot",
             teacher,
         ),
-        "ibot_backbone": ({"state_dict": dict(teacher)}, "ibot", teacher),
+        "ibot_backbone": (
+            {
+                "state_dict": {
+                    **teacher,
+                    "masked_embed": torch.zeros(1, 48),
+                    "head.weight": torch.zeros(4, 48),
+                }
+            },
+            "ibot",
+            teacher,
+        ),
         "mae": ({"model": dict(teacher)}, "mae", teacher),
         "mae_full": (
             {
