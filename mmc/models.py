@@ -438,7 +438,9 @@ def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None):
                 f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
                 "(the workflow passes the selected checkpoint or the downloaded file)"
             )
-    model, info = load_backbone(checkpoint, spec.format, spec.weights, expected_backbone=spec.backbone)
+    # an experiment's architecture is the experiment's, not the `models` entry's default backbone
+    expected = cfg.experiments[spec.experiment].backbone if spec.source == "experiment" else spec.backbone
+    model, info = load_backbone(checkpoint, spec.format, spec.weights, expected_backbone=expected)
     if spec.sha256 is not None and info["sha256"] != spec.sha256:
         raise MMCError(
             f"{checkpoint}: sha256 {info['sha256']} does not match models.{name}.sha256 {spec.sha256}"
