@@ -158,8 +158,9 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     assert csv["tau"].tolist() == taus and csv["miou"].tolist() == pytest.approx(
         list(summary["miou_by_tau"].values())
     )
-    record = json.loads((tmp_path / "results" / "tracking" / "jobs" / "segment-tiny-scenes.json").read_text())
+    record = json.loads((tmp_path / "results" / "tracking" / "jobs" / "segment-model=tiny-dataset=scenes.json").read_text())
     assert record["status"] == "FINISHED" and record["tags"]["model"] == "tiny"
+    assert record["wildcards"] == {"model": "tiny", "dataset": "scenes"} and record["rule"] == "segment"
     metrics = {m["key"]: m["value"] for m in record["metrics"]}
     assert metrics["miou_tau_0.90"] == summary["miou_by_tau"]["0.90"] and metrics["n_skipped"] == 3
     assert set(record["files"]["produced"]) == {
