@@ -158,7 +158,9 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     assert csv["tau"].tolist() == taus and csv["miou"].tolist() == pytest.approx(
         list(summary["miou_by_tau"].values())
     )
-    record = json.loads((tmp_path / "results" / "tracking" / "jobs" / "segment-model=tiny-dataset=scenes.json").read_text())
+    record = json.loads(
+        (tmp_path / "results" / "tracking" / "jobs" / "segment-model=tiny-dataset=scenes.json").read_text()
+    )
     assert record["status"] == "FINISHED" and record["tags"]["model"] == "tiny"
     assert record["wildcards"] == {"model": "tiny", "dataset": "scenes"} and record["rule"] == "segment"
     metrics = {m["key"]: m["value"] for m in record["metrics"]}
@@ -372,3 +374,18 @@ def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
         )
         tables.append(pd.read_parquet(out / "objects.parquet"))
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_prepared_keeps_reader_order_with_threads():
+    from mmc.features import prepared
+
+    def slow_square(i):
+        import time
+
+        time.sleep(0.001 * (i % 3))  # later items often finish first
+        return i * i
+
+    expected = [i * i for i in range(40)]
+    assert list(prepared(list(range(40)), slow_square, workers=3, window=5)) == expected  # indexable
+    assert list(prepared((i for i in range(40)), slow_square, workers=3, window=5)) == expected  # a stream
+    assert list(prepared(range(40), slow_square, workers=0, window=5)) == expected
