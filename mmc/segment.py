@@ -45,7 +45,7 @@ def thresholds_of(evaluation: Any) -> list[float]:
 
 def prompt_rng(seed: int, image_id: str, object_id: int) -> np.random.Generator:
     """A generator that depends only on (seed, image, object): prompts do not shift with order."""
-    return np.random.default_rng([seed, zlib.crc32(image_id.encode()), object_id])
+    return np.random.default_rng([seed % 2**32, zlib.crc32(image_id.encode()), object_id % 2**32])
 
 
 def object_prompts(sample: Sample, grid: tuple[int, int], prompt: str, min_patches: float, seed: int):
