@@ -210,7 +210,8 @@ def render(result: Trace) -> str:
 
 
 def _summary(result: Trace) -> list[str]:
-    from mmc.tracking import dvc_md5, is_checkpoint
+    from mmc.dvc import dvc_md5
+    from mmc.tracking import is_checkpoint
 
     tags = [s.record.get("tags", {}) for s in result.steps]
     data = sorted({f"{k.removeprefix('mmc.')} {v}" for t in tags for k, v in t.items() if k.startswith("mmc.dataset")})

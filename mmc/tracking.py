@@ -25,7 +25,6 @@ the stage sets itself win over them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mmc.dvc import dvc_md5
 from mmc.files import atomic_path, sha256_file
 
 RECORD_VERSION = 2
@@ -103,26 +103,6 @@ def default_name(stage: str, wildcards: Mapping[str, Any] | None) -> str:
     if not wildcards:
         return stage
     return safe_name("-".join([stage, *(f"{k}={v}" for k, v in wildcards.items())]))
-
-
-@functools.cache
-def _dvc_md5(dvc_file: str, mtime_ns: int) -> str | None:
-    import yaml
-
-    try:
-        outs = yaml.safe_load(Path(dvc_file).read_text()).get("outs") or []
-    except (OSError, AttributeError, yaml.YAMLError):
-        return None
-    return outs[0].get("md5") if outs and isinstance(outs[0], Mapping) else None
-
-
-def dvc_md5(dvc_file: str | Path) -> str | None:
-    """The md5 DVC recorded for a tracked file or folder (``.dir`` md5 for a folder), or None."""
-    try:
-        mtime = Path(dvc_file).stat().st_mtime_ns
-    except OSError:
-        return None
-    return _dvc_md5(str(dvc_file), mtime)
 
 
 def dataset_tags(cfg: Any, wildcards: Mapping[str, Any]) -> dict[str, str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,8 @@ import yaml
 
 from mmc import config, dvc
 from mmc.errors import MMCError
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def git_repo(path: Path) -> Path:
@@ -75,9 +80,6 @@ def test_dvc_failure_is_reported_with_dvcs_message(tmp_path):
 
 
 def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
-    import os
-    import sys
-
     repo = git_repo(tmp_path / "repo")
     (repo / "data/manifests").mkdir(parents=True)
     (repo / "data/manifests/voc.json").write_text("{}\n")
@@ -94,3 +96,98 @@ def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
     assert name == "data.dvc" and digest == dvc.dataset_hash(repo)
     assert yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["nfiles"] == 1  # no .part, no lock
     assert any(p.is_file() for p in (tmp_path / "remote").rglob("*"))
+
+
+def dvc_settings(repo: Path, *, remote: str = "../remote", cache_type: str = "copy", hardlink_lock: bool = False):
+    return config.freeze(config.resolve({"run_name": "t", "dvc": {"remote": remote, "cache_type": cache_type,
+                                                                   "hardlink_lock": hardlink_lock}})).dvc
+
+
+def count_dvc_calls(monkeypatch) -> list[tuple[str, ...]]:
+    """Record every DVC command that mmc.dvc runs (they still run, for real)."""
+    calls: list[tuple[str, ...]] = []
+    real = dvc.run
+
+    def recording(repo, *args):
+        calls.append(args)
+        return real(repo, *args)
+
+    monkeypatch.setattr(dvc, "run", recording)
+    return calls
+
+
+def test_setup_writes_only_what_differs(tmp_path, monkeypatch):
+    repo = git_repo(tmp_path / "repo")
+    calls = count_dvc_calls(monkeypatch)
+    store = dvc.setup(repo, dvc_settings(repo))
+    assert store == dvc.Store(root=repo, remote="storage", url=str((tmp_path / "remote").resolve()))
+    assert calls and calls[0][0] == "init"
+    calls.clear()
+    assert dvc.setup(repo, dvc_settings(repo)) == store
+    assert calls == []  # configured: no DVC call at all (each costs ~0.5 s)
+    dvc.setup(repo, dvc_settings(repo, hardlink_lock=True))
+    assert calls == [("config", "core.hardlink_lock", "true")]
+
+
+def test_setup_of_the_projects_own_dvc_config_is_a_no_op(tmp_path, monkeypatch):
+    """The committed .dvc/config (quoted cache type, `storage` remote) already says what the defaults say."""
+    repo = git_repo(tmp_path / "repo")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    shutil.copyfile(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copyfile(PROJECT / ".dvcignore", repo / ".dvcignore")
+    defaults = config.freeze(config.resolve({"run_name": "t"})).dvc
+    calls = count_dvc_calls(monkeypatch)
+    store = dvc.setup(repo, defaults)
+    assert calls == [] and store.remote == "storage" and store.url == str(repo / ".dvc-remote")
+
+
+def test_setup_reuses_a_remote_pointing_there_and_follows_config_local(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    for command in (["init", "-q"], ["remote", "add", "backup", "/elsewhere"],
+                    ["remote", "add", "--default", "shared", "../remote"], ["config", "--local", "cache.type", "symlink"],
+                    ["remote", "default", "--local", "backup"]):
+        subprocess.run([sys.executable, "-m", "dvc", *command], cwd=repo, check=True, capture_output=True)
+    store = dvc.setup(repo, dvc_settings(repo))
+    assert store.remote == "shared"  # no second remote for the same place
+    assert "storage" not in (repo / ".dvc/config").read_text()
+    local = (repo / ".dvc/config.local").read_text()
+    assert "type = copy" in local and "remote = shared" in local  # changed where it was overridden
+    default = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=repo, check=True,
+                             capture_output=True, text=True).stdout
+    assert default.strip() == "shared"  # as DVC itself sees it
+
+
+def test_ensure_repo_refuses_a_git_subfolder(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    (repo / "sub").mkdir()
+    with pytest.raises(MMCError, match=r"sub: not a DVC repository and not the root of its git repository"):
+        dvc.ensure_repo(repo / "sub")
+    assert not (repo / "sub/.dvc").exists()
+
+
+def test_data_version_waits_for_the_repository_lock(tmp_path):
+    """`mmc data version` and `mmc publish` share one lock: DVC allows one command per repository."""
+    repo = git_repo(tmp_path / "repo")
+    (repo / "data/manifests").mkdir(parents=True)
+    (repo / "data/manifests/voc.json").write_text("{}\n")
+    (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
+    dvc.ensure_repo(repo)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    with dvc.repo_lock(repo):
+        version = subprocess.Popen([sys.executable, "-m", "mmc", "data", "version", "--config", "c.yaml", "--no-push"],
+                                   cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # long enough to start Python and reach the lock
+        assert version.poll() is None and not (repo / "data.dvc").exists()
+    out, err = version.communicate(timeout=120)
+    assert version.returncode == 0, err
+    assert out.split() == ["data.dvc", dvc.dataset_hash(repo)]
+
+
+def test_dvc_md5_is_tolerant_and_follows_changes(tmp_path):
+    path = tmp_path / "model.pth.dvc"
+    assert dvc.dvc_md5(path) is None
+    path.write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef\n  path: model.pth\n")
+    assert dvc.dvc_md5(path) == "0123456789abcdef0123456789abcdef"
+    path.write_text("outs: [")
+    os.utime(path, ns=(1, 1))  # a different mtime, even on a coarse-grained file system
+    assert dvc.dvc_md5(path) is None

@@ -104,11 +104,12 @@ def _version(args: argparse.Namespace) -> int:
     data = Path(cfg.data_dir)
     if data.is_absolute() or ".." in data.parts or not data.is_dir():
         raise MMCError(f"data_dir: {cfg.data_dir!r} must be an existing directory inside the repository ({repo})")
-    dvc.setup(repo, cfg.dvc)
-    dvc_file = dvc.add(repo, data.as_posix())
-    if not args.no_push:
-        dvc.push(repo, dvc_file.name)
-    print(f"{dvc_file.name} {dvc.dataset_hash(repo, dvc_file.relative_to(repo).as_posix())}")
+    with dvc.locked(repo, cfg.dvc) as store:
+        target = (repo / data).relative_to(store.root).as_posix()
+        dvc_file = dvc.add(store.root, target)
+        if not args.no_push:
+            dvc.push(store.root, f"{target}.dvc", remote=store.remote)
+    print(f"{dvc_file.name} {dvc.dataset_hash(store.root, f'{target}.dvc')}")
     return 0
 
 
