@@ -264,7 +264,20 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
     models = {
         "tiny": {"source": "random", "backbone": TINY_ARCH},
         "url": {"source": "url", "url": "https://x/y.pth"},
+        "pinned": {
+            "source": "file",
+            "path": str(tmp_path / "w.pth"),
+            "backbone": TINY_ARCH,
+            "sha256": "0" * 64,
+        },
+        "moco": {
+            "source": "file",
+            "path": str(tmp_path / "w.pth"),
+            "format": "mocov3",
+            "backbone": TINY_ARCH,
+        },
     }
+    torch.save(random_backbone(TINY_ARCH, 0).state_dict(), tmp_path / "w.pth")
     cfg = write_config(tmp_path, voc, models=models)
     assert (
         run_cli("segment", "--config", cfg, "--model", "nope", "--dataset", "scenes", "--out", tmp_path / "o")
@@ -281,6 +294,18 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
         == 2
     )
     assert "pass the weights file with --checkpoint" in capsys.readouterr().err
+    assert (
+        run_cli(
+            "segment", "--config", cfg, "--model", "pinned", "--dataset", "scenes", "--out", tmp_path / "o"
+        )
+        == 2
+    )
+    assert f"does not match models.pinned.sha256 {'0' * 64}" in capsys.readouterr().err
+    assert (
+        run_cli("segment", "--config", cfg, "--model", "moco", "--dataset", "scenes", "--out", tmp_path / "o")
+        == 2
+    )
+    assert "not a mocov3 checkpoint: expected top-level keys ['state_dict']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
