@@ -395,11 +395,11 @@ def load_backbone(
     try:
         fmt = detect_format(obj) if fmt == "auto" else fmt
         conv = CONVERTERS[fmt](obj, weights)
+        expected = arch_dict(expected_backbone) if expected_backbone is not None else None
+        arch = infer_arch(conv.state_dict, None)
+        arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
     except MMCError as e:
         raise MMCError(f"{path}: {e}") from None
-    expected = arch_dict(expected_backbone) if expected_backbone is not None else None
-    arch = infer_arch(conv.state_dict, None)
-    arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
     check_arch(arch, expected, fmt, path)
     no_embed_class, qkv_bias = arch.pop("_no_embed_class"), arch.pop("_qkv_bias")
     model = build_backbone(arch, no_embed_class=no_embed_class, qkv_bias=qkv_bias)

@@ -241,6 +241,14 @@ def test_truncated_corrupt_and_absent_files(tmp_path, weights):
         load_backbone(tmp_path / "absent.pth")
 
 
+def test_a_file_without_vit_weights_in_the_expected_place(tmp_path, weights):
+    obj, _, _ = layouts(*weights)["mmc"]
+    obj["teacher"] = {k.replace("backbone.", "encoder."): v for k, v in obj["teacher"].items()}
+    torch.save(obj, tmp_path / "renamed.pth")
+    with pytest.raises(MMCError, match=r"renamed.pth: the weights lack 'patch_embed.proj.weight'"):
+        load_backbone(tmp_path / "renamed.pth")
+
+
 def test_unknown_format(tmp_path):
     torch.save({"weights": {"layer.weight": torch.zeros(2)}, "epoch": 1}, tmp_path / "odd.pth")
     with pytest.raises(
