@@ -31,6 +31,8 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        # mkstemp creates 0600; results are shared on clusters, so give the umask's usual mode
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         tmp = Path(name)
     try:
@@ -62,6 +64,12 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _fsync_file(path: Path) -> None:

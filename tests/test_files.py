@@ -33,6 +33,18 @@ def test_atomic_directory_replaces_the_old_one_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
+def test_atomic_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "shared.csv", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o644
+
+
 def test_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "blob"
     data = bytes(range(256)) * 5000
