@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
@@ -32,7 +37,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         # mkstemp creates 0600; results are shared on clusters, so give the umask's usual mode
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -64,12 +69,6 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _fsync_file(path: Path) -> None:

