@@ -155,7 +155,8 @@ class Trainer:
             self.teacher.to(device)
         k = pcfg.distill.out_dim
         self.centers = {"cls": torch.zeros(k, device=device), "patch": torch.zeros(k, device=device)}
-        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0)
+        # fused AdamW: one kernel per parameter group instead of ~6 per tensor (CPU and CUDA)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0, fused=True)
         self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=pcfg.precision == "float16")
         self.step = 0
