@@ -41,7 +41,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
     return 2 * n**3 / best
 
 
-def case_config(case: str, precision: str, batch: int):
+def case_config(case: str, precision: str, batch: int, device: str = "cpu"):
     from mmc import config
 
     if case == "test":
@@ -50,39 +50,54 @@ def case_config(case: str, precision: str, batch: int):
     else:  # ViT-S/16 at 224 px with the spec's default heads
         pretrain = {"backbone": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "img_size": 224}}
     pretrain = config.deep_merge(pretrain, {"precision": precision, "optim": {"batch_size": batch}, "compile": False})
-    return config.freeze(config.resolve({"run_name": "bench", "device": "cpu", "tracking": {"enabled": False},
+    return config.freeze(config.resolve({"run_name": "bench", "device": device, "tracking": {"enabled": False},
                                          "pretrain": pretrain}))  # fmt: skip
 
 
-def run_case(case: str, precision: str, batch: int, steps: int, queue) -> None:
+def make_trainer(cfg, batch: int, device, tmp: Path):
+    """A real Trainer (model, optimiser, schedules) over a throw-away folder of ``batch`` images."""
     import torch
     from PIL import Image
 
     from mmc.pretrain import train
-    from mmc.pretrain.flops import step_flops
     from mmc.tracking import JobRecorder
+
+    folder = tmp / "images"
+    folder.mkdir()
+    for i in range(batch):
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(folder / f"{i}.png")
+    pcfg = cfg.experiments["mmc"]
+    pcfg = type(pcfg)(**{**pcfg.__dict__, "data": type(pcfg.data)(**{**pcfg.data.__dict__, "path": str(folder)})})
+    return train.Trainer(cfg, pcfg, tmp / "out", tmp / "state", torch.device(device), JobRecorder("pretrain", "bench", None))
+
+
+def synthetic_batch(pcfg, batch: int, device: str):
+    import torch
+
+    size = pcfg.data.global_crop_size
+    grid = size // pcfg.backbone.patch_size
+    generator = torch.Generator().manual_seed(0)
+    views = torch.randn(2, batch, 3, size, size, generator=generator).to(device)
+    masks = (torch.rand(2, batch, grid * grid, generator=generator) < 0.3).to(device)
+    return views, [], masks
+
+
+def run_case(case: str, precision: str, batch: int, steps: int, queue) -> None:
+    import torch
+
+    from mmc.pretrain.flops import step_flops
 
     torch.set_num_threads(os.cpu_count())
     cfg = case_config(case, precision, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        for i in range(batch):
-            Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
-        pcfg = cfg.experiments["mmc"]
-        pcfg = type(pcfg)(**{**pcfg.__dict__, "data": type(pcfg.data)(**{**pcfg.data.__dict__, "path": str(folder)})})
-        trainer = train.Trainer(cfg, pcfg, Path(tmp) / "out", Path(tmp) / "state", torch.device("cpu"),
-                                JobRecorder("pretrain", "bench", None))  # fmt: skip
-    size = pcfg.data.global_crop_size
-    grid = size // pcfg.backbone.patch_size
-    generator = torch.Generator().manual_seed(0)
-    views = torch.randn(2, batch, 3, size, size, generator=generator)
-    masks = torch.rand(2, batch, grid * grid, generator=generator) < 0.3
+        trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
+    pcfg = trainer.pcfg
+    data = synthetic_batch(pcfg, batch, "cpu")
     times = []
     for i in range(steps + 2):  # two warm-up steps
         trainer.step = i
         start = time.perf_counter()
-        trainer._train_step(trainer.student, (views, [], masks), 0)
+        trainer._train_step(trainer.student, data, 0)
         times.append(time.perf_counter() - start)
     step_time = sorted(times[2:])[len(times[2:]) // 2]  # median
     flops = step_flops(pcfg, batch)["step"]
@@ -105,9 +120,10 @@ def main() -> int:
     peaks = {p: matmul_peak(p) for p in ("float32", "bfloat16")}
     for name, value in peaks.items():
         print(f"matmul peak {name:8s}: {value / 1e9:8.1f} GFLOP/s (2048^3, best of 8)")
-    cases = [("test", "float32", 32, 5), ("test", "bfloat16", 32, 5), ("vits16", "float32", args.vits_batch, 3)]
+    vits_steps = 2 if args.quick else 3
+    cases = [("test", "float32", 32, 5), ("test", "bfloat16", 32, 5), ("vits16", "float32", args.vits_batch, vits_steps)]
     if not args.quick:
-        cases.append(("vits16", "bfloat16", args.vits_batch, 3))
+        cases.append(("vits16", "bfloat16", args.vits_batch, vits_steps))
     context = mp.get_context("spawn")
     results = []
     header = f"{'model':7s} {'precision':9s} {'batch':>5s} {'step s':>7s} {'img/s':>7s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of peak':>7s} {'peak RSS MiB':>12s}"

@@ -62,11 +62,11 @@ def _setup_distributed(device_kind: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _expected_epochs(pcfg) -> list[int]:
+def _expected_epochs(pcfg, experiment: str = "") -> list[int]:
     epochs = pcfg.optim.epochs
     late = [e for e in pcfg.checkpoint.save_epochs if e > epochs]
     if late:
-        raise ConfigError(f"checkpoint.save_epochs: {late} exceed optim.epochs ({epochs})")
+        raise ConfigError(f"experiments.{experiment}.checkpoint.save_epochs: {late} exceed optim.epochs ({epochs})")
     return sorted({*pcfg.checkpoint.save_epochs, epochs})
 
 
@@ -74,6 +74,7 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     if experiment not in cfg.experiments:
         raise ConfigError(f"--experiment: '{experiment}' is not a key of experiments (have: {sorted(cfg.experiments)})")
     pcfg = cfg.experiments[experiment]
+    _expected_epochs(pcfg, experiment)
     out = Path(out)
     state = Path(state_dir) if state_dir else Path(cfg.state_dir) / "pretrain" / experiment
     if state.resolve() == out.resolve() or out.resolve() in state.resolve().parents:
