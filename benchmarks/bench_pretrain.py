@@ -82,12 +82,12 @@ def synthetic_batch(pcfg, batch: int, device: str):
     return views, [], masks
 
 
-def run_case(case: str, precision: str, batch: int, steps: int, queue) -> None:
+def run_case(case: str, precision: str, batch: int, steps: int, threads: int, queue) -> None:
     import torch
 
     from mmc.pretrain.flops import step_flops
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads)
     cfg = case_config(case, precision, batch)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
@@ -112,11 +112,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and only fp32 for ViT-S")
     parser.add_argument("--vits-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(os.cpu_count())
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads")
+    torch.set_num_threads(args.threads)
+    # other processes on the machine distort every number here: the load average says how much
+    print(f"torch {torch.__version__}, {args.threads} of {os.cpu_count()} CPU threads, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     peaks = {p: matmul_peak(p) for p in ("float32", "bfloat16")}
     for name, value in peaks.items():
         print(f"matmul peak {name:8s}: {value / 1e9:8.1f} GFLOP/s (2048^3, best of 8)")
@@ -130,7 +133,7 @@ def main() -> int:
     print(header)
     for case, precision, batch, steps in cases:
         queue = context.Queue()
-        proc = context.Process(target=run_case, args=(case, precision, batch, steps, queue))
+        proc = context.Process(target=run_case, args=(case, precision, batch, steps, args.threads, queue))
         proc.start()
         result = queue.get()
         proc.join()
@@ -139,7 +142,8 @@ def main() -> int:
         print(f"{case:7s} {precision:9s} {batch:5d} {result['step_s']:7.3f} {result['images_per_s']:7.1f} "
               f"{result['flops_per_step'] / 1e9:10.2f} {result['flops_per_s'] / 1e9:8.1f} "
               f"{result['ratio_to_matmul_peak']:7.1%} {result['peak_rss_mib']:12.0f}", flush=True)  # fmt: skip
-    print(json.dumps({"matmul_peak_flops": peaks, "cases": results}))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(json.dumps({"threads": args.threads, "matmul_peak_flops": peaks, "cases": results}))
     return 0
 
 

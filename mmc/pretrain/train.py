@@ -127,6 +127,25 @@ def _publish_init_checkpoint(pcfg, out: Path, rec) -> None:
         tmp.write_text("")
 
 
+# Keys that change how a run is executed or logged, not what it computes: a resume may differ in them.
+EXECUTION_KEYS = frozenset({"data.num_workers", "checkpoint", "log_every_steps", "compile"})
+
+
+def _semantic_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring EXECUTION_KEYS."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if name in EXECUTION_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _semantic_changes(a, b, f"{name}.")
+        elif a != b:
+            changed.append(name)
+    return changed
+
+
 class Trainer:
     def __init__(self, cfg, pcfg, out: Path, state: Path, device: torch.device, rec):
         self.cfg, self.pcfg, self.out, self.state, self.device, self.rec = cfg, pcfg, out, state, device, rec
@@ -168,9 +187,11 @@ class Trainer:
         ckpt, path = ckpt_mod.latest_valid(self.state, report=_log)
         if ckpt is None:
             return
-        if ckpt["config"] != self.config_dict:
+        changed = _semantic_changes(ckpt["config"], self.config_dict)
+        if changed:
             raise MMCError(
-                f"{path}: resume state was written by a different configuration; delete {self.state} to start afresh"
+                f"{path}: resume state was written with a different configuration ({', '.join(changed)}); "
+                f"delete {self.state} to start afresh"
             )
         self.student.load_state_dict(ckpt["student"])
         if self.teacher is not None:
