@@ -19,6 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
     "pretrain": ("mmc.pretrain.cli", "pretrain a ViT with MMC (masked modelling, self-distillation, contrast)"),
+    "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E.pth, dvc add and push it"),
+    "segment": ("mmc.segment", "zero-shot prompt-patch segmentation of one model on one dataset"),
+    "similarity": ("mmc.similarity", "intra/inter-object similarity of one model on one dataset"),
+    "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
+    "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
+    "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
 }
 
 

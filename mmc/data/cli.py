@@ -22,6 +22,96 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synthetic.add_argument("--seed", type=int, help="random seed")
     synthetic.set_defaults(func=_synthetic)
 
+    download = sub.add_parser(
+        "download",
+        help="download, verify and extract a dataset of the config's `datasets` registry",
+        description="Download every archive of datasets.NAME into {data_dir}/downloads (resuming partial "
+        "files), verify size and checksum (or pin the sha256 when none is published), extract safely so "
+        "that datasets.NAME.root appears complete, and write {data_dir}/manifests/NAME.json last. "
+        "A rerun with a complete manifest does nothing.",
+    )
+    download.add_argument("name", metavar="NAME", help="a key of `datasets` in the config")
+    download.add_argument("--config", required=True, help="the YAML config")
+    _add_download_options(download)
+    download.set_defaults(func=_download)
+
+    checkpoint = sub.add_parser(
+        "fetch-checkpoint",
+        help="download and verify a `source: url` model's checkpoint",
+        description="Download models.MODEL.url to {data_dir}/checkpoints/MODEL.pth and verify its sha256 "
+        "(without one in the config, the first download's sha256 is pinned in {data_dir}/manifests/pins.json).",
+    )
+    checkpoint.add_argument("model", metavar="MODEL", help="a key of `models` in the config")
+    checkpoint.add_argument("--config", required=True, help="the YAML config")
+    _add_download_options(checkpoint)
+    checkpoint.set_defaults(func=_fetch_checkpoint)
+
+    version = sub.add_parser(
+        "version",
+        help="version {data_dir} with DVC (dvc add + push) and print its hash",
+        description="Set up DVC in the current repository from the config's `dvc` section (remote, cache "
+        "type, hardlink lock), `dvc add` the data directory (writing DATA_DIR.dvc), push it to the "
+        "default remote and print the tree's .dir md5 (the dataset provenance id).",
+    )
+    version.add_argument("--config", required=True, help="the YAML config")
+    version.add_argument("--no-push", action="store_true", help="only `dvc add`, do not push")
+    version.set_defaults(func=_version)
+
+
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    from mmc.data.download import DEFAULT_BACKOFF_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="extra attempts after a failure (default %(default)s)")
+    parser.add_argument("--backoff", type=float, default=DEFAULT_BACKOFF_S, help="first pause in seconds, doubled each retry (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="network timeout in seconds (default %(default)s)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: on a terminal only)")
+
+
+def _download_options(args: argparse.Namespace) -> dict:
+    from mmc.errors import MMCError
+
+    if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
+        raise MMCError("--retries and --backoff must be >= 0 and --timeout > 0")
+    return {"retries": args.retries, "backoff_s": args.backoff, "timeout_s": args.timeout, "progress": args.progress}
+
+
+def _download(args: argparse.Namespace) -> int:
+    from mmc import config
+    from mmc.data.fetch import fetch_dataset
+
+    manifest = fetch_dataset(config.load(args.config), args.name, **_download_options(args))
+    print(manifest)
+    return 0
+
+
+def _fetch_checkpoint(args: argparse.Namespace) -> int:
+    from mmc import config
+    from mmc.data.fetch import fetch_checkpoint
+
+    path = fetch_checkpoint(config.load(args.config), args.model, **_download_options(args))
+    print(path)
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmc import config, dvc
+    from mmc.errors import MMCError
+
+    cfg = config.load(args.config)
+    repo = Path.cwd()
+    data = Path(cfg.data_dir)
+    if data.is_absolute() or ".." in data.parts or not data.is_dir():
+        raise MMCError(f"data_dir: {cfg.data_dir!r} must be an existing directory inside the repository ({repo})")
+    with dvc.locked(repo, cfg.dvc) as store:
+        target = (repo / data).relative_to(store.root).as_posix()
+        dvc_file = dvc.add(store.root, target)
+        if not args.no_push:
+            dvc.push(store.root, f"{target}.dvc", remote=store.remote)
+    print(f"{dvc_file.name} {dvc.dataset_hash(store.root, f'{target}.dvc')}")
+    return 0
+
 
 def _synthetic(args: argparse.Namespace) -> int:
     import dataclasses

@@ -45,6 +45,9 @@ class DatasetReader(Protocol):
 READERS: dict[str, str] = {
     "voc": "mmc.data.voc:VOCReader.from_config",
     "synthetic": "mmc.data.voc:VOCReader.from_config",  # the synthetic scenes use the VOC layout
+    "coco": "mmc.data.coco:COCOReader.from_config",
+    "ade20k": "mmc.data.ade20k:ADE20KReader.from_config",
+    "davis": "mmc.data.davis:DAVISReader.from_config",
 }
 
 

@@ -1,0 +1,278 @@
+"""Patch features for the zero-shot protocol (SPEC §2.1-2.2), computed once per image.
+
+Features are the output of one block (the last by default) **after the final LayerNorm**, prefix
+tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised. timm's
+``forward_intermediates`` is called with ``norm=True`` explicitly: its default (no norm) differs
+from DINO's ``get_intermediate_layers``.
+
+:func:`iter_features` pairs every sample of a reader with its features and, when given a cache
+file, reuses features computed by an earlier job on the same model, dataset and settings (so
+``mmc similarity`` reuses ``mmc segment``'s forward passes). The cache is one ``torch.save`` file
+written atomically; each entry is checked against a hash of the image's pixels before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmc.data.readers import Sample
+from mmc.errors import MMCError
+from mmc.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CACHE_VERSION = 1
+
+
+def eval_size(height: int, width: int, resolution: int, patch: int, keep_aspect: bool) -> tuple[int, int]:
+    """Input size: ``resolution`` square, or the longer side ``resolution`` with sides on the patch grid."""
+    if not keep_aspect:
+        if resolution % patch:
+            raise MMCError(f"evaluation.resolution {resolution} is not a multiple of the patch size {patch}")
+        return resolution, resolution
+    scale = resolution / max(height, width)
+    return (
+        max(patch, round(height * scale / patch) * patch),
+        max(patch, round(width * scale / patch) * patch),
+    )
+
+
+def preprocess(image: np.ndarray, size: tuple[int, int]):
+    """uint8 HxWx3 -> float tensor 3 x size, resized (bilinear, as torchvision's Resize on PIL) and normalised."""
+    import torch
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    if pil.size != (size[1], size[0]):
+        pil = pil.resize((size[1], size[0]), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def patch_features(model, x, layer: int = -1, precision: str = "float32"):
+    """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised; block ``layer`` then the final norm."""
+    import torch
+
+    depth = len(model.blocks)
+    index = layer if layer >= 0 else depth + layer
+    if not 0 <= index < depth:
+        raise MMCError(f"evaluation.layer {layer} is out of range for a {depth}-block ViT")
+    dtype = {"float32": None, "bfloat16": torch.bfloat16}[precision]
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        (tokens,) = model.forward_intermediates(
+            x, indices=[index], norm=True, output_fmt="NLC", intermediates_only=True
+        )
+    tokens = tokens.float()
+    batch, _, dim = tokens.shape
+    grid_h, grid_w = model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+    tokens = torch.nn.functional.normalize(tokens, dim=-1)
+    return tokens.reshape(batch, grid_h, grid_w, dim)
+
+
+def image_digest(image: np.ndarray) -> str:
+    h = hashlib.sha1(np.ascontiguousarray(image).tobytes())
+    h.update(repr(image.shape).encode())
+    return h.hexdigest()
+
+
+def prepared(reader, prepare: Callable, workers: int, window: int) -> Iterator:
+    """``map(prepare, reader)`` in order, by ``workers`` threads at most ``window`` items ahead.
+
+    Readers with ``__getitem__`` are also read in the threads; others are read in order here and
+    only ``prepare`` runs in the threads.
+    """
+    if workers <= 0:
+        yield from map(prepare, reader)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if hasattr(reader, "__getitem__"):
+        tasks = ((lambda i=i: prepare(reader[i])) for i in range(len(reader)))
+    else:
+        tasks = ((lambda s=s: prepare(s)) for s in reader)
+    with ThreadPoolExecutor(workers, thread_name_prefix="mmc-read") as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def cache_key(model_info: dict, dataset_cfg: Any, settings: dict) -> str:
+    """What the cached features depend on (the images themselves are checked per entry)."""
+    from mmc.config import to_dict
+
+    identity = {
+        "model": {k: model_info.get(k) for k in ("format", "sha256", "arch", "weights")},
+        "dataset": {k: v for k, v in to_dict(dataset_cfg).items() if k in ("format", "root", "split")},
+        "settings": settings,
+        "version": CACHE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_cache(path: Path, key: str) -> dict:
+    import torch
+
+    if not path.is_file():
+        return {}
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged cache is only a cache: recompute
+        log.warning("ignoring unreadable feature cache %s (%s)", path, e)
+        return {}
+    if not isinstance(data, dict) or data.get("key") != key:
+        return {}
+    return data["entries"]
+
+
+def iter_features(
+    model,
+    reader,
+    *,
+    resolution: int,
+    keep_aspect: bool = False,
+    layer: int = -1,
+    precision: str = "float32",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str = "cpu",
+    cache_path: str | Path | None = None,
+    cache_key_value: str | None = None,
+    stats: dict | None = None,
+) -> Iterator[tuple[Sample, Any]]:
+    """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors.
+
+    Images of one batch share an input size (always so unless ``keep_aspect``); a batch is flushed
+    when it is full or the next image has another size. With ``num_workers > 0`` images are read,
+    hashed and preprocessed by that many threads (image decoding releases the GIL) while the
+    backbone runs. ``stats`` (if given) receives counts of computed and cached images.
+    """
+    import torch
+
+    patch = model.patch_embed.patch_size[0]
+    cache_path = Path(cache_path) if cache_path is not None else None
+    cached = _load_cache(cache_path, cache_key_value) if cache_path is not None else {}
+    fresh: dict[str, Any] = {}
+    counts = stats if stats is not None else {}
+    counts.update(computed=0, cached=0)
+    model = model.to(device).eval()
+
+    def flush(batch):
+        todo = [(i, x) for i, (_, x, entry, _) in enumerate(batch) if entry is None]
+        feats = {}
+        if todo:
+            xs = torch.stack([x for _, x in todo]).to(device)
+            out = patch_features(model, xs, layer, precision).cpu()
+            # clone: a view would make torch.save store the whole batch with every entry
+            feats = {i: out[j].clone() for j, (i, _) in enumerate(todo)}
+            counts["computed"] += len(todo)
+        for i, (sample, _, entry, digest) in enumerate(batch):
+            if entry is None:
+                f = feats[i]
+                if cache_path is not None:
+                    fresh[sample.image_id] = {"digest": digest, "features": f}
+            else:
+                f = entry["features"]
+                counts["cached"] += 1
+                if cache_path is not None:
+                    fresh[sample.image_id] = entry
+            yield sample, f
+
+    def prepare(sample):
+        digest = image_digest(sample.image) if cache_path is not None else None
+        entry = cached.get(sample.image_id)
+        if entry is not None and entry["digest"] != digest:
+            entry = None
+        h, w = sample.image.shape[:2]
+        size = eval_size(h, w, resolution, patch, keep_aspect)
+        return sample, size, entry, digest, preprocess(sample.image, size) if entry is None else None
+
+    batch: list = []
+    size = None
+    for sample, this_size, entry, digest, x in prepared(reader, prepare, num_workers, window=2 * batch_size):
+        if batch and (len(batch) >= batch_size or this_size != size):
+            yield from flush(batch)
+            batch = []
+        size = this_size
+        batch.append((sample, x, entry, digest))
+    if batch:
+        yield from flush(batch)
+    if cache_path is not None and counts["computed"]:
+        with atomic_path(cache_path) as tmp:
+            torch.save({"key": cache_key_value, "version": CACHE_VERSION, "entries": fresh}, tmp)
+        log.info("wrote feature cache %s (%d images)", cache_path, len(fresh))
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MMCError("device: cuda was asked for but no CUDA device is available")
+    return name
+
+
+def settings_of(evaluation: Any, patch_size: int) -> dict:
+    """The evaluation options the features depend on (part of the cache key and of every summary)."""
+    return {
+        "resolution": int(evaluation.resolution),
+        "keep_aspect": bool(evaluation.keep_aspect),
+        "layer": int(evaluation.layer),
+        "precision": str(evaluation.precision),
+        "patch_size": int(patch_size),
+    }
+
+
+def cache_file(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
+    """One cache file per model and dataset under ``state_dir`` (a stale one is replaced)."""
+    if not cfg.evaluation.feature_cache:
+        return None
+    return Path(cfg.state_dir) / "features" / model_name / f"{dataset_name}.pt"
+
+
+def dataset_features(
+    cfg: Any,
+    model,
+    model_info: dict,
+    reader,
+    dataset_name: str,
+    model_name: str | None,
+    stats: dict | None = None,
+) -> Iterator[tuple[Sample, Any]]:
+    """:func:`iter_features` with the ``evaluation`` options of ``cfg``; cached when ``model_name``
+    is given and ``evaluation.feature_cache`` is on."""
+    evaluation = cfg.evaluation
+    settings = settings_of(evaluation, model.patch_embed.patch_size[0])
+    path = cache_file(cfg, model_name, dataset_name) if model_name is not None else None
+    key = cache_key(model_info, cfg.datasets[dataset_name], settings) if path is not None else None
+    return iter_features(
+        model,
+        reader,
+        resolution=evaluation.resolution,
+        keep_aspect=evaluation.keep_aspect,
+        layer=evaluation.layer,
+        precision=evaluation.precision,
+        batch_size=evaluation.batch_size,
+        num_workers=evaluation.num_workers,
+        device=resolve_device(cfg.device),
+        cache_path=path,
+        cache_key_value=key,
+        stats=stats,
+    )

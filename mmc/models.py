@@ -1,0 +1,448 @@
+"""Backbones and strict checkpoint loading for MMC and the public baselines (SPEC §4).
+
+Every model is one timm ``VisionTransformer`` (``dynamic_img_size=True``: position embeddings are
+resampled for any input that is a multiple of the patch size). Each source format has one small,
+named converter mapping its file onto timm keys; :data:`CONVERTERS` maps format names to them.
+Loading is always ``strict=True``, the architecture is asserted, and the file's sha256 is returned.
+
+Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`` and only the
+globals listed in :data:`ALLOWED_GLOBALS` are allowed (DINO/iBOT/MAE full checkpoints pickle an
+``argparse.Namespace``). Anything else is refused with a message, never unpickled blindly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmc.errors import MMCError
+
+FORMATS = ("mmc", "dino", "ibot", "mae", "mocov3", "timm")
+ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size")
+
+# Globals a supported checkpoint may pickle besides tensors and plain containers: DINO/iBOT/MAE
+# pickle their `args`; `torch.__version__` (a str subclass) often lands in a `versions` dict.
+ALLOWED_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+
+
+def _allowed_globals() -> list:
+    from torch.torch_version import TorchVersion
+
+    return [*ALLOWED_GLOBALS, TorchVersion]
+
+
+# Heads of the standard ViT sizes by format, for files that store no head count. The number of
+# heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head count), which
+# is why MoCo v3's 12-head ViT-S loads without error into a 6-head model and gives a wrong one.
+_STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+_MOCOV3_HEADS = {384: 12, 768: 12, 1024: 16}
+# Architecture names stored in files (`args.arch`, MoCo v3's `arch`, MAE's `args.model`).
+_NAMED_ARCHS = {
+    "vit_tiny": 3,
+    "deit_tiny": 3,
+    "vit_small": 6,
+    "deit_small": 6,
+    "vit_base": 12,
+    "deit_base": 12,
+    "vit_large": 16,
+    "vit_huge": 16,
+}
+
+
+@dataclass
+class Converted:
+    """A converter's result: backbone weights under timm names, and what it knows about the file."""
+
+    state_dict: dict[str, Any]
+    num_heads: int | None = None  # from the file's metadata, when it has any
+    dropped: list[str] = field(default_factory=list)  # keys deliberately left out (heads, decoders)
+    source: str = ""  # which part of the file was used (e.g. "teacher")
+
+
+# ----------------------------------------------------------------------------- building
+def arch_dict(backbone: Any) -> dict:
+    """The architecture numbers of a ``backbone`` config section (dataclass or mapping)."""
+    get = backbone.get if isinstance(backbone, Mapping) else lambda k, d=None: getattr(backbone, k, d)
+    arch = {k: get(k) for k in ARCH_KEYS}
+    missing = [k for k, v in arch.items() if v is None]
+    if missing:
+        raise MMCError(f"backbone description lacks {missing} (expected all of {list(ARCH_KEYS)})")
+    arch["mlp_ratio"] = float(arch["mlp_ratio"])
+    return arch
+
+
+def build_backbone(arch: Any, *, no_embed_class: bool = False, qkv_bias: bool = True):
+    """An untrained timm ViT with the given numbers; no classifier head, no stochastic depth."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    a = arch_dict(arch)
+    if a["embed_dim"] % a["num_heads"]:
+        raise MMCError(f"embed_dim {a['embed_dim']} is not divisible by num_heads {a['num_heads']}")
+    return VisionTransformer(
+        img_size=a["img_size"],
+        patch_size=a["patch_size"],
+        embed_dim=a["embed_dim"],
+        depth=a["depth"],
+        num_heads=a["num_heads"],
+        mlp_ratio=a["mlp_ratio"],
+        qkv_bias=qkv_bias,
+        no_embed_class=no_embed_class,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
+
+
+def random_backbone(arch: Any, seed: int):
+    """An untrained backbone initialised from ``seed`` (the sanity baseline, ``source: random``)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(arch)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- reading files
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and the allow-list; every failure is an MMCError."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MMCError(f"{path}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" in text or "not an allowed global" in text.lower() or "GLOBAL" in text:
+            name = re.search(r"GLOBAL ([\w.]+)", text)
+            what = name.group(1) if name else "an object outside the allow-list"
+            raise MMCError(
+                f"{path}: refused to load: the file pickles {what}, which is not one of the allowed "
+                f"globals ({', '.join(g.__module__ + '.' + g.__qualname__ for g in _allowed_globals())}). "
+                "Untrusted checkpoints are never unpickled with weights_only=False; convert the file to a "
+                "plain state dict first."
+            ) from None
+        raise MMCError(
+            f"{path}: not a readable checkpoint (corrupt or truncated?): {text.splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MMCError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from None
+
+
+# ----------------------------------------------------------------------------- converters
+def _strip(state: Mapping, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _others(state: Mapping, prefix: str) -> list[str]:
+    return sorted(k for k in state if not k.startswith(prefix))
+
+
+def _heads_from_name(name: Any) -> int | None:
+    if not isinstance(name, str):
+        return None
+    for key, heads in _NAMED_ARCHS.items():
+        if key in name.lower():
+            return heads
+    return None
+
+
+def _args_heads(obj: Mapping) -> int | None:
+    args = obj.get("args")
+    for attr in ("arch", "model"):
+        heads = _heads_from_name(getattr(args, attr, None))
+        if heads:
+            return heads
+    return None
+
+
+def _require(obj: Any, keys: tuple[str, ...], fmt: str) -> None:
+    if not isinstance(obj, Mapping) or any(k not in obj for k in keys):
+        have = sorted(obj)[:20] if isinstance(obj, Mapping) else type(obj).__name__
+        raise MMCError(f"not a {fmt} checkpoint: expected top-level keys {list(keys)}, found {have}")
+
+
+def convert_mmc(obj: Mapping, weights: str) -> Converted:
+    """Our own checkpoints: ``teacher``/``student`` state dicts, ViT weights under ``backbone.``."""
+    _require(obj, ("arch",), "mmc")
+    source = weights
+    if weights == "teacher" and obj.get("teacher") is None and "student" in obj:
+        # An MIM-only run has no teacher; SPEC §2.2 evaluates the teacher only where there is one.
+        weights, source = "student", "student (the file has no teacher)"
+    if obj.get(weights) is None:
+        raise MMCError(f"the MMC checkpoint has no {weights!r} weights (has: {sorted(obj)})")
+    part = obj[weights]
+    return Converted(
+        _strip(part, "backbone."),
+        num_heads=int(obj["arch"]["num_heads"]),
+        dropped=_others(part, "backbone."),
+        source=source,
+    )
+
+
+def _dino_like(obj: Mapping, weights: str, fmt: str, flat_wrapper: str | None) -> Converted:
+    """DINO and iBOT: full training checkpoints (EMA teacher under ``teacher``) or backbone files."""
+    if "teacher" in obj and "student" in obj:
+        part = obj[weights]
+        prefix = "backbone." if weights == "teacher" else "module.backbone."
+        if weights == "student" and not any(k.startswith(prefix) for k in part):
+            prefix = "backbone."
+        state = _strip(part, prefix)
+        # iBOT's student carries the learned mask embedding; it is not part of the backbone.
+        dropped = _others(part, prefix) + [prefix + k for k in state if k == "masked_embed"]
+        state.pop("masked_embed", None)
+        return Converted(state, num_heads=_args_heads(obj), dropped=dropped, source=weights)
+    if flat_wrapper is not None:
+        _require(obj, (flat_wrapper,), fmt)
+        obj = obj[flat_wrapper]
+    state = dict(obj)
+    dropped = [k for k in state if k == "masked_embed"]
+    state.pop("masked_embed", None)
+    return Converted(state, dropped=dropped, source="backbone file")
+
+
+def convert_dino(obj: Mapping, weights: str) -> Converted:
+    return _dino_like(obj, weights, "dino", flat_wrapper=None)
+
+
+def convert_ibot(obj: Mapping, weights: str) -> Converted:
+    return _dino_like(obj, weights, "ibot", flat_wrapper="state_dict")
+
+
+def convert_mae(obj: Mapping, weights: str) -> Converted:
+    """MAE: ``{'model': encoder}``; ``_full`` files add the decoder and ``mask_token``."""
+    _require(obj, ("model",), "mae")
+    model = obj["model"]
+    dropped = sorted(k for k in model if k.startswith("decoder") or k == "mask_token")
+    state = {k: v for k, v in model.items() if k not in dropped}
+    return Converted(state, num_heads=_args_heads(obj), dropped=dropped, source="model")
+
+
+def convert_mocov3(obj: Mapping, weights: str) -> Converted:
+    """MoCo v3: ``state_dict`` with ``module.base_encoder.``; its projector lives in ``head.``."""
+    _require(obj, ("state_dict",), "mocov3")
+    part = obj["state_dict"]
+    prefix = "module.base_encoder."
+    state = _strip(part, prefix)
+    head = sorted(k for k in state if k.startswith("head."))
+    for k in head:
+        del state[k]
+    arch_name = str(obj.get("arch", ""))
+    heads = _MOCOV3_HEADS[384] if "small" in arch_name else _heads_from_name(obj.get("arch"))
+    return Converted(
+        state,
+        num_heads=heads,
+        dropped=_others(part, prefix) + [prefix + k for k in head],
+        source="base_encoder",
+    )
+
+
+def convert_timm(obj: Mapping, weights: str) -> Converted:
+    """A plain timm state dict; the classifier (``head.``) is not part of the backbone."""
+    head = sorted(k for k in obj if k.startswith("head."))
+    return Converted({k: v for k, v in obj.items() if k not in head}, dropped=head, source="state dict")
+
+
+CONVERTERS: dict[str, Callable[[Mapping, str], Converted]] = {
+    "mmc": convert_mmc,
+    "dino": convert_dino,
+    "ibot": convert_ibot,
+    "mae": convert_mae,
+    "mocov3": convert_mocov3,
+    "timm": convert_timm,
+}
+
+
+def _is_flat_vit(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "patch_embed.proj.weight" in obj and "cls_token" in obj
+
+
+def detect_format(obj: Any) -> str:
+    """Name the source format of a loaded checkpoint from its keys."""
+    if not isinstance(obj, Mapping):
+        raise MMCError(f"unknown checkpoint format: expected a dict, got {type(obj).__name__}")
+    if obj.get("format") == "mmc":
+        return "mmc"
+    if "teacher" in obj and "student" in obj:
+        if "ibot_loss" in obj:
+            return "ibot"
+        if "dino_loss" in obj:
+            return "dino"
+        raise MMCError(
+            "unknown checkpoint format: a teacher/student checkpoint without 'dino_loss' or 'ibot_loss' "
+            "(give the format explicitly: dino or ibot)"
+        )
+    if isinstance(obj.get("state_dict"), Mapping):
+        inner = obj["state_dict"]
+        if any(k.startswith("module.base_encoder.") for k in inner):
+            return "mocov3"
+        if _is_flat_vit(inner):
+            return "ibot"
+    if isinstance(obj.get("model"), Mapping) and _is_flat_vit(obj["model"]):
+        return "mae"
+    if _is_flat_vit(obj):
+        return "timm"  # DINO's backbone-only files have exactly this layout too
+    raise MMCError(
+        f"unknown checkpoint format: top-level keys {sorted(map(str, obj))[:15]} match none of "
+        f"{list(FORMATS)}"
+    )
+
+
+# ----------------------------------------------------------------------------- architecture
+def infer_arch(state: Mapping, num_heads: int | None) -> dict:
+    """Depth, width, patch, MLP ratio and training size from the weights; heads from elsewhere."""
+    try:
+        proj = state["patch_embed.proj.weight"]
+        pos = state["pos_embed"]
+    except KeyError as e:
+        raise MMCError(f"the weights lack {e.args[0]!r}: not a ViT backbone") from None
+    embed_dim, _, patch, _ = proj.shape
+    depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    mlp_ratio = float(fc1.shape[0] / embed_dim) if fc1 is not None else 4.0
+    tokens = pos.shape[1]
+    grid, no_embed_class = None, False
+    for prefix_tokens, no_embed in ((1, False), (0, True)):
+        side = round((tokens - prefix_tokens) ** 0.5)
+        if side * side == tokens - prefix_tokens:
+            grid, no_embed_class = side, no_embed
+            break
+    if grid is None:
+        raise MMCError(f"pos_embed has {tokens} tokens: not a square grid (with or without [CLS])")
+    return {
+        "patch_size": int(patch),
+        "embed_dim": int(embed_dim),
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_ratio": mlp_ratio,
+        "img_size": int(grid * patch),
+        "_no_embed_class": no_embed_class,
+        "_qkv_bias": "blocks.0.attn.qkv.bias" in state,
+    }
+
+
+def _heads_for(fmt: str, conv: Converted, embed_dim: int, expected: dict | None) -> int:
+    if conv.num_heads is not None:
+        return conv.num_heads
+    table = _MOCOV3_HEADS if fmt == "mocov3" else _STANDARD_HEADS
+    if embed_dim in table:
+        return table[embed_dim]
+    if expected is not None:
+        return int(expected["num_heads"])
+    raise MMCError(
+        f"cannot tell the number of attention heads of this {fmt} file (width {embed_dim} is not a "
+        "standard ViT size and the file records no architecture): give the model's backbone.num_heads"
+    )
+
+
+def check_arch(found: dict, expected: dict | None, fmt: str, path: Path) -> None:
+    if expected is None:
+        return
+    wrong = [
+        f"{k}: file {found[k]} vs config {expected[k]}"
+        for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+        if float(found[k]) != float(expected[k])
+    ]
+    if wrong:
+        hint = ""
+        if fmt == "mocov3" and found["embed_dim"] == 384:
+            hint = " (MoCo v3's ViT-S has 12 heads, not 6: set backbone.num_heads: 12)"
+        raise MMCError(f"{path}: wrong architecture for this {fmt} file: {'; '.join(wrong)}{hint}")
+
+
+# ----------------------------------------------------------------------------- loading
+def load_state_strict(model, state: Mapping, path: Path) -> None:
+    model_keys, file_keys = set(model.state_dict()), set(state)
+    missing, extra = sorted(model_keys - file_keys), sorted(file_keys - model_keys)
+    if missing or extra:
+        raise MMCError(
+            f"{path}: the weights do not match the ViT backbone: missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}; unexpected keys {extra[:20]}{' ...' if len(extra) > 20 else ''}"
+        )
+    for k, v in model.state_dict().items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise MMCError(
+                f"{path}: {k} has shape {tuple(state[k].shape)}, the backbone expects {tuple(v.shape)}"
+            )
+    model.load_state_dict(dict(state), strict=True)
+
+
+def load_backbone(
+    path: str | Path, fmt: str = "auto", weights: str = "teacher", expected_backbone: Any = None
+):
+    """Load a checkpoint of any supported format into a timm ViT, strictly.
+
+    Returns ``(model, info)``; ``info`` has ``format``, ``sha256``, ``arch`` (the six numbers),
+    ``weights`` (the part of the file used), ``dropped_keys`` and ``path``.
+    """
+    from mmc.files import sha256_file
+
+    path = Path(path)
+    if fmt != "auto" and fmt not in CONVERTERS:
+        raise MMCError(f"unknown checkpoint format {fmt!r}: expected auto or one of {list(FORMATS)}")
+    if weights not in ("teacher", "student"):
+        raise MMCError(f"weights must be teacher or student, got {weights!r}")
+    obj = read_checkpoint(path)
+    try:
+        fmt = detect_format(obj) if fmt == "auto" else fmt
+        conv = CONVERTERS[fmt](obj, weights)
+    except MMCError as e:
+        raise MMCError(f"{path}: {e}") from None
+    expected = arch_dict(expected_backbone) if expected_backbone is not None else None
+    arch = infer_arch(conv.state_dict, None)
+    arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
+    check_arch(arch, expected, fmt, path)
+    no_embed_class, qkv_bias = arch.pop("_no_embed_class"), arch.pop("_qkv_bias")
+    model = build_backbone(arch, no_embed_class=no_embed_class, qkv_bias=qkv_bias)
+    load_state_strict(model, conv.state_dict, path)
+    info = {
+        "format": fmt,
+        "sha256": sha256_file(path),
+        "arch": arch,
+        "weights": conv.source,
+        "dropped_keys": conv.dropped,
+        "path": str(path),
+    }
+    return model.eval(), info
+
+
+def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None):
+    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from."""
+    if name not in cfg.models:
+        raise MMCError(f"--model {name!r} is not a key of models (have: {sorted(cfg.models)})")
+    spec = cfg.models[name]
+    if spec.source == "random" and checkpoint is None:
+        arch = arch_dict(spec.backbone)
+        model = random_backbone(arch, spec.seed)
+        return model, {
+            "format": "random",
+            "sha256": None,
+            "arch": arch,
+            "weights": f"seed {spec.seed}",
+            "path": None,
+        }
+    if checkpoint is None:
+        if spec.source == "file":
+            checkpoint = spec.path
+        else:
+            raise MMCError(
+                f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
+                "(the workflow passes the selected checkpoint or the downloaded file)"
+            )
+    # an experiment's architecture is the experiment's, not the `models` entry's default backbone
+    expected = cfg.experiments[spec.experiment].backbone if spec.source == "experiment" else spec.backbone
+    model, info = load_backbone(checkpoint, spec.format, spec.weights, expected_backbone=expected)
+    if spec.sha256 is not None and info["sha256"] != spec.sha256:
+        raise MMCError(
+            f"{checkpoint}: sha256 {info['sha256']} does not match models.{name}.sha256 {spec.sha256}"
+        )
+    return model, info

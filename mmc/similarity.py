@@ -1,0 +1,214 @@
+"""``mmc similarity``: intra- vs inter-object similarity of patch features (SPEC §3).
+
+Same features, prompts and skipped objects as ``mmc segment`` (and the same feature cache). A
+token belongs to a label (an object, or background) when at least ``similarity.membership`` of
+its pixels carry it. For each prompt: intra = the other tokens of its object, inter = tokens of
+other objects or of the background that are not tokens of the object; void-dominated tokens are
+in neither. Outputs in ``--out``: ``similarity.json``, ``histogram.png``, ``histogram.svg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmc import metrics
+from mmc.data.readers import Sample
+from mmc.errors import MMCError
+from mmc.segment import object_prompts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--model", required=True, help="a key of `models`")
+    parser.add_argument("--dataset", required=True, help="a key of `datasets`")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--checkpoint", help="weights file (overrides the model's source)")
+    parser.set_defaults(func=run)
+
+
+def label_map(sample: Sample) -> np.ndarray:
+    """H x W: -1 void, 0 background, i + 1 for ``sample.objects[i]``."""
+    labels = np.zeros(sample.void.shape, dtype=np.int64)
+    for i, obj in enumerate(sample.objects):
+        labels[obj.mask] = i + 1
+    labels[sample.void] = -1
+    return labels
+
+
+def image_similarities(
+    features: np.ndarray,
+    sample: Sample,
+    *,
+    membership: float = 0.5,
+    prompt: str = "center",
+    min_patches: float = 3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Intra and inter cosine similarities of every kept prompt of one image, pooled."""
+    grid_h, grid_w, dim = features.shape
+    kept, _ = object_prompts(sample, (grid_h, grid_w), prompt, min_patches, seed)
+    if not kept:
+        return np.empty(0, np.float32), np.empty(0, np.float32)
+    flat = features.reshape(-1, dim)
+    n_labels = len(sample.objects) + 1  # background + objects
+    fractions = metrics.token_fractions(label_map(sample), n_labels, (grid_h, grid_w))
+    member = fractions[:, 1:] >= membership  # (tokens, labels); column 0 background, i + 1 object i
+    column = {obj.object_id: i + 1 for i, obj in enumerate(sample.objects)}
+    intra, inter = [], []
+    for obj, _, (r, c) in kept:
+        index = r * grid_w + c
+        sims = flat @ flat[index]
+        own = member[:, column[obj.object_id]].copy()
+        others = np.delete(member, column[obj.object_id], axis=1).any(axis=1) & ~own
+        own[index] = False
+        intra.append(sims[own])
+        inter.append(sims[others])
+    return np.concatenate(intra), np.concatenate(inter)
+
+
+def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
+    if not len(intra) or not len(inter):
+        raise MMCError(
+            f"similarity analysis needs intra and inter samples, got {len(intra)} intra and {len(inter)} inter "
+            "(are all objects below evaluation.min_object_patches?)"
+        )
+    hist_intra, edges = metrics.histogram(intra, bins)
+    hist_inter, _ = metrics.histogram(inter, bins)
+    accuracy, threshold = metrics.best_balanced_accuracy(intra, inter)
+    return {
+        "n_intra": len(intra),
+        "n_inter": len(inter),
+        "mean_intra": float(np.mean(intra, dtype=np.float64)),
+        "mean_inter": float(np.mean(inter, dtype=np.float64)),
+        "overlap": float(np.minimum(hist_intra, hist_inter).sum()),
+        "best_balanced_accuracy": accuracy,
+        "best_threshold": threshold,
+        "bins": edges.tolist(),
+        "hist_intra": hist_intra.tolist(),
+        "hist_inter": hist_inter.tolist(),
+    }
+
+
+def collect(cfg: Any, model, model_info: dict, dataset_name: str, model_name: str | None = None):
+    from mmc.data.readers import open_reader
+    from mmc.features import dataset_features
+
+    reader = open_reader(cfg.datasets[dataset_name])
+    stats: dict = {}
+    intra, inter = [], []
+    for sample, feats in dataset_features(cfg, model, model_info, reader, dataset_name, model_name, stats):
+        a, b = image_similarities(
+            feats.numpy(),
+            sample,
+            membership=cfg.similarity.membership,
+            prompt=cfg.evaluation.prompt,
+            min_patches=cfg.evaluation.min_object_patches,
+            seed=cfg.seed,
+        )
+        intra.append(a)
+        inter.append(b)
+    return np.concatenate(intra or [np.empty(0)]), np.concatenate(inter or [np.empty(0)]), stats
+
+
+def plot(result: dict, title: str, png: Path, svg: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(result["bins"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(
+        centres,
+        result["hist_intra"],
+        width=width,
+        alpha=0.55,
+        label=f"intra (mean {result['mean_intra']:.3f})",
+    )
+    ax.bar(
+        centres,
+        result["hist_inter"],
+        width=width,
+        alpha=0.55,
+        label=f"inter (mean {result['mean_inter']:.3f})",
+    )
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("cosine similarity to the prompt token")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title(
+        f"{title}\noverlap {result['overlap']:.3f}, best balanced acc. {result['best_balanced_accuracy']:.3f}"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, format="png", dpi=120)
+    fig.savefig(svg, format="svg")
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmc import config, tracking
+    from mmc.files import atomic_path
+    from mmc.models import model_for
+
+    cfg = config.load(args.config)
+    if args.dataset not in cfg.datasets:
+        raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
+    out = Path(args.out)
+    with tracking.job("similarity", cfg, name=f"similarity-{args.model}-{args.dataset}") as rec:
+        model, info = model_for(cfg, args.model, args.checkpoint)
+        rec.log_params(
+            {
+                "similarity": config.to_dict(cfg.similarity),
+                "evaluation": config.to_dict(cfg.evaluation),
+                "model": config.to_dict(cfg.models[args.model]),
+                "dataset": config.to_dict(cfg.datasets[args.dataset]),
+            }
+        )
+        rec.set_tags(
+            {
+                "model": args.model,
+                "dataset": args.dataset,
+                "format": info["format"],
+                "weights": info["weights"],
+            }
+        )
+        if info["path"] is not None:
+            rec.consumed(info["path"], info["sha256"])
+        intra, inter, stats = collect(cfg, model, info, args.dataset, model_name=args.model)
+        result = {"model": args.model, "dataset": args.dataset}
+        result.update(analyse(intra, inter, cfg.similarity.bins))
+        result["checkpoint_sha256"] = info["sha256"]
+        result["features"] = stats
+
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "similarity.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        with atomic_path(out / "histogram.png") as png, atomic_path(out / "histogram.svg") as svg:
+            plot(result, f"{args.model} on {args.dataset}", png, svg)
+        for name in ("similarity.json", "histogram.png", "histogram.svg"):
+            rec.produced(out / name)
+        rec.log_metrics(
+            {
+                k: result[k]
+                for k in (
+                    "mean_intra",
+                    "mean_inter",
+                    "overlap",
+                    "best_balanced_accuracy",
+                    "n_intra",
+                    "n_inter",
+                )
+            }
+        )
+    print(
+        f"similarity {args.model} on {args.dataset}: mean intra {result['mean_intra']:.4f}, "
+        f"mean inter {result['mean_inter']:.4f}, overlap {result['overlap']:.4f}, "
+        f"best balanced accuracy {result['best_balanced_accuracy']:.4f} -> {out}"
+    )
+    return 0

@@ -1,0 +1,309 @@
+"""Strict checkpoint loading: every source format's exact key layout, built here, no downloads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmc.errors import MMCError
+from mmc.features import patch_features
+from mmc.files import sha256_file
+from mmc.models import build_backbone, detect_format, load_backbone, random_backbone
+
+# 3 heads: the head count of `vit_tiny`, the name the synthetic files record.
+ARCH = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 4.0, "img_size": 32}
+
+
+def vit_state(seed: int, arch=ARCH) -> dict:
+    return {k: v.clone() for k, v in random_backbone(arch, seed).state_dict().items()}
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def head_weights(prefix: str) -> dict:
+    return {f"{prefix}mlp.0.weight": torch.randn(16, 48), f"{prefix}last_layer.weight_g": torch.randn(32, 1)}
+
+
+def layouts(teacher: dict, student: dict) -> dict:
+    """name -> (file object, expected format from detection, the state the loader must produce)."""
+    namespace = argparse.Namespace(arch="vit_tiny", patch_size=8, lr=0.0005)
+    decoder = {"decoder_embed.weight": torch.randn(16, 48), "decoder_pos_embed": torch.randn(1, 17, 16)}
+    return {
+        "mmc": (
+            {
+                "format": "mmc",
+                "format_version": 1,
+                "arch": dict(ARCH),
+                "teacher": {**prefixed(teacher, "backbone."), **head_weights("dino_head.")},
+                "student": {
+                    **prefixed(student, "backbone."),
+                    **head_weights("dino_head."),
+                    "mask_token": torch.zeros(1, 1, 48),
+                },
+                "epoch": 3,
+                "step": 30,
+                "config": {"seed": 0},
+                "versions": {"torch": torch.__version__},
+            },
+            "mmc",
+            teacher,
+        ),
+        "dino_full": (
+            {
+                "student": {**prefixed(student, "module.backbone."), **head_weights("module.head.")},
+                "teacher": {**prefixed(teacher, "backbone."), **head_weights("head.")},
+                "optimizer": {"state": {}, "param_groups": []},
+                "epoch": 100,
+                "args": namespace,
+                "dino_loss": {"center": torch.zeros(1, 32)},
+            },
+            "dino",
+            teacher,
+        ),
+        "dino_backbone": (dict(teacher), "timm", teacher),
+        "ibot_full": (
+            {
+                "student": {
+                    **prefixed(student, "module.backbone."),
+                    "module.backbone.masked_embed": torch.zeros(1, 48),
+                    **head_weights("module.head."),
+                },
+                "teacher": {**prefixed(teacher, "backbone."), **head_weights("head.")},
+                "optimizer": {"state": {}, "param_groups": []},
+                "epoch": 100,
+                "args": namespace,
+                "ibot_loss": {"center": torch.zeros(1, 32), "center2": torch.zeros(1, 1, 32)},
+            },
+            "ibot",
+            teacher,
+        ),
+        "ibot_backbone": ({"state_dict": dict(teacher)}, "ibot", teacher),
+        "mae": ({"model": dict(teacher)}, "mae", teacher),
+        "mae_full": (
+            {
+                "model": {**teacher, **decoder, "mask_token": torch.zeros(1, 1, 16)},
+                "args": namespace,
+                "epoch": 799,
+            },
+            "mae",
+            teacher,
+        ),
+        "mocov3": (
+            {
+                "epoch": 300,
+                "arch": "vit_tiny",
+                "state_dict": {
+                    **prefixed(teacher, "module.base_encoder."),
+                    "module.base_encoder.head.0.weight": torch.randn(16, 48),
+                    **prefixed(student, "module.momentum_encoder."),
+                    "module.predictor.0.weight": torch.randn(16, 16),
+                },
+                "optimizer": {"state": {}, "param_groups": []},
+            },
+            "mocov3",
+            teacher,
+        ),
+        "timm": (
+            {**teacher, "head.weight": torch.randn(10, 48), "head.bias": torch.zeros(10)},
+            "timm",
+            teacher,
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return vit_state(1), vit_state(2)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["mmc", "dino_full", "dino_backbone", "ibot_full", "ibot_backbone", "mae", "mae_full", "mocov3", "timm"],
+)
+def test_each_format_loads_exactly_the_files_tensors(tmp_path, weights, name):
+    obj, expected_format, expected_state = layouts(*weights)[name]
+    path = tmp_path / f"{name}.pth"
+    torch.save(obj, path)
+    assert detect_format(obj) == expected_format
+    model, info = load_backbone(path, expected_backbone=ARCH)
+    assert info["format"] == expected_format
+    assert info["sha256"] == sha256_file(path)
+    assert {k: info["arch"][k] for k in ARCH} == ARCH
+    loaded = model.state_dict()
+    assert set(loaded) == set(expected_state)
+    for key, tensor in expected_state.items():
+        assert torch.equal(loaded[key], tensor), key
+    assert not model.training
+
+
+def test_student_weights_on_request_and_teacher_by_default(tmp_path, weights):
+    teacher, student = weights
+    for name in ("mmc", "dino_full", "ibot_full"):
+        obj, _, _ = layouts(teacher, student)[name]
+        path = tmp_path / f"{name}.pth"
+        torch.save(obj, path)
+        model, info = load_backbone(path, weights="student")
+        assert info["weights"] == "student"
+        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], student["blocks.1.mlp.fc2.weight"])
+        model, _ = load_backbone(path)
+        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], teacher["blocks.1.mlp.fc2.weight"])
+
+
+def test_mim_only_mmc_checkpoint_falls_back_to_the_student(tmp_path, weights):
+    obj, _, _ = layouts(*weights)["mmc"]
+    del obj["teacher"]
+    torch.save(obj, tmp_path / "mim.pth")
+    model, info = load_backbone(tmp_path / "mim.pth")
+    assert info["weights"].startswith("student")
+    assert torch.equal(model.state_dict()["norm.weight"], weights[1]["norm.weight"])
+
+
+def test_explicit_format_dino_reads_a_flat_backbone_file(tmp_path, weights):
+    torch.save(dict(weights[0]), tmp_path / "dino_deitsmall.pth")
+    _, info = load_backbone(tmp_path / "dino_deitsmall.pth", fmt="dino", expected_backbone=ARCH)
+    assert info["format"] == "dino"
+
+
+def test_mocov3_vit_small_has_12_heads(tmp_path):
+    small = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
+    state = vit_state(0, small)
+    torch.save(
+        {"arch": "vit_small", "state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco.pth"
+    )
+    with pytest.raises(MMCError, match=r"num_heads: file 12 vs config 6.*MoCo v3's ViT-S has 12 heads"):
+        load_backbone(tmp_path / "moco.pth", expected_backbone=small)
+    model, info = load_backbone(tmp_path / "moco.pth", expected_backbone={**small, "num_heads": 12})
+    assert info["arch"]["num_heads"] == 12
+    assert model.blocks[0].attn.num_heads == 12
+    # Without metadata the format's table still gives 12 for a 384-wide MoCo v3 ViT.
+    torch.save({"state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco_noarch.pth")
+    _, info = load_backbone(tmp_path / "moco_noarch.pth")
+    assert info["arch"]["num_heads"] == 12
+
+
+def test_heads_change_the_model_so_they_must_be_right():
+    small = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
+    six = random_backbone(small, 0)
+    twelve = build_backbone({**small, "num_heads": 12})
+    twelve.load_state_dict(six.state_dict(), strict=True)  # loads without error ...
+    x = torch.randn(1, 3, 32, 32)
+    assert not torch.allclose(
+        patch_features(six, x), patch_features(twelve.eval(), x), atol=1e-3
+    )  # ... differs
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path, weights):
+    state = dict(weights[0])
+    del state["blocks.1.norm1.weight"]
+    torch.save(state, tmp_path / "missing.pth")
+    with pytest.raises(MMCError, match=r"missing keys \['blocks.1.norm1.weight'\]"):
+        load_backbone(tmp_path / "missing.pth", expected_backbone=ARCH)
+    torch.save({**weights[0], "blocks.0.ls1.gamma": torch.ones(48)}, tmp_path / "extra.pth")
+    with pytest.raises(MMCError, match=r"unexpected keys \['blocks.0.ls1.gamma'\]"):
+        load_backbone(tmp_path / "extra.pth", expected_backbone=ARCH)
+
+
+def test_wrong_architecture_is_refused(tmp_path, weights):
+    torch.save(dict(weights[0]), tmp_path / "w.pth")
+    with pytest.raises(MMCError, match=r"wrong architecture.*depth: file 2 vs config 3"):
+        load_backbone(tmp_path / "w.pth", expected_backbone={**ARCH, "depth": 3})
+    with pytest.raises(MMCError, match=r"embed_dim: file 48 vs config 96"):
+        load_backbone(tmp_path / "w.pth", expected_backbone={**ARCH, "embed_dim": 96})
+
+
+def test_truncated_corrupt_and_absent_files(tmp_path, weights):
+    torch.save(dict(weights[0]), tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MMCError, match=r"truncated.pth: not a readable checkpoint"):
+        load_backbone(tmp_path / "truncated.pth")
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint at all" * 50)
+    with pytest.raises(MMCError, match=r"corrupt.pth: not a readable checkpoint"):
+        load_backbone(tmp_path / "corrupt.pth")
+    with pytest.raises(MMCError, match=r"absent.pth: checkpoint file not found"):
+        load_backbone(tmp_path / "absent.pth")
+
+
+def test_unknown_format(tmp_path):
+    torch.save({"weights": {"layer.weight": torch.zeros(2)}, "epoch": 1}, tmp_path / "odd.pth")
+    with pytest.raises(
+        MMCError, match=r"odd.pth: unknown checkpoint format: top-level keys \['epoch', 'weights'\]"
+    ):
+        load_backbone(tmp_path / "odd.pth")
+    with pytest.raises(MMCError, match="unknown checkpoint format 'deit'"):
+        load_backbone(tmp_path / "odd.pth", fmt="deit")
+
+
+def test_pickles_outside_the_allow_list_are_refused(tmp_path, weights):
+    torch.save({**weights[0], "where": pathlib.PurePosixPath("/data")}, tmp_path / "evil.pth")
+    with pytest.raises(MMCError, match=r"refused to load.*pathlib.PurePosixPath.*argparse.Namespace"):
+        load_backbone(tmp_path / "evil.pth")
+
+
+def test_features_equal_forward_features_after_the_final_norm():
+    model = random_backbone(ARCH, 3)
+    x = torch.randn(2, 3, 40, 56)  # not the training size: position embeddings are resampled
+    feats = patch_features(model, x)
+    with torch.inference_mode():
+        tokens = model.forward_features(x)[:, model.num_prefix_tokens :]
+    assert feats.shape == (2, 5, 7, 48)
+    assert torch.allclose(feats, F.normalize(tokens, dim=-1).reshape(2, 5, 7, 48), atol=1e-6)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(2, 5, 7), atol=1e-5)
+
+
+def reference_features(state: dict, x: torch.Tensor, heads: int, blocks: int) -> torch.Tensor:
+    """A ViT forward written from the weights alone (training resolution, no resampling)."""
+    p = state["patch_embed.proj.weight"].shape[-1]
+    tokens = F.conv2d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=p)
+    b, d, gh, gw = tokens.shape
+    tokens = tokens.flatten(2).transpose(1, 2)
+    tokens = torch.cat([state["cls_token"].expand(b, -1, -1), tokens], dim=1) + state["pos_embed"]
+
+    def ln(t, name):
+        return F.layer_norm(t, (d,), state[f"{name}.weight"], state[f"{name}.bias"], eps=1e-6)
+
+    for i in range(blocks):
+        pre = f"blocks.{i}."
+        h = ln(tokens, pre + "norm1")
+        qkv = (h @ state[pre + "attn.qkv.weight"].T + state[pre + "attn.qkv.bias"]).reshape(
+            b, -1, 3, heads, d // heads
+        )
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
+        h = (attn @ v).transpose(1, 2).reshape(b, -1, d)
+        tokens = tokens + h @ state[pre + "attn.proj.weight"].T + state[pre + "attn.proj.bias"]
+        h = ln(tokens, pre + "norm2")
+        h = F.gelu(h @ state[pre + "mlp.fc1.weight"].T + state[pre + "mlp.fc1.bias"])
+        tokens = tokens + h @ state[pre + "mlp.fc2.weight"].T + state[pre + "mlp.fc2.bias"]
+    out = ln(tokens, "norm")[:, 1:]
+    return F.normalize(out, dim=-1).reshape(b, gh, gw, d)
+
+
+def test_features_match_an_independent_reference_at_every_layer():
+    model = random_backbone(ARCH, 4)
+    state = model.state_dict()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(patch_features(model, x), reference_features(state, x, 3, 2), atol=1e-5)
+        assert torch.allclose(
+            patch_features(model, x, layer=0), reference_features(state, x, 3, 1), atol=1e-5
+        )
+        assert torch.allclose(
+            patch_features(model, x, layer=-2), reference_features(state, x, 3, 1), atol=1e-5
+        )
+    with pytest.raises(MMCError, match="layer 2 is out of range"):
+        patch_features(model, x, layer=2)
+
+
+def test_bfloat16_features_are_close_to_float32():
+    model = random_backbone(ARCH, 5)
+    x = torch.randn(1, 3, 32, 32)
+    cos = (patch_features(model, x) * patch_features(model, x, precision="bfloat16")).sum(-1)
+    assert cos.min() > 0.98
