@@ -63,6 +63,11 @@ def test_short_run_loss_goes_down_and_writes_mmc_checkpoints(images, tmp_path):
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
     vit.load_state_dict({k.removeprefix("backbone."): v for k, v in ckpt["teacher"].items() if k.startswith("backbone.")})
     assert not (tmp_path / "results" / "tracking").exists()  # tracking disabled: no record
+    # and through the evaluation stage's loader (format detection, strict load, arch check)
+    from mmc.models import load_backbone
+
+    _, info = load_backbone(out / "epoch_0012.pth")
+    assert info["format"] == "mmc" and info["weights"] == "teacher" and info["arch"]["num_heads"] == 2
 
 
 def test_mim_only_run_has_no_teacher(images, tmp_path):
