@@ -15,6 +15,7 @@ and the oracle), i.e. (b) without preprocessing and the forward pass. Run:  PYTH
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--resolution", type=int, default=480)
     parser.add_argument(
-        "--repeats", type=int, default=3, help="(a) and (b) report the fastest of this many runs"
+        "--repeats", type=int, default=5, help="(a), (b) and throughput: the fastest of this many runs"
     )
     parser.add_argument("--throughput-batch", type=int, default=4)
     args = parser.parse_args()
@@ -113,6 +114,7 @@ def main() -> None:
     model = random_backbone(VIT_S16, 0)
     res = args.resolution
     print(f"ViT-S/16, random init, {res} px, {args.threads} threads, torch {torch.__version__}")
+    print("load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     patch_features(model, torch.zeros(1, 3, res, res))  # warm-up
     print(f"peak RSS after model load + warm-up: {peak_rss_mib():.0f} MiB")
 
@@ -140,15 +142,21 @@ def main() -> None:
         )
     print(f"peak RSS after (a)-(c): {peak_rss_mib():.0f} MiB")
 
-    print(f"\nthroughput, batch {args.throughput_batch} at {res} px:")
+    print(
+        f"\nthroughput, batch {args.throughput_batch} at {res} px (best and median of {args.repeats}, interleaved):"
+    )
     x = torch.randn(args.throughput_batch, 3, res, res)
-    for precision in ("float32", "bfloat16"):
-        patch_features(model, x[:1], precision=precision)
-        seconds, _ = timed(
-            lambda precision=precision: [patch_features(model, x, precision=precision) for _ in range(2)]
-        )
-        print(f"  {precision:8s}: {2 * len(x) / seconds:.2f} images/s")
+    seconds: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for precision in seconds:
+        patch_features(model, x[:1], precision=precision)  # warm-up
+    for _ in range(args.repeats):
+        for precision in seconds:
+            seconds[precision].append(timed(lambda p=precision: patch_features(model, x, precision=p))[0])
+    for precision, runs in seconds.items():
+        best, median = len(x) / min(runs), len(x) / float(np.median(runs))
+        print(f"  {precision:8s}: {best:.2f} images/s (median {median:.2f})")
     print(f"peak RSS at the end: {peak_rss_mib():.0f} MiB")
+    print("load average at the end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised.
 ``forward_intermediates`` is called with ``norm=True`` explicitly: its default (no norm) differs
 from DINO's ``get_intermediate_layers``.
 
-:func:`iter_features` pairs every sample of a reader with its features and, when given a cache
-file, reuses features computed by an earlier job on the same model, dataset and settings (so
-``mmc similarity`` reuses ``mmc segment``'s forward passes). The cache is one ``torch.save`` file
-written atomically; each entry is checked against a hash of the image's pixels before it is used.
+:func:`iter_features` pairs every sample of a reader with its features and, given a cache
+directory, reuses features computed by an earlier job on the same model, dataset and settings (so
+``mmc similarity`` reuses ``mmc segment``'s forward passes). The cache is a :class:`FeatureCache`:
+one directory per (model, dataset, key), one file per image written atomically as soon as it is
+computed (memory stays one batch), each checked against a hash of the image's pixels before use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,19 +127,50 @@ def cache_key(model_info: dict, dataset_cfg: Any, settings: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load_cache(path: Path, key: str) -> dict:
-    import torch
+class FeatureCache:
+    """Per-image features under ``root/<key[:16]>/``; other keys' directories are removed.
 
-    if not path.is_file():
-        return {}
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged cache is only a cache: recompute
-        log.warning("ignoring unreadable feature cache %s (%s)", path, e)
-        return {}
-    if not isinstance(data, dict) or data.get("key") != key:
-        return {}
-    return data["entries"]
+    A cache is only a cache: unreadable entries are recomputed and failed writes are logged.
+    """
+
+    def __init__(self, root: str | Path, key: str):
+        self.key = key
+        self.dir = Path(root) / key[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in Path(root).iterdir():
+            if stale.is_dir() and stale != self.dir:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _path(self, image_id: str) -> Path:
+        return self.dir / f"{hashlib.sha1(image_id.encode()).hexdigest()}.pt"
+
+    def get(self, image_id: str, digest: str):
+        import torch
+
+        path = self._path(image_id)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            log.warning("ignoring unreadable cached features %s (%s)", path, e)
+            return None
+        ok = (
+            entry.get("key") == self.key
+            and entry.get("image_id") == image_id
+            and entry.get("digest") == digest
+        )
+        return entry["features"] if ok else None
+
+    def put(self, image_id: str, digest: str, features) -> None:
+        import torch
+
+        entry = {"key": self.key, "image_id": image_id, "digest": digest, "features": features}
+        try:
+            with atomic_path(self._path(image_id)) as tmp:
+                torch.save(entry, tmp)
+        except OSError as e:
+            log.warning("could not cache the features of %s (%s)", image_id, e)
 
 
 def iter_features(
@@ -151,8 +184,7 @@ def iter_features(
     batch_size: int = 16,
     num_workers: int = 0,
     device: str = "cpu",
-    cache_path: str | Path | None = None,
-    cache_key_value: str | None = None,
+    cache: FeatureCache | None = None,
     stats: dict | None = None,
 ) -> Iterator[tuple[Sample, Any]]:
     """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors.
@@ -165,15 +197,12 @@ def iter_features(
     import torch
 
     patch = model.patch_embed.patch_size[0]
-    cache_path = Path(cache_path) if cache_path is not None else None
-    cached = _load_cache(cache_path, cache_key_value) if cache_path is not None else {}
-    fresh: dict[str, Any] = {}
     counts = stats if stats is not None else {}
     counts.update(computed=0, cached=0)
     model = model.to(device).eval()
 
     def flush(batch):
-        todo = [(i, x) for i, (_, x, entry, _) in enumerate(batch) if entry is None]
+        todo = [(i, x) for i, (_, x, cached, _) in enumerate(batch) if cached is None]
         feats = {}
         if todo:
             xs = torch.stack([x for _, x in todo]).to(device)
@@ -181,41 +210,32 @@ def iter_features(
             # clone: a view would make torch.save store the whole batch with every entry
             feats = {i: out[j].clone() for j, (i, _) in enumerate(todo)}
             counts["computed"] += len(todo)
-        for i, (sample, _, entry, digest) in enumerate(batch):
-            if entry is None:
-                f = feats[i]
-                if cache_path is not None:
-                    fresh[sample.image_id] = {"digest": digest, "features": f}
+        for i, (sample, _, cached, digest) in enumerate(batch):
+            if cached is None:
+                if cache is not None:
+                    cache.put(sample.image_id, digest, feats[i])
+                yield sample, feats[i]
             else:
-                f = entry["features"]
                 counts["cached"] += 1
-                if cache_path is not None:
-                    fresh[sample.image_id] = entry
-            yield sample, f
+                yield sample, cached
 
     def prepare(sample):
-        digest = image_digest(sample.image) if cache_path is not None else None
-        entry = cached.get(sample.image_id)
-        if entry is not None and entry["digest"] != digest:
-            entry = None
+        digest = image_digest(sample.image) if cache is not None else None
+        cached = cache.get(sample.image_id, digest) if cache is not None else None
         h, w = sample.image.shape[:2]
         size = eval_size(h, w, resolution, patch, keep_aspect)
-        return sample, size, entry, digest, preprocess(sample.image, size) if entry is None else None
+        return sample, size, cached, digest, preprocess(sample.image, size) if cached is None else None
 
     batch: list = []
     size = None
-    for sample, this_size, entry, digest, x in prepared(reader, prepare, num_workers, window=2 * batch_size):
+    for sample, this_size, cached, digest, x in prepared(reader, prepare, num_workers, window=2 * batch_size):
         if batch and (len(batch) >= batch_size or this_size != size):
             yield from flush(batch)
             batch = []
         size = this_size
-        batch.append((sample, x, entry, digest))
+        batch.append((sample, x, cached, digest))
     if batch:
         yield from flush(batch)
-    if cache_path is not None and counts["computed"]:
-        with atomic_path(cache_path) as tmp:
-            torch.save({"key": cache_key_value, "version": CACHE_VERSION, "entries": fresh}, tmp)
-        log.info("wrote feature cache %s (%d images)", cache_path, len(fresh))
 
 
 def resolve_device(name: str) -> str:
@@ -240,11 +260,11 @@ def settings_of(evaluation: Any, patch_size: int) -> dict:
     }
 
 
-def cache_file(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
-    """One cache file per model and dataset under ``state_dir`` (a stale one is replaced)."""
+def cache_root(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
+    """Where the features of one model on one dataset are cached (None when caching is off)."""
     if not cfg.evaluation.feature_cache:
         return None
-    return Path(cfg.state_dir) / "features" / model_name / f"{dataset_name}.pt"
+    return Path(cfg.state_dir) / "features" / model_name / dataset_name
 
 
 def dataset_features(
@@ -260,8 +280,10 @@ def dataset_features(
     is given and ``evaluation.feature_cache`` is on."""
     evaluation = cfg.evaluation
     settings = settings_of(evaluation, model.patch_embed.patch_size[0])
-    path = cache_file(cfg, model_name, dataset_name) if model_name is not None else None
-    key = cache_key(model_info, cfg.datasets[dataset_name], settings) if path is not None else None
+    root = cache_root(cfg, model_name, dataset_name) if model_name is not None else None
+    cache = None
+    if root is not None:
+        cache = FeatureCache(root, cache_key(model_info, cfg.datasets[dataset_name], settings))
     return iter_features(
         model,
         reader,
@@ -272,7 +294,6 @@ def dataset_features(
         batch_size=evaluation.batch_size,
         num_workers=evaluation.num_workers,
         device=resolve_device(cfg.device),
-        cache_path=path,
-        cache_key_value=key,
+        cache=cache,
         stats=stats,
     )

@@ -14,6 +14,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
@@ -31,6 +35,8 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        # mkstemp creates 0600; results are shared on clusters, so give the umask's usual mode
+        os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
         tmp = Path(name)
     try:

@@ -204,9 +204,9 @@ def _dino_like(obj: Mapping, weights: str, fmt: str, flat_wrapper: str | None) -
     if flat_wrapper is not None:
         _require(obj, (flat_wrapper,), fmt)
         obj = obj[flat_wrapper]
-    state = dict(obj)
-    dropped = [k for k in state if k == "masked_embed"]
-    state.pop("masked_embed", None)
+    # A backbone file may still carry a classifier or the mask embedding: neither is the backbone.
+    dropped = sorted(k for k in obj if k == "masked_embed" or k.startswith("head."))
+    state = {k: v for k, v in obj.items() if k not in dropped}
     return Converted(state, dropped=dropped, source="backbone file")
 
 
@@ -395,11 +395,11 @@ def load_backbone(
     try:
         fmt = detect_format(obj) if fmt == "auto" else fmt
         conv = CONVERTERS[fmt](obj, weights)
+        expected = arch_dict(expected_backbone) if expected_backbone is not None else None
+        arch = infer_arch(conv.state_dict, None)
+        arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
     except MMCError as e:
         raise MMCError(f"{path}: {e}") from None
-    expected = arch_dict(expected_backbone) if expected_backbone is not None else None
-    arch = infer_arch(conv.state_dict, None)
-    arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
     check_arch(arch, expected, fmt, path)
     no_embed_class, qkv_bias = arch.pop("_no_embed_class"), arch.pop("_qkv_bias")
     model = build_backbone(arch, no_embed_class=no_embed_class, qkv_bias=qkv_bias)

@@ -45,7 +45,7 @@ def thresholds_of(evaluation: Any) -> list[float]:
 
 def prompt_rng(seed: int, image_id: str, object_id: int) -> np.random.Generator:
     """A generator that depends only on (seed, image, object): prompts do not shift with order."""
-    return np.random.default_rng([seed, zlib.crc32(image_id.encode()), object_id])
+    return np.random.default_rng([seed % 2**32, zlib.crc32(image_id.encode()), object_id % 2**32])
 
 
 def object_prompts(sample: Sample, grid: tuple[int, int], prompt: str, min_patches: float, seed: int):
@@ -87,9 +87,7 @@ def evaluate_image(
         # Thresholding then nearest upsampling = weighting each token by its pixels.
         pid = metrics.patch_ids((h, w), (grid_h, grid_w))
         valid_per_token = np.bincount(pid[valid], minlength=grid_h * grid_w)
-    elif upsample == "bilinear":
-        maps = metrics.upsample_bilinear(sims.T.reshape(-1, grid_h, grid_w), (h, w))
-    else:
+    elif upsample != "bilinear":
         raise MMCError(f"evaluation.upsample: {upsample!r} is not nearest or bilinear")
     rows = []
     for k, (obj, (y, x), (r, c)) in enumerate(kept):
@@ -98,7 +96,8 @@ def evaluate_image(
             pos = np.bincount(pid[obj.mask & valid], minlength=grid_h * grid_w)
             neg = valid_per_token - pos
         else:
-            scores = maps[k][valid]
+            # one object at a time: a full-resolution map per object of a crowded image is large
+            scores = metrics.upsample_bilinear(sims[:, k].reshape(grid_h, grid_w), (h, w))[valid]
             pos = obj.mask[valid].astype(np.float64)
             neg = 1.0 - pos
         ious = metrics.iou_curve(scores, pos, neg, thresholds)
@@ -220,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in cfg.datasets:
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     out = Path(args.out)
-    with tracking.job("segment", cfg, name=f"segment-{args.model}-{args.dataset}") as rec:
+    wildcards = {"model": args.model, "dataset": args.dataset}
+    with tracking.job("segment", cfg, wildcards=wildcards, config_path=args.config) as rec:
         model, info = model_for(cfg, args.model, args.checkpoint)
         rec.log_params(
             {
@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": args.dataset,
                 "format": info["format"],
                 "weights": info["weights"],
+                "checkpoint_sha256": info["sha256"],
             }
         )
         if info["path"] is not None:
@@ -268,10 +269,7 @@ def run(args: argparse.Namespace) -> int:
                 if summary[k] is not None
             }
         )
-        for step, t in enumerate(thresholds):  # step = position in the sorted tau grid
-            value = summary["miou_by_tau"][f"{t:.2f}"]
-            if value is not None:
-                rec.log_metrics({"miou_by_tau_index": value}, step=step)
+        rec.log_metrics({f"miou_tau_{k}": v for k, v in summary["miou_by_tau"].items() if v is not None})
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"

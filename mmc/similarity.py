@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in cfg.datasets:
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     out = Path(args.out)
-    with tracking.job("similarity", cfg, name=f"similarity-{args.model}-{args.dataset}") as rec:
+    wildcards = {"model": args.model, "dataset": args.dataset}
+    with tracking.job("similarity", cfg, wildcards=wildcards, config_path=args.config) as rec:
         model, info = model_for(cfg, args.model, args.checkpoint)
         rec.log_params(
             {
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 "dataset": args.dataset,
                 "format": info["format"],
                 "weights": info["weights"],
+                "checkpoint_sha256": info["sha256"],
             }
         )
         if info["path"] is not None:

@@ -22,7 +22,8 @@ TINY_PRETRAIN = {
     "backbone": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, "drop_path": 0.1},
     "data": {"num_workers": 0, "global_crop_size": 32},
     "mask": {"min_block_patches": 4},
-    "distill": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "teacher_temp_warmup_epochs": 1},
+    # a wide bottleneck keeps the initial distillation loss at chance (log K), as at full scale
+    "distill": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 256, "teacher_temp_warmup_epochs": 1},
     "contrast": {"dim": 16, "hidden_dim": 32},
     "optim": {"epochs": 4, "batch_size": 8, "warmup_epochs": 1, "base_lr": 0.005},
     "precision": "float32",

@@ -33,6 +33,17 @@ def test_atomic_directory_replaces_the_old_one_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
+def test_atomic_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from mmc import files
+
+    write_text_atomic(tmp_path / "shared.csv", "x")
+    assert stat.S_IMODE((tmp_path / "shared.csv").stat().st_mode) == 0o666 & ~files._UMASK
+    assert os.stat(tmp_path / "shared.csv").st_mode & stat.S_IRGRP or files._UMASK & 0o040
+
+
 def test_sha256_matches_hashlib(tmp_path):
     path = tmp_path / "blob"
     data = bytes(range(256)) * 5000

@@ -84,7 +84,17 @@ def layouts(teacher: dict, student: dict) -> dict:
             "ibot",
             teacher,
         ),
-        "ibot_backbone": ({"state_dict": dict(teacher)}, "ibot", teacher),
+        "ibot_backbone": (
+            {
+                "state_dict": {
+                    **teacher,
+                    "masked_embed": torch.zeros(1, 48),
+                    "head.weight": torch.zeros(4, 48),
+                }
+            },
+            "ibot",
+            teacher,
+        ),
         "mae": ({"model": dict(teacher)}, "mae", teacher),
         "mae_full": (
             {
@@ -229,6 +239,14 @@ def test_truncated_corrupt_and_absent_files(tmp_path, weights):
         load_backbone(tmp_path / "corrupt.pth")
     with pytest.raises(MMCError, match=r"absent.pth: checkpoint file not found"):
         load_backbone(tmp_path / "absent.pth")
+
+
+def test_a_file_without_vit_weights_in_the_expected_place(tmp_path, weights):
+    obj, _, _ = layouts(*weights)["mmc"]
+    obj["teacher"] = {k.replace("backbone.", "encoder."): v for k, v in obj["teacher"].items()}
+    torch.save(obj, tmp_path / "renamed.pth")
+    with pytest.raises(MMCError, match=r"renamed.pth: the weights lack 'patch_embed.proj.weight'"):
+        load_backbone(tmp_path / "renamed.pth")
 
 
 def test_unknown_format(tmp_path):

@@ -81,3 +81,11 @@ def test_view_masks_draw_a_ratio_per_view():
     assert masks.shape == (2, 196)
     counts = [masking.view_masks(1, (14, 14), (0.1, 0.5), 16, (0.3, 1 / 0.3), g).sum().item() for _ in range(30)]
     assert len(set(counts)) > 5 and max(counts) <= round(0.5 * 196)
+
+
+def test_resume_ignores_execution_keys_but_not_semantic_ones():
+    from mmc.pretrain.train import _semantic_changes
+
+    old = {"optim": {"epochs": 4, "base_lr": 1e-3}, "data": {"num_workers": 4, "path": "a"}, "checkpoint": {"every_steps": 10}}
+    new = {"optim": {"epochs": 4, "base_lr": 2e-3}, "data": {"num_workers": 0, "path": "a"}, "checkpoint": {"every_steps": 5}}
+    assert _semantic_changes(old, new) == ["optim.base_lr"]

@@ -158,8 +158,13 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     assert csv["tau"].tolist() == taus and csv["miou"].tolist() == pytest.approx(
         list(summary["miou_by_tau"].values())
     )
-    record = json.loads((tmp_path / "results" / "tracking" / "jobs" / "segment-tiny-scenes.json").read_text())
+    record = json.loads(
+        (tmp_path / "results" / "tracking" / "jobs" / "segment-model=tiny-dataset=scenes.json").read_text()
+    )
     assert record["status"] == "FINISHED" and record["tags"]["model"] == "tiny"
+    assert record["wildcards"] == {"model": "tiny", "dataset": "scenes"} and record["rule"] == "segment"
+    metrics = {m["key"]: m["value"] for m in record["metrics"]}
+    assert metrics["miou_tau_0.90"] == summary["miou_by_tau"]["0.90"] and metrics["n_skipped"] == 3
     assert set(record["files"]["produced"]) == {
         str(tmp_path / "out" / n) for n in ("objects.parquet", "summary.csv", "summary.json")
     }
@@ -214,9 +219,21 @@ def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_
         assert run_cli("segment", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", out) == 0
         summaries[fmt] = json.loads((out / "summary.json").read_text())
         assert summaries[fmt]["checkpoint_sha256"] is not None
+        sim_out = tmp_path / "sim" / fmt
+        assert (
+            run_cli("similarity", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", sim_out)
+            == 0
+        )
+        similarity = json.loads((sim_out / "similarity.json").read_text())
+        assert similarity["checkpoint_sha256"] == summaries[fmt]["checkpoint_sha256"]
+        assert (sim_out / "histogram.png").is_file() and (sim_out / "histogram.svg").is_file()
     reference = summaries["timm"]["miou_by_tau"]
     for fmt, summary in summaries.items():
         assert summary["miou_by_tau"] == reference, fmt
+        assert (
+            json.loads((tmp_path / "sim" / fmt / "similarity.json").read_text())["overlap"]
+            == similarity["overlap"]
+        )
     # --checkpoint overrides the model's source, and evaluate_checkpoint agrees with the command
     out = tmp_path / "out" / "override"
     assert (
@@ -247,7 +264,20 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
     models = {
         "tiny": {"source": "random", "backbone": TINY_ARCH},
         "url": {"source": "url", "url": "https://x/y.pth"},
+        "pinned": {
+            "source": "file",
+            "path": str(tmp_path / "w.pth"),
+            "backbone": TINY_ARCH,
+            "sha256": "0" * 64,
+        },
+        "moco": {
+            "source": "file",
+            "path": str(tmp_path / "w.pth"),
+            "format": "mocov3",
+            "backbone": TINY_ARCH,
+        },
     }
+    torch.save(random_backbone(TINY_ARCH, 0).state_dict(), tmp_path / "w.pth")
     cfg = write_config(tmp_path, voc, models=models)
     assert (
         run_cli("segment", "--config", cfg, "--model", "nope", "--dataset", "scenes", "--out", tmp_path / "o")
@@ -264,6 +294,18 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
         == 2
     )
     assert "pass the weights file with --checkpoint" in capsys.readouterr().err
+    assert (
+        run_cli(
+            "segment", "--config", cfg, "--model", "pinned", "--dataset", "scenes", "--out", tmp_path / "o"
+        )
+        == 2
+    )
+    assert f"does not match models.pinned.sha256 {'0' * 64}" in capsys.readouterr().err
+    assert (
+        run_cli("segment", "--config", cfg, "--model", "moco", "--dataset", "scenes", "--out", tmp_path / "o")
+        == 2
+    )
+    assert "not a mocov3 checkpoint: expected top-level keys ['state_dict']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -275,9 +317,11 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     cached = write_config(tmp_path, data)
     args = ["--model", "tiny", "--dataset", "scenes"]
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "a") == 0
-    cache = tmp_path / "state" / "features" / "tiny" / "scenes.pt"
-    # 3 images x 8 x 8 tokens x 48 floats: each entry stores its own tensor, not its batch's
-    assert 3 * 64 * 48 * 4 < cache.stat().st_size < 2 * 3 * 64 * 48 * 4
+    (cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()  # one directory per key
+    entries = sorted(cache.iterdir())
+    assert len(entries) == 3
+    # 8 x 8 tokens x 48 floats each: an entry stores its own tensor, not its batch's
+    assert all(64 * 48 * 4 < e.stat().st_size < 2 * 64 * 48 * 4 for e in entries)
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "b") == 0
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
     assert first["features"] == {"computed": 3, "cached": 0} and second["features"] == {
@@ -291,11 +335,29 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "c") == 0
     third = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert third["features"] == {"computed": 1, "cached": 2}
+    # Other feature settings: a new key; the stale directory is removed, an unreadable entry recomputed.
+    other = write_config(tmp_path, data, evaluation={"resolution": 48})
+    assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "d") == 0
+    (new_cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()
+    assert new_cache != cache
+    sorted(new_cache.iterdir())[0].write_bytes(b"garbage")
+    assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "e") == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["features"] == {
+        "computed": 1,
+        "cached": 2,
+    }
 
 
 def test_segment_runs_as_a_process(voc, tmp_path):
     cfg = write_config(
-        tmp_path, voc, evaluation={"upsample": "bilinear", "prompt": "random", "thresholds": [0.2, 0.625]}
+        tmp_path,
+        voc,
+        evaluation={
+            "upsample": "bilinear",
+            "prompt": "random",
+            "thresholds": [0.2, 0.625],
+            "keep_aspect": True,
+        },
     )
     result = subprocess.run(
         [
@@ -322,6 +384,7 @@ def test_segment_runs_as_a_process(voc, tmp_path):
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["thresholds"] == [0.2, 0.625, 0.9]  # the demo tau is always evaluated
     assert summary["settings"]["upsample"] == "bilinear" and summary["settings"]["prompt"] == "random"
+    assert summary["settings"]["keep_aspect"] is True and summary["n_objects"] == 6
 
 
 def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
@@ -336,3 +399,18 @@ def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
         )
         tables.append(pd.read_parquet(out / "objects.parquet"))
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_prepared_keeps_reader_order_with_threads():
+    from mmc.features import prepared
+
+    def slow_square(i):
+        import time
+
+        time.sleep(0.001 * (i % 3))  # later items often finish first
+        return i * i
+
+    expected = [i * i for i in range(40)]
+    assert list(prepared(list(range(40)), slow_square, workers=3, window=5)) == expected  # indexable
+    assert list(prepared((i for i in range(40)), slow_square, workers=3, window=5)) == expected  # a stream
+    assert list(prepared(range(40), slow_square, workers=0, window=5)) == expected

@@ -55,7 +55,7 @@ def state_digest(*state_dicts: dict | None) -> str:
         if sd is None:
             continue
         for name in sorted(sd):
-            t = sd[name].detach().cpu().contiguous()
+            t = sd[name].detach().cpu().contiguous().reshape(-1)
             digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

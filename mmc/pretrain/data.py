@@ -9,6 +9,7 @@ sampler state is just (epoch, step within the epoch).
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import torch
@@ -76,7 +77,12 @@ def epoch_batches(num_items: int, global_batch: int, epoch: int, seed: int, rank
 
 
 def seed_worker(worker_id: int) -> None:
-    """numpy and random in each worker from torch's per-worker seed (torch is seeded by the loader)."""
+    """numpy and random in each worker from torch's per-worker seed (torch is seeded by the loader).
+
+    Workers ignore SIGTERM: SLURM signals every process of the job, and a worker dying before the
+    main process reaches its step boundary would crash the run instead of checkpointing it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -168,12 +168,13 @@ def build_pair(pcfg) -> tuple[MMCNetwork, MMCNetwork | None]:
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher = momentum * teacher + (1 - momentum) * student, for every teacher parameter."""
     student_params = dict(student.named_parameters())
-    for name, t in teacher.named_parameters():
-        s = student_params[name].detach()
-        if momentum == 0.0:
-            t.copy_(s)
-        else:
-            t.mul_(momentum).add_(s, alpha=1.0 - momentum)
+    names = [name for name, _ in teacher.named_parameters()]
+    targets = [p for _, p in teacher.named_parameters()]
+    sources = [student_params[name].detach() for name in names]
+    if momentum == 0.0:
+        torch._foreach_copy_(targets, sources)
+    else:  # one fused pass over all parameters instead of two kernels per tensor
+        torch._foreach_lerp_(targets, sources, 1.0 - momentum)
 
 
 def param_groups(model: nn.Module) -> list[dict]:
