@@ -50,7 +50,7 @@ COMPARED = [
     "select/mmc.json",
     "select/mim_only.json",
 ]
-PUBLISHED = ["checkpoints/mmc.pth", "checkpoints/mim_only.pth"]
+PUBLISHED = ["checkpoints/test/mmc.pth", "checkpoints/test/mim_only.pth"]  # dvc.checkpoint_dir of config/test.yaml
 
 
 def make_workdir(path: Path) -> Path:
