@@ -89,7 +89,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(setup, re
     assert f"resuming from {resumable[-2]}" in result.stderr, result.stderr[-3000:]
     compare_with_reference(work / "out", reference)
     # the tracking record of the resumed job has every step's metrics and the outputs' hashes
-    record = json.loads((work / "results" / "tracking" / "jobs" / "pretrain-mmc.json").read_text())
+    record = json.loads((work / "results" / "tracking" / "jobs" / "pretrain-experiment=mmc.json").read_text())
     assert record["status"] == "FINISHED"
     assert sorted({m["step"] for m in record["metrics"] if m["key"] == "loss"}) == list(range(STEPS))
     final = work / "out" / f"epoch_{EPOCHS:04d}.pth"

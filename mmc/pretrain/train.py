@@ -82,11 +82,10 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     if pcfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = _setup_distributed(cfg.device)
-    name = f"pretrain-{experiment}"
     recorder = (
-        tracking.job("pretrain", cfg, name=name)
+        tracking.job("pretrain", cfg, wildcards={"experiment": experiment})
         if dist_util.rank() == 0
-        else contextlib.nullcontext(tracking.JobRecorder("pretrain", name, None))
+        else contextlib.nullcontext(tracking.JobRecorder("pretrain", f"pretrain-experiment={experiment}", None))
     )
     try:
         with recorder as rec:
