@@ -12,6 +12,7 @@ from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, writ
 STAGES = [
     "download",
     "fetch_checkpoint",
+    "version_data",
     "pretrain",
     "select",
     "publish",

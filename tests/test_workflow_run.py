@@ -12,6 +12,7 @@ local-vs-SLURM comparison shows.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from workflow_helpers import (
     BIN,
     REPO,
@@ -94,6 +96,13 @@ def test_local_run_and_noop_rerun(reference):
         p.read_text().splitlines()[0] for p in (reference / RESULTS / "logs" / "pretrain").glob("*.log")
     ]
     assert job_lines and all("slurm_job_id=none" in line for line in job_lines)  # local jobs, not SLURM
+    # the data were versioned with DVC before anything read them, and every reader carries the hash
+    data_md5 = yaml.safe_load((reference / "data.dvc").read_text())["outs"][0]["md5"]
+    jobs = reference / RESULTS / "tracking" / "jobs"
+    readers = sorted(jobs.glob("segment-*.json")) + sorted(jobs.glob("pretrain-*.json"))
+    assert len(readers) == 4
+    for record in readers:
+        assert json.loads(record.read_text())["tags"]["mmc.dataset_dvc_md5"] == data_md5, record.name
     start = time.perf_counter()
     done = snakemake(reference, *run_args())
     print(f"\nno-op rerun of the finished test workflow: {time.perf_counter() - start:.1f} s")

@@ -96,7 +96,7 @@ def _fetch_checkpoint(args: argparse.Namespace) -> int:
 def _version(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmc import config, dvc
+    from mmc import config, dvc, tracking
     from mmc.errors import MMCError
 
     cfg = config.load(args.config)
@@ -104,12 +104,15 @@ def _version(args: argparse.Namespace) -> int:
     data = Path(cfg.data_dir)
     if data.is_absolute() or ".." in data.parts or not data.is_dir():
         raise MMCError(f"data_dir: {cfg.data_dir!r} must be an existing directory inside the repository ({repo})")
-    with dvc.locked(repo, cfg.dvc) as store:
+    with tracking.job("version_data", cfg, config_path=args.config) as rec, dvc.locked(repo, cfg.dvc) as store:
         target = (repo / data).relative_to(store.root).as_posix()
         dvc_file = dvc.add(store.root, target)
         if not args.no_push:
             dvc.push(store.root, f"{target}.dvc", remote=store.remote)
-    print(f"{dvc_file.name} {dvc.dataset_hash(store.root, f'{target}.dvc')}")
+        digest = dvc.dataset_hash(store.root, f"{target}.dvc")
+        rec.set_tags({"mmc.dataset_dvc_md5": digest, "dvc.remote": store.url if not args.no_push else "(not pushed)"})
+        rec.produced(dvc_file)
+    print(f"{dvc_file.name} {digest}")
     return 0
 
 

@@ -46,6 +46,8 @@ except MMCError as error:
 
 RESULTS = CFG.results_dir
 DATA = CFG.data_dir
+# `dvc add {data_dir}` writes this file; its `.dir` md5 is the data's provenance identifier
+DATA_VERSION = os.path.normpath(DATA) + ".dvc"
 SYNTHETIC_DIR = f"{DATA}/synthetic"
 SELECTION_METRICS = ("miou", "oracle_miou", "demo_miou")
 
@@ -90,15 +92,32 @@ def pretrain_dir(experiment):
     return f"{RESULTS}/pretrain/{experiment}"
 
 
+def _inside(path, folder):
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
 def pretrain_inputs(wildcards):
-    """Pretraining reads an image folder; only the synthetic one is made by this workflow."""
-    path = os.path.normpath(CFG.experiments[wildcards.experiment].data.path)
-    synthetic = os.path.normpath(SYNTHETIC_DIR)
-    return (
-        [SYNTHETIC_MARKER]
-        if path == synthetic or path.startswith(synthetic + os.sep)
-        else []
-    )
+    """Pretraining reads an image folder; only the synthetic one is made by this workflow, and a
+    folder under data_dir is versioned with it (data.dvc), so its hash reaches the job's record.
+    """
+    path = CFG.experiments[wildcards.experiment].data.path
+    inputs = [SYNTHETIC_MARKER] if _inside(path, SYNTHETIC_DIR) else []
+    return inputs + ([DATA_VERSION] if _inside(path, DATA) else [])
+
+
+def versioned_data():
+    """What `data.dvc` versions: every dataset the run reads, complete on disk."""
+    names = list(CFG.evaluation.datasets)
+    if CFG.selection.policy != "last":
+        names.append(CFG.selection.dataset)
+    ready = {dataset_ready(name) for name in names}
+    ready |= {
+        SYNTHETIC_MARKER
+        for e in CFG.experiments.values()
+        if _inside(e.data.path, SYNTHETIC_DIR)
+    }
+    return sorted(ready)
 
 
 def gpus_per_node(resources):
@@ -138,6 +157,7 @@ def select_inputs(wildcards):
     )
     if CFG.selection.policy != "last":
         inputs["selection_data"] = dataset_ready(CFG.selection.dataset)
+        inputs["data_version"] = DATA_VERSION
     return inputs
 
 
@@ -173,7 +193,7 @@ def model_checkpoint(name):
 
 
 def evaluation_inputs(wildcards):
-    inputs = {"dataset": dataset_ready(wildcards.dataset)}
+    inputs = {"dataset": dataset_ready(wildcards.dataset), "data_version": DATA_VERSION}
     path = model_checkpoint(wildcards.model)
     if path is not None:
         user_file = CFG.models[wildcards.model].source == "file"
