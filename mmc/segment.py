@@ -9,6 +9,7 @@ exact per-object oracle. Outputs (in ``--out``): ``objects.parquet`` (one row pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import zlib
@@ -23,12 +24,17 @@ from mmc.errors import MMCError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_evaluation_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every per model x dataset evaluation command."""
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--model", required=True, help="a key of `models`")
     parser.add_argument("--dataset", required=True, help="a key of `datasets`")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--checkpoint", help="weights file (overrides the model's source)")
-    parser.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- per image
@@ -209,26 +215,23 @@ def _settings(cfg: Any, feature_settings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- command
-def run(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def evaluation_job(stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)):
+    """What `segment` and `similarity` share: the config, the tracked job (params, tags, the
+    checkpoint consumed) and the model. Yields (cfg, recorder, model, info)."""
     from mmc import config, tracking
-    from mmc.features import settings_of
-    from mmc.files import atomic_path
     from mmc.models import model_for
 
     cfg = config.load(args.config)
     if args.dataset not in cfg.datasets:
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
-    out = Path(args.out)
     wildcards = {"model": args.model, "dataset": args.dataset}
-    with tracking.job("segment", cfg, wildcards=wildcards, config_path=args.config) as rec:
+    with tracking.job(stage, cfg, wildcards=wildcards, config_path=args.config) as rec:
         model, info = model_for(cfg, args.model, args.checkpoint)
-        rec.log_params(
-            {
-                "evaluation": config.to_dict(cfg.evaluation),
-                "model": config.to_dict(cfg.models[args.model]),
-                "dataset": config.to_dict(cfg.datasets[args.dataset]),
-            }
-        )
+        params = {name: config.to_dict(getattr(cfg, name)) for name in sections}
+        params["model"] = config.to_dict(cfg.models[args.model])
+        params["dataset"] = config.to_dict(cfg.datasets[args.dataset])
+        rec.log_params(params)
         rec.set_tags(
             {
                 "model": args.model,
@@ -240,6 +243,15 @@ def run(args: argparse.Namespace) -> int:
         )
         if info["path"] is not None:
             rec.consumed(info["path"], info["sha256"])
+        yield cfg, rec, model, info
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmc.features import settings_of
+    from mmc.files import atomic_path
+
+    out = Path(args.out)
+    with evaluation_job("segment", args) as (cfg, rec, model, info):
         table, skipped, stats = evaluate(cfg, model, info, args.dataset, model_name=args.model)
         table.insert(0, "dataset", args.dataset)
         table.insert(0, "model", args.model)

@@ -19,15 +19,11 @@ import numpy as np
 from mmc import metrics
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
-from mmc.segment import object_prompts
+from mmc.segment import add_evaluation_arguments, evaluation_job, object_prompts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("--model", required=True, help="a key of `models`")
-    parser.add_argument("--dataset", required=True, help="a key of `datasets`")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--checkpoint", help="weights file (overrides the model's source)")
+    add_evaluation_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -152,36 +148,10 @@ def plot(result: dict, title: str, png: Path, svg: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmc import config, tracking
     from mmc.files import atomic_path
-    from mmc.models import model_for
 
-    cfg = config.load(args.config)
-    if args.dataset not in cfg.datasets:
-        raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     out = Path(args.out)
-    wildcards = {"model": args.model, "dataset": args.dataset}
-    with tracking.job("similarity", cfg, wildcards=wildcards, config_path=args.config) as rec:
-        model, info = model_for(cfg, args.model, args.checkpoint)
-        rec.log_params(
-            {
-                "similarity": config.to_dict(cfg.similarity),
-                "evaluation": config.to_dict(cfg.evaluation),
-                "model": config.to_dict(cfg.models[args.model]),
-                "dataset": config.to_dict(cfg.datasets[args.dataset]),
-            }
-        )
-        rec.set_tags(
-            {
-                "model": args.model,
-                "dataset": args.dataset,
-                "format": info["format"],
-                "weights": info["weights"],
-                "checkpoint_sha256": info["sha256"],
-            }
-        )
-        if info["path"] is not None:
-            rec.consumed(info["path"], info["sha256"])
+    with evaluation_job("similarity", args, sections=("similarity", "evaluation")) as (cfg, rec, model, info):
         intra, inter, stats = collect(cfg, model, info, args.dataset, model_name=args.model)
         result = {"model": args.model, "dataset": args.dataset}
         result.update(analyse(intra, inter, cfg.similarity.bins))
