@@ -175,19 +175,21 @@ def mmc_loss(
         total = w.w_mim * out["mim"]
     if w.w_distill > 0:
         t_dino = teacher["dino"]
-        s_dino = student["dino"]
+        # split, not two slices: with both parts used, its backward is one concatenation, where
+        # each slice's backward would zero-fill a full (V, B, 1+N, K) gradient
+        s_cls, s_patch = student["dino"].split([1, student["dino"].shape[2] - 1], dim=2)
+        s_cls = s_cls.squeeze(2)
         t_cls = teacher_probs(t_dino[:, :, 0], centers["cls"], teacher_temp)
-        s_cls = s_dino[:, :, 0]
         if "dino_local" in student:
             s_cls = torch.cat([s_cls, student["dino_local"]])
         out["distill_cls"] = distill_cls_loss(s_cls, t_cls, pcfg.distill.student_temp)
         if pcfg.distill.mode == "patch":
             t_patch = teacher_probs(t_dino[:, :, 1:][masks], centers["patch"], teacher_temp)
             out["distill_patch"] = masked_distill_patch_loss(
-                s_dino[:, :, 1:][masks], t_patch, masks, pcfg.distill.student_temp
+                s_patch[masks], t_patch, masks, pcfg.distill.student_temp
             )
         else:
-            out["distill_patch"] = distill_cls_to_patch_loss(s_dino[:, :, 1:], t_cls, pcfg.distill.student_temp)
+            out["distill_patch"] = distill_cls_to_patch_loss(s_patch, t_cls, pcfg.distill.student_temp)
         out["distill"] = out["distill_cls"] + out["distill_patch"]
         term = w.w_distill * out["distill"]
         total = term if total is None else total + term
