@@ -82,10 +82,11 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     if pcfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = _setup_distributed(cfg.device)
+    wildcards = {"experiment": experiment}
     recorder = (
-        tracking.job("pretrain", cfg, wildcards={"experiment": experiment})
+        tracking.job("pretrain", cfg, wildcards=wildcards)
         if dist_util.rank() == 0
-        else contextlib.nullcontext(tracking.JobRecorder("pretrain", f"pretrain-experiment={experiment}", None))
+        else contextlib.nullcontext(tracking.JobRecorder("pretrain", tracking.default_name("pretrain", wildcards), None))
     )
     try:
         with recorder as rec:
