@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmc import tracking
+from mmc import records
 from mmc.errors import MMCError
 from mmc.files import sha256_file, write_text_atomic
+from mmc.records import JobRecord
 
 PARENT_ROLE = "invocation"
 UNATTRIBUTED = "unattributed"  # records written with no `mmc track start` before them
@@ -42,7 +43,7 @@ MAX_TAG_CHARS = 5000  # MLflow accepts 8000 in 3.x; stay below older servers' 50
 def store_uri(cfg: Any) -> str:
     if cfg.tracking.uri:
         return str(cfg.tracking.uri)
-    return f"sqlite:///{(tracking.tracking_dir(cfg) / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(records.tracking_dir(cfg) / 'mlflow.db').resolve()}"
 
 
 def _client(uri: str):
@@ -60,7 +61,7 @@ def _experiment_id(client, cfg: Any) -> str:
         return experiment.experiment_id
     location = None
     if not cfg.tracking.uri:  # embedded store: artefacts beside the database, not in ./mlruns
-        location = (tracking.tracking_dir(cfg) / "artifacts").resolve().as_uri()
+        location = (records.tracking_dir(cfg) / "artifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it between our two calls (server mode)
@@ -89,7 +90,7 @@ def start_invocation(cfg: Any, config_path: str | None = None) -> dict[str, Any]
     if cfg.tracking.uri:
         client = _client(store_uri(cfg))
         invocation["parent_run_id"] = _create_parent(client, _experiment_id(client, cfg), cfg, invocation)
-    write_text_atomic(tracking.invocation_path(cfg), json.dumps(invocation, indent=1, sort_keys=True))
+    write_text_atomic(records.invocation_path(cfg), json.dumps(invocation, indent=1, sort_keys=True))
     return invocation
 
 
@@ -109,7 +110,7 @@ def _create_parent(client, experiment_id: str, cfg: Any, invocation: Mapping[str
         run_name=invocation.get("run_name") or cfg.run_name,
     )
     run_id = run.info.run_id
-    params = tracking._flatten(config_module.to_dict(cfg))
+    params = records.flatten_params(config_module.to_dict(cfg))
     _log_batch(client, run_id, params=params)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resolved_config.yaml"
@@ -141,43 +142,39 @@ def _log_batch(client, run_id: str, params: Mapping[str, str] = (), tags: Mappin
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-def _log_artifacts(client, run_id: str, record: Mapping[str, Any], max_bytes: int) -> dict[str, str]:
+def _log_artifacts(client, run_id: str, record: JobRecord, max_bytes: int) -> dict[str, str]:
     """Upload small tables and figures; for weights and big files, tag path and sha256 instead."""
     notes: dict[str, str] = {}
-    cwd = Path(record.get("cwd") or ".")
-    cwd = cwd if cwd.is_dir() else Path.cwd()  # a project copied elsewhere: paths are relative to it
-    for index, given in enumerate(record.get("artifacts", [])):
-        path = cwd / given
+    for index, given in enumerate(record.artifacts):
+        path = Path(record.resolve(given))
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=path.name)
         elif not path.is_file():
             notes[f"mmc.artifact_missing.{index}"] = given
-        elif tracking.is_checkpoint(path) or path.stat().st_size > max_bytes:
+        elif records.is_checkpoint(path) or path.stat().st_size > max_bytes:
             notes[f"mmc.artifact_not_uploaded.{index}"] = f"{given} sha256={sha256_file(path)}"
         else:
             client.log_artifact(run_id, str(path))
     with tempfile.TemporaryDirectory() as tmp:  # the record itself: files consumed/produced + hashes
         copy = Path(tmp) / "mmc_job_record.json"
-        copy.write_text(json.dumps(record, indent=1, sort_keys=True))
+        copy.write_text(json.dumps(record.data, indent=1, sort_keys=True))
         client.log_artifact(run_id, str(copy))
     return notes
 
 
-def log_record(client, experiment_id: str, parent_run_id: str, record: Mapping[str, Any],
-               max_bytes: int) -> str:
-    digest = tracking.record_hash(record)
-    tags = {**record.get("tags", {}), "mlflow.parentRunId": parent_run_id,
-            "mmc.record_id": record.get("record_id") or digest}
-    if record.get("config", {}).get("snapshot"):
-        tags["mmc.config_snapshot"] = record["config"]["snapshot"]
-    run = client.create_run(experiment_id, start_time=record.get("start_time"), tags={"mmc.record_id": tags["mmc.record_id"],
-                            "mlflow.parentRunId": parent_run_id}, run_name=record.get("name"))
+def log_record(client, experiment_id: str, parent_run_id: str, record: JobRecord, max_bytes: int) -> str:
+    digest = records.record_hash(record.data)
+    tags = {**record.tags, "mlflow.parentRunId": parent_run_id, "mmc.record_id": record.record_id or digest}
+    if record.config["snapshot"]:
+        tags["mmc.config_snapshot"] = record.config["snapshot"]
+    run = client.create_run(experiment_id, start_time=record.start_time, tags={"mmc.record_id": tags["mmc.record_id"],
+                            "mlflow.parentRunId": parent_run_id}, run_name=record.name)
     run_id = run.info.run_id
-    _log_batch(client, run_id, params=record.get("params", {}), tags=tags, metrics=record.get("metrics", []))
+    _log_batch(client, run_id, params=record.params, tags=tags, metrics=record.metrics)
     notes = _log_artifacts(client, run_id, record, max_bytes)
     _log_batch(client, run_id, tags={**notes, "mmc.record_hash": digest})  # last: marks it complete
-    status = record.get("status") if record.get("status") in ("FINISHED", "FAILED") else "KILLED"
-    client.set_terminated(run_id, status=status, end_time=record.get("end_time"))
+    status = record.status if record.status in ("FINISHED", "FAILED") else "KILLED"
+    client.set_terminated(run_id, status=status, end_time=record.end_time)
     return run_id
 
 
@@ -191,7 +188,7 @@ def log_record_direct(cfg: Any, record: Mapping[str, Any], invocation: Mapping[s
     if not parent:
         raise MMCError("no parent run: run `mmc track start --config F` before the jobs (Snakemake onstart)")
     client = _client(store_uri(cfg))
-    return log_record(client, _experiment_id(client, cfg), parent, record, _max_bytes(cfg))
+    return log_record(client, _experiment_id(client, cfg), parent, JobRecord(record), _max_bytes(cfg))
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -212,7 +209,7 @@ class LoadReport:
 
 @contextlib.contextmanager
 def _single_writer(cfg: Any) -> Iterator[None]:
-    lock = tracking.tracking_dir(cfg) / "load.lock"
+    lock = records.tracking_dir(cfg) / "load.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # a second loader waits instead of racing on SQLite
@@ -220,21 +217,6 @@ def _single_writer(cfg: Any) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_records(directory: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
-    records, invalid = [], []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            invalid.append(str(path))
-            continue
-        if isinstance(record, dict) and "stage" in record:
-            records.append((path, record))
-        else:
-            invalid.append(str(path))
-    return records, invalid
 
 
 def _all_runs(client, experiment_id: str) -> list:
@@ -250,8 +232,8 @@ def _all_runs(client, experiment_id: str) -> list:
 def load_records(cfg: Any, status: str | None = None) -> LoadReport:
     """Load every record not yet in the store; ``status`` also closes this invocation's parent."""
     report = LoadReport()
-    records, report.invalid = read_records(tracking.record_dir(cfg))
-    invocation = tracking.current_invocation(cfg)
+    on_disk, report.invalid = records.read_records(records.record_dir(cfg))
+    invocation = records.current_invocation(cfg)
     with _single_writer(cfg):
         client = _client(store_uri(cfg))
         experiment_id = _experiment_id(client, cfg)
@@ -259,17 +241,17 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
         loaded_hashes = {r.data.tags["mmc.record_hash"] for r in runs if "mmc.record_hash" in r.data.tags}
         parents = {r.data.tags["mmc.invocation_id"]: r.info.run_id for r in runs
                    if r.data.tags.get("mmc.role") == PARENT_ROLE}
-        on_disk = {rec.get("record_id") for _, rec in records}
+        record_ids = {record.record_id for record in on_disk}
         for run in runs:
             tags = run.data.tags
-            if tags.get("mmc.record_id") in on_disk and "mmc.record_hash" not in tags and "mmc.role" not in tags:
+            if tags.get("mmc.record_id") in record_ids and "mmc.record_hash" not in tags and "mmc.role" not in tags:
                 client.delete_run(run.info.run_id)
                 report.cleaned.append(run.info.run_id)
-        for path, record in records:
-            if tracking.record_hash(record) in loaded_hashes:
-                report.skipped.append(str(path))
+        for record in on_disk:
+            if records.record_hash(record.data) in loaded_hashes:
+                report.skipped.append(str(record.path))
                 continue
-            invocation_id = record.get("invocation_id") or UNATTRIBUTED
+            invocation_id = record.invocation_id or UNATTRIBUTED
             if invocation_id not in parents:
                 known = invocation if invocation.get("invocation_id") == invocation_id else {
                     "invocation_id": invocation_id, "run_name": f"{cfg.run_name}-{invocation_id[:12]}"}
@@ -277,9 +259,9 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
             try:
                 log_record(client, experiment_id, parents[invocation_id], record, _max_bytes(cfg))
             except Exception as e:  # one bad record must not keep the others out; its run is redone next time
-                report.failed.append(f"{path}: {type(e).__name__}: {e}")
+                report.failed.append(f"{record.path}: {type(e).__name__}: {e}")
                 continue
-            report.loaded.append(str(path))
+            report.loaded.append(str(record.path))
         current = invocation.get("invocation_id")
         if status and current:
             if current not in parents:
@@ -287,20 +269,4 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
             client.set_terminated(parents[current], status=status.upper(), end_time=int(time.time() * 1000))
         report.parents = parents
     return report
-
-
-def runs_of_invocation(cfg: Any, invocation_id: str) -> tuple[Any, list]:
-    """(parent run, child runs) of an invocation, read back from the store (for tests and checks)."""
-    client = _client(store_uri(cfg))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is None:
-        return None, []
-    runs = _all_runs(client, experiment.experiment_id)
-    parents = [r for r in runs if r.data.tags.get("mmc.role") == PARENT_ROLE
-               and r.data.tags.get("mmc.invocation_id") == invocation_id]
-    parent = parents[0] if len(parents) == 1 else None
-    if len(parents) > 1:
-        raise MMCError(f"{len(parents)} parent runs for invocation {invocation_id} (expected one)")
-    children = [r for r in runs if parent is not None and r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return parent, children
 

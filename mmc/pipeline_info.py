@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from mmc import records
 from mmc.files import atomic_path, write_text_atomic
 
 TRACE_COLUMNS = ("benchmark", "rule", "wildcards", "jobid", "repeat", "start", "duration_s", "max_rss_mb",
@@ -80,23 +81,22 @@ JOB_COLUMNS = ("name", "stage", "rule", "wildcards", "status", "start", "end", "
 
 def job_rows(records_dir: Path) -> list[dict[str, Any]]:
     """One row per job record: exact start/end times, where it ran, which code and config."""
-    from mmc.mlflow_store import read_records
 
     def iso(ms: int | None) -> str:
         return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds") if ms else ""
 
     rows = []
-    for _, rec in read_records(records_dir)[0] if records_dir.is_dir() else []:
-        tags = rec.get("tags", {})
-        start, end = rec.get("start_time"), rec.get("end_time")
+    for rec in records.read_records(records_dir)[0] if records_dir.is_dir() else []:
+        tags = rec.tags
+        start, end = rec.start_time, rec.end_time
         rows.append({
-            "name": rec.get("name"), "stage": rec.get("stage"), "rule": rec.get("rule", rec.get("stage")),
-            "wildcards": json.dumps(rec.get("wildcards", {}), sort_keys=True), "status": rec.get("status"),
+            "name": rec.name, "stage": rec.stage, "rule": rec.rule,
+            "wildcards": json.dumps(rec.wildcards, sort_keys=True), "status": rec.status,
             "start": iso(start), "end": iso(end),
             "duration_s": round((end - start) / 1000, 3) if start and end else "",
             "host": tags.get("mmc.host", ""), "slurm_job_id": tags.get("slurm.job_id", ""),
-            "device": tags.get("mmc.device", ""), "invocation_id": rec.get("invocation_id") or "",
-            "git_commit": tags.get("mmc.git_commit", ""), "config_hash": rec.get("config", {}).get("hash") or "",
+            "device": tags.get("mmc.device", ""), "invocation_id": rec.invocation_id or "",
+            "git_commit": tags.get("mmc.git_commit", ""), "config_hash": rec.config["hash"] or "",
         })
     return sorted(rows, key=lambda r: (r["start"], r["name"] or ""))
 
@@ -118,7 +118,7 @@ def rule_graph(snakefile: Path, config_path: Path, timeout: int = 300) -> tuple[
 
 
 def write(cfg: Any, config_path: Path, snakefile: Path, report: Path | None, out: Path | None = None) -> dict:
-    from mmc import config, mlflow_store, tracking, versions
+    from mmc import config, mlflow_store, versions
 
     out = out or Path(cfg.results_dir) / "pipeline_info"
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def write(cfg: Any, config_path: Path, snakefile: Path, report: Path | None, out
     index["files"]["trace"] = "trace.csv"
     index["notes"]["trace"] = f"{len(rows)} job(s) from {benchmarks}" if rows else f"no benchmark files under {benchmarks}"
 
-    jobs = job_rows(tracking.record_dir(cfg))
+    jobs = job_rows(records.record_dir(cfg))
     with atomic_path(out / "jobs.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=JOB_COLUMNS)
         writer.writeheader()
@@ -163,7 +163,7 @@ def write(cfg: Any, config_path: Path, snakefile: Path, report: Path | None, out
     report = report or Path(cfg.results_dir) / "report.html"
     index["report"] = {"path": str(report), "exists": report.exists()}
     index["tracking"] = {"store": mlflow_store.store_uri(cfg),
-                         "invocation_id": tracking.current_invocation(cfg).get("invocation_id")}
+                         "invocation_id": records.current_invocation(cfg).get("invocation_id")}
     index["seconds"] = round(time.perf_counter() - started, 3)
     write_text_atomic(out / "index.json", json.dumps(index, indent=1))
     return index

@@ -10,19 +10,18 @@ that recorded it is a MISMATCH (exit status 1); a file no longer on disk is only
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mmc import tracking
+from mmc import records
 from mmc.errors import MMCError
 from mmc.files import sha256_file
+from mmc.records import JobRecord
 
 
 @dataclass
@@ -42,7 +41,7 @@ class FileCheck:
 
 @dataclass
 class Step:
-    record: dict
+    record: JobRecord
     consumed: list[FileCheck] = field(default_factory=list)
     produced: list[FileCheck] = field(default_factory=list)
 
@@ -61,38 +60,23 @@ class Trace:
         return list(unique.values())
 
 
-def _absolute(path: str, cwd: str | None) -> str:
-    """Relative paths are relative to the job's working directory; where that folder is not on this
-    machine (a copied or moved project), to the current one."""
-    base = cwd if cwd and _is_dir(cwd) else os.getcwd()
-    return os.path.normpath(os.path.join(base, path))
-
-
-@functools.cache
-def _is_dir(path: str) -> bool:
-    return os.path.isdir(path)
-
-
 class RecordIndex:
     """All job records of a results folder, indexed by the files they produced."""
 
-    def __init__(self, records: list[dict]):
-        self.records = records
-        self.by_path: dict[str, list[dict]] = {}
-        self.by_hash: dict[str, list[dict]] = {}
-        for record in sorted(records, key=lambda r: r.get("end_time") or 0, reverse=True):
-            for path, digest in record.get("files", {}).get("produced", {}).items():
-                self.by_path.setdefault(_absolute(path, record.get("cwd")), []).append(record)
+    def __init__(self, jobs: list[JobRecord]):
+        self.records = jobs
+        self.by_path: dict[str, list[JobRecord]] = {}
+        self.by_hash: dict[str, list[JobRecord]] = {}
+        for record in sorted(jobs, key=lambda r: r.end_time or 0, reverse=True):
+            for path, digest in record.produced.items():
+                self.by_path.setdefault(record.resolve(path), []).append(record)
                 self.by_hash.setdefault(digest, []).append(record)
 
     @classmethod
     def from_dir(cls, directory: Path) -> RecordIndex:
-        from mmc.mlflow_store import read_records
+        return cls(records.read_records(directory)[0])
 
-        records, _ = read_records(directory)
-        return cls([r for _, r in records])
-
-    def producer(self, absolute: str, digest: str | None) -> dict | None:
+    def producer(self, absolute: str, digest: str | None) -> JobRecord | None:
         """The job that wrote this version of the file: same path and hash, else same hash, else same path."""
         by_path = self.by_path.get(absolute, [])
         for record in by_path:
@@ -100,13 +84,13 @@ class RecordIndex:
                 return record
         if digest and self.by_hash.get(digest):
             return self.by_hash[digest][0]
-        finished = [r for r in by_path if r.get("status") == "FINISHED"]
+        finished = [r for r in by_path if r.status == "FINISHED"]
         return (finished or by_path or [None])[0]
 
 
-def _produced_hash(record: Mapping, absolute: str) -> str | None:
-    for path, digest in record.get("files", {}).get("produced", {}).items():
-        if _absolute(path, record.get("cwd")) == absolute:
+def _produced_hash(record: JobRecord, absolute: str) -> str | None:
+    for path, digest in record.produced.items():
+        if record.resolve(path) == absolute:
             return digest
     return None
 
@@ -131,20 +115,19 @@ def trace(target: str | Path, index: RecordIndex) -> Trace:
                        f"in {len(index.records)} record(s))")
     steps: list[Step] = []
     seen: dict[str, int] = {}
-    queue: deque[dict] = deque([first])
+    queue: deque[JobRecord] = deque([first])
     while queue:
         record = queue.popleft()
-        key = record.get("record_id") or id(record)
+        key = record.record_id or id(record)
         if key in seen:
             continue
         seen[key] = len(steps)
         step = Step(record)
         steps.append(step)
-        files = record.get("files", {})
-        for direction, target_list in (("consumed", step.consumed), ("produced", step.produced)):
-            for path, digest in files.get(direction, {}).items():
-                abs_path = _absolute(path, record.get("cwd"))
-                target_list.append(FileCheck(path, abs_path, digest, hasher(abs_path)))
+        for files, checks in ((record.consumed, step.consumed), (record.produced, step.produced)):
+            for path, digest in files.items():
+                abs_path = record.resolve(path)
+                checks.append(FileCheck(path, abs_path, digest, hasher(abs_path)))
         for check in step.consumed:
             parent = index.producer(check.absolute, check.recorded)
             if parent is not None and parent is not record:
@@ -153,7 +136,7 @@ def trace(target: str | Path, index: RecordIndex) -> Trace:
         for check in step.consumed:
             parent = index.producer(check.absolute, check.recorded)
             if parent is not None and parent is not step.record:
-                check.producer = seen.get(parent.get("record_id") or id(parent))
+                check.producer = seen.get(parent.record_id or id(parent))
     return Trace(str(target), target_sha, steps)
 
 
@@ -178,19 +161,18 @@ def render(result: Trace) -> str:
         lines.append("  (the file is not on disk any more)")
     lines.append("")
     for number, step in enumerate(result.steps, 1):
-        rec, tags = step.record, step.record.get("tags", {})
-        cfg = rec.get("config", {})
-        wildcards = ", ".join(f"{k}={v}" for k, v in rec.get("wildcards", {}).items()) or "-"
+        rec, tags = step.record, step.record.tags
+        cfg = rec.config
+        wildcards = ", ".join(f"{k}={v}" for k, v in rec.wildcards.items()) or "-"
         lines += [
-            f"[{number}] job {rec.get('name')}  (stage {rec.get('stage')}, rule {rec.get('rule', rec.get('stage'))},"
-            f" wildcards {wildcards})  {rec.get('status')}",
-            f"    ran          {_when(rec.get('start_time'))} .. {_when(rec.get('end_time'))} on "
+            f"[{number}] job {rec.name}  (stage {rec.stage}, rule {rec.rule}, wildcards {wildcards})  {rec.status}",
+            f"    ran          {_when(rec.start_time)} .. {_when(rec.end_time)} on "
             f"{tags.get('mmc.host', '?')}" + (f", SLURM job {tags['slurm.job_id']}" if "slurm.job_id" in tags else ""),
-            f"    invocation   {rec.get('invocation_id') or '-'}",
+            f"    invocation   {rec.invocation_id or '-'}",
             f"    code         mmc {tags.get('mmc.version', '?')}, git {tags.get('mmc.git_commit', '?')}"
             f" (dirty: {tags.get('mmc.git_dirty', '?')})",
             f"    config       {cfg.get('hash') or '?'}  {cfg.get('path') or '-'}"
-            + (f"  (snapshot {cfg['snapshot']})" if cfg.get("snapshot") else ""),
+            + (f"  (snapshot {cfg['snapshot']})" if cfg["snapshot"] else ""),
         ]
         data = {k: v for k, v in tags.items() if k.startswith("mmc.dataset")}
         lines += [f"    data         {k.removeprefix('mmc.')} {v}" for k, v in sorted(data.items())]
@@ -198,8 +180,8 @@ def render(result: Trace) -> str:
                                                                 "mmc.timm_version", "mmc.device") if k in tags]
         if env:
             lines.append(f"    software     {', '.join(env)}")
-        if rec.get("command"):
-            lines.append(f"    command      {' '.join(rec['command'])}")
+        if rec.command:
+            lines.append(f"    command      {' '.join(rec.command)}")
         for title, checks in (("consumed", step.consumed), ("produced", step.produced)):
             if checks:
                 lines.append(f"    {title}")
@@ -211,18 +193,17 @@ def render(result: Trace) -> str:
 
 def _summary(result: Trace) -> list[str]:
     from mmc.dvc import dvc_md5
-    from mmc.tracking import is_checkpoint
 
-    tags = [s.record.get("tags", {}) for s in result.steps]
+    tags = [s.record.tags for s in result.steps]
     data = sorted({f"{k.removeprefix('mmc.')} {v}" for t in tags for k, v in t.items() if k.startswith("mmc.dataset")})
     checkpoints = {}
     for check in result.checks():
-        if is_checkpoint(check.path):
+        if records.is_checkpoint(check.path):
             md5 = dvc_md5(check.absolute + ".dvc")
             checkpoints[(check.path, check.recorded)] = f"{check.path} sha256 {check.recorded}" + (
                 f" (DVC md5 {md5})" if md5 else "")
-    configs = sorted({f"{s.record['config'].get('hash')} {s.record['config'].get('path') or '-'}"
-                      for s in result.steps if s.record.get("config", {}).get("hash")})
+    configs = sorted({f"{s.record.config['hash']} {s.record.config['path'] or '-'}"
+                      for s in result.steps if s.record.config["hash"]})
     commits = sorted({f"{t.get('mmc.git_commit', '?')} (dirty: {t.get('mmc.git_dirty', '?')})" for t in tags})
     lines = ["Summary"]
     lines += [f"  data         {d}" for d in data] or ["  data         (no DVC hash recorded)"]
@@ -246,24 +227,24 @@ def as_json(result: Trace) -> str:
         return {"path": c.path, "recorded_sha256": c.recorded, "on_disk_sha256": c.on_disk, "state": c.state,
                 "producer_step": c.producer}
 
-    steps = [{"record": s.record, "consumed": [check(c) for c in s.consumed], "produced": [check(c) for c in s.produced]}
+    steps = [{"record": s.record.data, "consumed": [check(c) for c in s.consumed], "produced": [check(c) for c in s.produced]}
              for s in result.steps]
     return json.dumps({"target": result.target, "target_sha256": result.target_sha256, "steps": steps,
                        "mismatches": [check(c) for c in result.mismatches()]}, indent=1)
 
 
 # ----------------------------------------------------------------------------- command
-def records_dir_for(target: Path, config_path: str | None, records: str | None) -> Path:
-    if records:
-        return Path(records)
+def records_dir_for(target: Path, config_path: str | None, records_dir: str | None) -> Path:
+    if records_dir:
+        return Path(records_dir)
     if config_path:
         from mmc import config
 
-        return tracking.record_dir(config.load(config_path))
+        return records.record_dir(config.load(config_path))
     for parent in Path(os.path.abspath(target)).parents:
-        if (parent / "tracking" / "jobs").is_dir():
-            return parent / "tracking" / "jobs"
-    return Path("results") / "tracking" / "jobs"
+        if (parent / records.RECORD_SUBDIR).is_dir():
+            return parent / records.RECORD_SUBDIR
+    return Path("results") / records.RECORD_SUBDIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,16 +7,7 @@ single writer (``mmc track load``), so concurrent SLURM jobs never write one SQL
 ``tracking.uri`` set to an ``http(s)://`` server, the job also logs itself there directly, as a
 child of its invocation's parent run (the record still lands on disk: ``mmc provenance`` reads it).
 
-The record format (version 2; version 1 had no record_id/rule/wildcards/invocation/config/command)::
-
-    {"version": 2, "record_id": hex, "stage": "segment", "name": "segment-model=mmc-dataset=voc",
-     "rule": "segment", "wildcards": {"model": "mmc", "dataset": "voc"}, "invocation_id": str|null,
-     "status": "FINISHED" | "FAILED", "start_time": ms, "end_time": ms, "cwd": str, "command": [argv],
-     "config": {"hash": str, "path": str|null, "snapshot": str|null},
-     "params": {str: str}, "tags": {str: str},
-     "metrics": [{"key": str, "value": float, "step": int, "timestamp": ms}],
-     "artifacts": [path], "files": {"consumed": {path: sha256}, "produced": {path: sha256}},
-     "mlflow": {"uri": str, "run_id": str}}   # only when logged directly to a server
+The record format and where records live: :mod:`mmc.records`.
 
 Provenance tags (``mmc.*``, ``snakemake.*``, ``slurm.*``) are added automatically on exit; tags
 the stage sets itself win over them.
@@ -25,84 +16,27 @@ the stage sets itself win over them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import re
 import sys
-import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from mmc.dvc import dvc_md5
 from mmc.files import atomic_path, sha256_file
-
-RECORD_VERSION = 2
-INVOCATION_ENV = "MMC_INVOCATION_ID"  # never MLFLOW_RUN_ID: that makes start_run resume the parent
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _flatten(params: Mapping, prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
-    return flat
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return str(path).endswith(CHECKPOINT_SUFFIXES)
-
-
-def record_hash(record: Mapping) -> str:
-    """Content hash of a record, excluding how it was delivered (``mlflow``): the loader's key."""
-    content = {k: v for k, v in record.items() if k != "mlflow"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def tracking_dir(cfg: Any) -> Path:
-    return Path(cfg.results_dir) / "tracking"
-
-
-def record_dir(cfg: Any) -> Path:
-    return tracking_dir(cfg) / "jobs"
-
-
-def invocation_path(cfg: Any) -> Path:
-    return tracking_dir(cfg) / "invocation.json"
-
-
-def current_invocation(cfg: Any) -> dict[str, Any]:
-    """The invocation this job belongs to: ``MMC_INVOCATION_ID`` if set, else ``invocation.json``."""
-    path = invocation_path(cfg)
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        stored = {}
-    env_id = os.environ.get(INVOCATION_ENV)
-    if env_id and stored.get("invocation_id") != env_id:
-        return {"invocation_id": env_id}
-    return stored
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
-
-
-def default_name(stage: str, wildcards: Mapping[str, Any] | None) -> str:
-    if not wildcards:
-        return stage
-    return safe_name("-".join([stage, *(f"{k}={v}" for k, v in wildcards.items())]))
+from mmc.records import (
+    current_invocation,
+    default_name,
+    flatten_params,
+    is_checkpoint,
+    new_record,
+    now_ms,
+    record_dir,
+    safe_name,
+    tracking_dir,
+)
 
 
 def dataset_tags(cfg: Any, wildcards: Mapping[str, Any]) -> dict[str, str]:
@@ -158,37 +92,18 @@ class JobRecorder:
         self.name = name
         self.record_path = record_path
         self.enabled = record_path is not None
-        self.record: dict[str, Any] = {
-            "version": RECORD_VERSION,
-            "record_id": uuid.uuid4().hex,
-            "stage": stage,
-            "name": name,
-            "rule": stage,
-            "wildcards": {},
-            "invocation_id": None,
-            "status": "RUNNING",
-            "start_time": _now_ms(),
-            "end_time": None,
-            "cwd": os.getcwd(),
-            "command": list(sys.argv),
-            "config": {"hash": None, "path": None, "snapshot": None},
-            "params": {},
-            "tags": {},
-            "metrics": [],
-            "artifacts": [],
-            "files": {"consumed": {}, "produced": {}},
-        }
+        self.record: dict[str, Any] = new_record(stage, name)
         self._auto_tags: dict[str, str] = {}
 
     def log_params(self, params: Mapping) -> None:
         """Nested mappings are flattened to dotted keys (``pretrain.optim.epochs``)."""
-        self.record["params"].update(_flatten(params))
+        self.record["params"].update(flatten_params(params))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.record["tags"].update({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        stamp = _now_ms()
+        stamp = now_ms()
         for key, value in metrics.items():
             value = float(value)
             if math.isfinite(value):
@@ -217,7 +132,7 @@ class JobRecorder:
         from mmc import versions
 
         self.record["status"] = status
-        self.record["end_time"] = _now_ms()
+        self.record["end_time"] = now_ms()
         tags = {**self._auto_tags, **(extra_tags or {}), **self._checkpoint_tags()}
         tags.update({f"mmc.{k}_version" if k in ("torch", "cuda", "timm") else f"mmc.{k}": v
                      for k, v in versions.torch_state(self._auto_tags.get("mmc.requested_device")).items()})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mmc import config, mlflow_store, tracking, versions
+from mmc import config, mlflow_store, records, tracking, versions
 from mmc.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +76,18 @@ def _run_jobs(tmp_path: Path, cfg_path: Path, indices, **env: str) -> None:
         assert proc.returncode == 0, err
 
 
+def _runs_of_invocation(cfg, invocation_id: str) -> tuple:
+    """(parent run, child runs) of an invocation, as the MLflow store holds them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store.store_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    (parent,) = client.search_runs([experiment], filter_string=(
+        f"tags.`mmc.role` = '{mlflow_store.PARENT_ROLE}' and tags.`mmc.invocation_id` = '{invocation_id}'"))
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return parent, children
+
+
 REQUIRED_TAGS = ("mmc.git_commit", "mmc.git_dirty", "mmc.version", "mmc.stage", "snakemake.rule",
                  "snakemake.wildcard.model", "snakemake.wildcard.dataset", "mmc.config_hash", "mmc.host",
                  "mmc.invocation_id", "mmc.record_id", "mmc.record_hash", "mmc.checkpoint_consumed_sha256",
@@ -88,14 +100,14 @@ def test_record_carries_provenance_tags(tmp_path, monkeypatch):
     cfg_path = _write_config(tmp_path)
     (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.setenv(tracking.INVOCATION_ENV, "inv-from-env")
+    monkeypatch.setenv(records.INVOCATION_ENV, "inv-from-env")
     cfg = config.load(cfg_path)
     ckpt = tmp_path / "epoch_0001.pth"
     ckpt.write_bytes(b"weights")
     with tracking.job("select", cfg, wildcards={"experiment": "mmc"}) as rec:
         rec.consumed(ckpt)
         rec.set_tags({"mmc.device": "set-by-stage"})
-    record = json.loads((tracking.record_dir(cfg) / "select-experiment=mmc.json").read_text())
+    record = json.loads((records.record_dir(cfg) / "select-experiment=mmc.json").read_text())
     tags = record["tags"]
     assert record["status"] == "FINISHED" and record["wildcards"] == {"experiment": "mmc"}
     assert record["invocation_id"] == tags["mmc.invocation_id"] == "inv-from-env"
@@ -116,7 +128,7 @@ def test_failed_job_is_recorded_as_failed(tmp_path):
     with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
         rec.log_metrics({"loss": float("nan"), "lr": 0.1}, step=7)
         raise RuntimeError("loss is not finite")
-    record = json.loads((tracking.record_dir(cfg) / "pretrain-mmc.json").read_text())
+    record = json.loads((records.record_dir(cfg) / "pretrain-mmc.json").read_text())
     assert record["status"] == "FAILED"
     assert record["tags"]["mmc.error"] == "RuntimeError: loss is not finite"
     assert [m["key"] for m in record["metrics"]] == ["lr"]  # non-finite values are dropped
@@ -147,7 +159,7 @@ def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
     assert "lock" not in "".join(out + err for out, err in outputs).lower()
 
     cfg = config.load(cfg_path)
-    parent, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    parent, children = _runs_of_invocation(cfg, invocation)
     assert parent is not None and parent.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == sorted(f"segment-model=m{i}-dataset=toy" for i in jobs)
     for child in children:
@@ -171,14 +183,14 @@ def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
     with tracking.job("tables", cfg) as rec:
         rec.log_metrics({"rows": 2, "miou@0.5": 0.25})  # '@' is not allowed in MLflow keys
         rec.log_params({"a=b": 1})
-    record = json.loads((tracking.record_dir(cfg) / "tables.json").read_text())
+    record = json.loads((records.record_dir(cfg) / "tables.json").read_text())
     # What a loader killed after create_run (before its final tag) leaves behind:
     client = mlflow_store._client(mlflow_store.store_uri(cfg))
     experiment = mlflow_store._experiment_id(client, cfg)
     client.create_run(experiment, tags={"mmc.record_id": record["record_id"]}, run_name="tables")
     report = mlflow_store.load_records(cfg)
     assert len(report.cleaned) == 1 and len(report.loaded) == 1
-    _, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    _, children = _runs_of_invocation(cfg, invocation)
     assert [c.info.run_name for c in children] == ["tables"]
     assert children[0].data.metrics == {"rows": 2.0, "miou_0.5": 0.25} and children[0].data.params == {"a_b": "1"}
     assert len(client.search_runs([experiment], filter_string="attributes.run_name = 'tables'")) == 1
@@ -243,7 +255,7 @@ def test_jobs_log_directly_to_a_tracking_server(tmp_path, mlflow_server):
     assert "loaded 1 job record(s), skipped 3" in loaded.stdout  # the others are already on the server
 
     cfg = config.load(cfg_path)
-    parent, children = mlflow_store.runs_of_invocation(cfg, invocation)
+    parent, children = _runs_of_invocation(cfg, invocation)
     assert parent.info.run_id == stored["parent_run_id"] and parent.info.status == "FINISHED"
     assert parent.data.params  # the resolved config
     assert sorted(c.info.run_name for c in children) == [f"segment-model=m{i}-dataset=toy" for i in range(4)]
@@ -319,8 +331,8 @@ def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs
     assert "database is locked" not in first.stderr + second.stderr
 
     cfg = config.load(cfg_path)
-    parent1, children1 = mlflow_store.runs_of_invocation(cfg, first_invocation)
-    parent2, children2 = mlflow_store.runs_of_invocation(cfg, second_invocation)
+    parent1, children1 = _runs_of_invocation(cfg, first_invocation)
+    parent2, children2 = _runs_of_invocation(cfg, second_invocation)
     assert parent1.info.status == "FAILED" and parent2.info.status == "FINISHED"
     assert sorted((c.info.run_name, c.info.status) for c in children1) == [
         (f"work-i={i}", "FAILED" if i == 3 else "FINISHED") for i in range(6)]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmc import config as config_mod
-from mmc import tracking
+from mmc import records, tracking
 from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
 from mmc.pretrain import checkpoint as ckpt_mod
@@ -86,7 +86,7 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     recorder = (
         tracking.job("pretrain", cfg, wildcards=wildcards)
         if dist_util.rank() == 0
-        else contextlib.nullcontext(tracking.JobRecorder("pretrain", tracking.default_name("pretrain", wildcards), None))
+        else contextlib.nullcontext(tracking.JobRecorder("pretrain", records.default_name("pretrain", wildcards), None))
     )
     try:
         with recorder as rec:
