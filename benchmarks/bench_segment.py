@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmc import metrics
 from mmc.data.readers import Sample, SegObject
-from mmc.features import iter_features, patch_features, preprocess
+from mmc.evaluation import metrics
+from mmc.evaluation.features import iter_features, patch_features, preprocess
+from mmc.evaluation.segment import evaluate_image
 from mmc.models import random_backbone
-from mmc.segment import evaluate_image
 
 VIT_S16 = {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 224}
 THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]

@@ -9,7 +9,7 @@
 
 Curves and histograms are drawn from the files of ``mmc segment`` and ``mmc similarity``. The
 qualitative figure recomputes the similarity maps of its few images with the evaluation's own
-feature code (``mmc.features``), so its masks are the ones the metrics scored. Matplotlib runs
+feature code (``mmc.evaluation.features``), so its masks are the ones the metrics scored. Matplotlib runs
 headless (Agg).
 """
 
@@ -182,8 +182,8 @@ def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, 
     """Each evaluated object's mask at threshold ``tau``, computed as the evaluation computes it."""
     import torch
 
-    from mmc import metrics
-    from mmc.features import eval_size, patch_features, preprocess, resolve_device
+    from mmc.evaluation import metrics
+    from mmc.evaluation.features import eval_size, patch_features, preprocess, resolve_device
     from mmc.models import model_for
 
     ev = cfg.evaluation

@@ -17,7 +17,7 @@ from typing import Any
 
 from mmc.errors import MMCError
 
-# best:<metric> -> the key of an evaluation summary (mmc.segment) holding that metric.
+# best:<metric> -> the key of an evaluation summary (mmc.evaluation.segment) holding that metric.
 METRIC_KEYS = {"miou": "best_miou", "oracle_miou": "oracle_miou", "demo_miou": "miou_at_demo_tau"}
 EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pth$")
 
@@ -79,7 +79,7 @@ def choose(policy: str, scores: dict[int, float | None]) -> tuple[int, str]:
 
 def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
     """Zero-shot ``metric`` of an MMC checkpoint on the held-out selection dataset."""
-    from mmc.segment import evaluate_checkpoint
+    from mmc.evaluation.segment import evaluate_checkpoint
 
     summary = evaluate_checkpoint(cfg, str(path), cfg.selection.dataset, fmt="mmc")
     key = METRIC_KEYS[metric]

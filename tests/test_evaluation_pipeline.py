@@ -14,8 +14,8 @@ from pretrain_support import TINY_PRETRAIN, env
 from mmc import config
 from mmc.cli import main
 from mmc.config import deep_merge
+from mmc.evaluation.segment import evaluate_checkpoint
 from mmc.models import load_backbone
-from mmc.segment import evaluate_checkpoint
 
 # Two real pretraining runs (~10-40 s on 2 shared cores).
 pytestmark = pytest.mark.slow

@@ -97,9 +97,9 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path):
     from mmc import config
     from mmc.data import synthetic
     from mmc.data.readers import open_reader
+    from mmc.evaluation.segment import evaluate
     from mmc.figures import predicted_masks
     from mmc.models import model_for
-    from mmc.segment import evaluate
 
     root = tmp_path / "synthetic"
     spec = synthetic.SyntheticSpec.from_config(config.section_defaults("synthetic"))

@@ -19,8 +19,8 @@ from mmc.cli import main
 from mmc.data.readers import open_reader
 from mmc.data.voc import VOCReader
 from mmc.errors import MMCError
+from mmc.evaluation.segment import evaluate_checkpoint, evaluate_image
 from mmc.models import random_backbone
-from mmc.segment import evaluate_checkpoint, evaluate_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -402,7 +402,7 @@ def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
 
 
 def test_prepared_keeps_reader_order_with_threads():
-    from mmc.features import prepared
+    from mmc.evaluation.features import prepared
 
     def slow_square(i):
         import time

@@ -9,7 +9,7 @@ from PIL import Image
 from segmentation_fixtures import handmade_features, handmade_sample, make_voc, write_config
 
 from mmc.cli import main
-from mmc.similarity import analyse, image_similarities
+from mmc.evaluation.similarity import analyse, image_similarities
 
 
 def test_intra_and_inter_by_hand():

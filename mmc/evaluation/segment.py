@@ -1,7 +1,7 @@
 """``mmc segment``: zero-shot prompt-patch segmentation (SPEC §2).
 
 Per image, features are computed once; per object, the prompt token's cosine similarity to every
-token is thresholded at every tau of the grid at once (:func:`mmc.metrics.iou_curve`) and at the
+token is thresholded at every tau of the grid at once (:func:`mmc.evaluation.metrics.iou_curve`) and at the
 exact per-object oracle. Outputs (in ``--out``): ``objects.parquet`` (one row per object),
 ``summary.csv`` (tau, miou) and ``summary.json``.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from mmc import metrics
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
+from mmc.evaluation import metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +132,7 @@ def evaluate(cfg: Any, model, model_info: dict, dataset_name: str, model_name: s
     import pandas as pd
 
     from mmc.data.readers import open_reader
-    from mmc.features import dataset_features
+    from mmc.evaluation.features import dataset_features
 
     evaluation = cfg.evaluation
     thresholds = thresholds_of(evaluation)
@@ -189,7 +189,7 @@ def summarize(table, thresholds: list[float], demo_tau: float, n_skipped: int) -
 
 def evaluate_checkpoint(cfg: Any, checkpoint_path: str | Path, dataset_name: str, fmt: str = "mmc") -> dict:
     """Summary of one checkpoint on one dataset, writing nothing (for checkpoint selection)."""
-    from mmc.features import settings_of
+    from mmc.evaluation.features import settings_of
     from mmc.models import load_backbone
 
     if dataset_name not in cfg.datasets:
@@ -247,7 +247,7 @@ def evaluation_job(stage: str, args: argparse.Namespace, sections: tuple[str, ..
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmc.features import settings_of
+    from mmc.evaluation.features import settings_of
     from mmc.files import atomic_path
 
     out = Path(args.out)

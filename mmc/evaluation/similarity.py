@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from mmc import metrics
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
-from mmc.segment import add_evaluation_arguments, evaluation_job, object_prompts
+from mmc.evaluation import metrics
+from mmc.evaluation.segment import add_evaluation_arguments, evaluation_job, object_prompts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +92,7 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
 
 def collect(cfg: Any, model, model_info: dict, dataset_name: str, model_name: str | None = None):
     from mmc.data.readers import open_reader
-    from mmc.features import dataset_features
+    from mmc.evaluation.features import dataset_features
 
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}

@@ -1,0 +1,1 @@
+"""The zero-shot evaluation protocol: features, metrics, ``mmc segment`` and ``mmc similarity``."""
