@@ -87,4 +87,4 @@ def test_segment_and_similarity_on_synthetic_scenes_with_pretrained_checkpoints(
         assert summary["checkpoint_sha256"] == similarity["checkpoint_sha256"]
     selected = evaluate_checkpoint(config.load(cfg), tmp / "ckpt" / "mmc" / "epoch_0001.pth", "scenes")
     reference = json.loads((tmp / "seg" / "mmc" / "summary.json").read_text())
-    assert selected["miou_by_tau"] == reference["miou_by_tau"]
+    assert selected.miou_by_tau == reference["miou_by_tau"]
