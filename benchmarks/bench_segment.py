@@ -26,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmc import metrics
 from mmc.data.readers import Sample, SegObject
-from mmc.features import iter_features, patch_features, preprocess
+from mmc.evaluation import metrics
+from mmc.evaluation.features import iter_features, patch_features, preprocess
+from mmc.evaluation.protocol import iou_column, predicted_mask
+from mmc.evaluation.segment import evaluate_image
 from mmc.models import random_backbone
-from mmc.segment import evaluate_image
 
 VIT_S16 = {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 224}
 THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]
@@ -68,12 +69,9 @@ def naive_image(model, sample: Sample, resolution: int) -> list[list[float]]:
         y, x = metrics.prompt_point(obj.mask)
         r, c = metrics.patch_of_pixel(y, x, (h, w), grid)
         sim = feats @ feats[r, c]
-        ious = [
-            metrics.iou(metrics.upsample_nearest(sim >= t, (h, w)), obj.mask, sample.void) for t in THRESHOLDS
-        ]
+        ious = [metrics.iou(predicted_mask(sim, (h, w), t, "nearest"), obj.mask, sample.void) for t in THRESHOLDS]
         oracle = max(
-            metrics.iou(metrics.upsample_nearest(sim >= t, (h, w)), obj.mask, sample.void)
-            for t in np.unique(sim)
+            metrics.iou(predicted_mask(sim, (h, w), t, "nearest"), obj.mask, sample.void) for t in np.unique(sim)
         )
         out.append([*ious, oracle])
     return out
@@ -133,7 +131,7 @@ def main() -> None:
         t_b, (rows, _) = min(runs_b, key=lambda run: run[0])
         protocol_seconds = [spent for _, (_, spent) in runs_b]
         t_c, naive = timed(lambda samples=samples: [r for s in samples for r in naive_image(model, s, res)])
-        fast = np.array([[r[f"iou_{t:.2f}"] for t in THRESHOLDS] + [r["oracle_iou"]] for r in rows])
+        fast = np.array([[r[iou_column(t)] for t in THRESHOLDS] + [r["oracle_iou"]] for r in rows])
         np.testing.assert_allclose(fast, np.array(naive), atol=1e-9)  # same numbers, two implementations
         a, b, c = (t / len(samples) for t in (t_a, t_b, t_c))
         p = min(protocol_seconds) / len(samples) * 1000

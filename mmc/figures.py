@@ -7,16 +7,17 @@
 - ``qualitative_<dataset>.png``: a few images, one row per model: each object's predicted mask at
   the model's best tau (filled), its ground truth (outlined), its prompt point and its IoU.
 
-Curves and histograms are drawn from the files of ``mmc segment`` and ``mmc similarity``. The
-qualitative figure recomputes the similarity maps of its few images with the evaluation's own
-feature code (``mmc.features``), so its masks are the ones the metrics scored. Matplotlib runs
-headless (Agg).
+Curves and histograms are drawn from the files of ``mmc segment`` and ``mmc similarity`` (read with
+:mod:`mmc.evaluation.summary`). The qualitative masks are the evaluation's own: features from
+:func:`mmc.evaluation.features.dataset_features` (same precision, layer and feature cache as
+``mmc segment``), the prompts of ``objects.parquet``, and :func:`mmc.evaluation.protocol.predicted_mask`,
+so each drawn mask has the IoU that was scored. Figures are saved with :func:`mmc.plotting.save_figure`
+(byte-reproducible).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,92 +25,44 @@ from typing import Any
 import numpy as np
 
 from mmc.errors import MMCError
+from mmc.evaluation.summary import SegmentationSummary, SimilarityResult
+from mmc.plotting import pyplot, save_figure
 
 QUALITATIVE_IMAGES = 4
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.hashsalt"] = "mmc"  # stable SVG ids: same data, same bytes
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, base: Path, formats: Sequence[str]) -> list[Path]:
-    from mmc.files import atomic_path
-
-    paths = []
-    for ext in formats:
-        path = base.with_name(f"{base.name}.{ext}")
-        with atomic_path(path) as tmp:
-            # Fixed metadata: the same data gives byte-identical files (reproducible reruns).
-            meta = {"Software": None} if ext == "png" else {"Date": None, "Creator": None}
-            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
-        paths.append(path)
-    _pyplot().close(fig)
-    return paths
-
-
-def threshold_curve(summary: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(tau, mIoU) sorted by tau, from a summary's ``miou_by_tau`` ({"0.00": x, ...})."""
-    points = sorted((float(t), float(v)) for t, v in summary["miou_by_tau"].items())
-    taus, mious = zip(*points, strict=True) if points else ((), ())
-    return np.asarray(taus), np.asarray(mious)
-
-
-def plot_miou_vs_threshold(summaries: Sequence[dict], dataset: str, base: Path) -> list[Path]:
-    plt = _pyplot()
+def plot_miou_vs_threshold(summaries: Sequence[SegmentationSummary], dataset: str, base: Path) -> list[Path]:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, summary in enumerate(summaries):
         colour = f"C{i % 10}"
-        taus, mious = threshold_curve(summary)
-        ax.plot(taus, mious * 100, color=colour, marker=".", label=summary["model"])
-        ax.plot([summary["best_tau"]], [summary["best_miou"] * 100], color=colour, marker="*", markersize=12)
-        ax.axhline(summary["oracle_miou"] * 100, color=colour, linestyle="--", linewidth=0.8)
+        taus, mious = summary.curve()
+        ax.plot(taus, np.asarray(mious) * 100, color=colour, marker=".", label=summary.model)
+        ax.plot([summary.best_tau], [summary.best_miou * 100], color=colour, marker="*", markersize=12)
+        ax.axhline(summary.oracle_miou * 100, color=colour, linestyle="--", linewidth=0.8)
     ax.set_xlabel("threshold τ")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(f"{dataset}: mIoU vs threshold (★ best τ, dashed: oracle)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, base, ("png", "svg"))
+    return save_figure(fig, base, ("png", "svg"))
 
 
-def bin_edges(result: dict) -> np.ndarray:
-    """Histogram edges: ``bins`` is either the edges themselves or a bin count on [-1, 1]."""
-    bins = result["bins"]
-    if isinstance(bins, int):
-        return np.linspace(-1.0, 1.0, bins + 1)
-    edges = np.asarray(bins, dtype=float)
-    if len(edges) == len(result["hist_intra"]):  # bin centres or left edges: close the last bin
-        step = edges[1] - edges[0] if len(edges) > 1 else 2.0
-        edges = np.append(edges, edges[-1] + step)
-    return edges
-
-
-def normalised(hist: Sequence[float]) -> np.ndarray:
-    hist = np.asarray(hist, dtype=float)
-    total = hist.sum()
-    return hist / total if total > 0 else hist
-
-
-def plot_similarity_histograms(results: Sequence[dict], dataset: str, base: Path) -> list[Path]:
-    plt = _pyplot()
+def plot_similarity_histograms(results: Sequence[SimilarityResult], dataset: str, base: Path) -> list[Path]:
+    plt = pyplot()
     n = max(len(results), 1)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), sharey=True, squeeze=False, layout="constrained")
     for ax, result in zip(axes[0], results, strict=False):
-        edges = bin_edges(result)
-        for key, label, colour in (("hist_intra", "intra", "C0"), ("hist_inter", "inter", "C3")):
-            ax.stairs(normalised(result[key]), edges, fill=True, alpha=0.45, color=colour, label=label)
-        ax.set_title(f"{result['model']}\noverlap {result['overlap']:.3f}", fontsize="medium")
+        edges = np.asarray(result.bins, dtype=float)
+        for hist, label, colour in ((result.hist_intra, "intra", "C0"), (result.hist_inter, "inter", "C3")):
+            ax.stairs(np.asarray(hist, dtype=float), edges, fill=True, alpha=0.45, color=colour, label=label)
+        ax.set_title(f"{result.model}\noverlap {result.overlap:.3f}", fontsize="medium")
         ax.set_xlabel("cosine similarity to the prompt")
         ax.set_xlim(-1, 1)
     axes[0][0].set_ylabel("fraction of token pairs")
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{dataset}: intra- vs inter-object similarity")
-    return _save(fig, base, ("png", "svg"))
+    return save_figure(fig, base, ("png", "svg"))
 
 
 def plot_qualitative(
@@ -124,8 +77,10 @@ def plot_qualitative(
 
     ``predicted[model][(image_id, object_id)]`` is an object's predicted mask (bool, label size).
     """
+    from mmc.evaluation.protocol import iou_column
+
     predicted = predicted or {}
-    plt = _pyplot()
+    plt = pyplot()
     models = list(objects_by_model)
     rows, cols = max(len(models), 1), max(len(samples), 1)
     fig, axes = plt.subplots(
@@ -135,7 +90,7 @@ def plot_qualitative(
         ax.axis("off")
     for r, model in enumerate(models):
         frame = objects_by_model[model]
-        iou_column = f"iou_{best_tau[model]:.2f}"
+        column = iou_column(best_tau[model])
         for c, sample in enumerate(samples):
             ax = axes[r][c]
             ax.imshow(sample.image)
@@ -154,9 +109,9 @@ def plot_qualitative(
                 row = match.iloc[0]
                 ax.plot(row["prompt_x"], row["prompt_y"], marker="x", color="white", markersize=8, mew=2.5)
                 ax.plot(row["prompt_x"], row["prompt_y"], marker="x", color=colour, markersize=7, mew=1.5)
-                if iou_column in row.index:
+                if column in row.index:
                     ax.annotate(
-                        f"{row[iou_column]:.2f}",
+                        f"{row[column]:.2f}",
                         (row["prompt_x"], row["prompt_y"]),
                         xytext=(4, 4),
                         textcoords="offset points",
@@ -169,7 +124,7 @@ def plot_qualitative(
     fig.suptitle(
         f"{dataset}: predicted masks at the best τ (filled), ground truth (outlined), prompts (×), IoU"
     )
-    return _save(fig, base, ("png",))
+    return save_figure(fig, base, ("png",))
 
 
 def _solid(colour: str):
@@ -178,36 +133,40 @@ def _solid(colour: str):
     return ListedColormap([colour, colour])
 
 
-def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, frame, tau: float) -> dict:
-    """Each evaluated object's mask at threshold ``tau``, computed as the evaluation computes it."""
-    import torch
+def predicted_masks(
+    cfg: Any,
+    model_name: str,
+    checkpoint: str | None,
+    dataset_name: str,
+    samples: Sequence[Any],
+    frame,
+    tau: float,
+) -> dict[tuple[str, int], np.ndarray]:
+    """The mask at threshold ``tau`` of each object of ``frame`` (``objects.parquet`` of model
+    ``model_name`` on ``dataset_name``) in ``samples``: ``{(image_id, object_id): bool mask}``.
 
-    from mmc import metrics
-    from mmc.features import eval_size, patch_features, preprocess, resolve_device
-    from mmc.models import model_for
+    The features come through the evaluation's own path (the feature cache when it holds them), the
+    similarity maps are computed for an image's prompts together, in table order, as ``mmc segment``
+    computed them, and the mask is :func:`mmc.evaluation.protocol.predicted_mask`: so the IoU of
+    each mask is the ``iou_<tau>`` of its row, bit for bit.
+    """
+    from mmc.evaluation.features import dataset_features
+    from mmc.evaluation.job import configured_model
+    from mmc.evaluation.protocol import predicted_mask, prompt_similarities
 
-    ev = cfg.evaluation
-    device = resolve_device(cfg.device)
-    model, info = model_for(cfg, model_name, checkpoint)
-    model = model.to(device).eval()
-    patch = int(info["arch"]["patch_size"])
+    image_ids = frame["image_id"].astype(str)
+    chosen = [s for s in samples if (image_ids == str(s.image_id)).any()]
+    if not chosen:
+        return {}
+    model = configured_model(cfg, model_name, checkpoint)
     masks = {}
-    for sample in samples:
-        rows = frame[frame["image_id"].astype(str) == str(sample.image_id)]
-        if rows.empty:
-            continue
-        size = eval_size(*sample.image.shape[:2], ev.resolution, patch, ev.keep_aspect)
-        with torch.inference_mode():
-            features = patch_features(model, preprocess(sample.image, size)[None].to(device), ev.layer)[0]
-        features = features.cpu().numpy()
-        shape = sample.void.shape
-        for row in rows.itertuples(index=False):
-            sims = features @ features[int(row.prompt_row), int(row.prompt_col)]
-            if ev.upsample == "bilinear":
-                mask = metrics.upsample_bilinear(sims, shape) >= tau
-            else:
-                mask = metrics.upsample_nearest(sims >= tau, shape)
-            masks[(str(row.image_id), int(row.object_id))] = np.asarray(mask, dtype=bool)
+    for sample, features in dataset_features(cfg, model, chosen, dataset_name):
+        rows = frame[image_ids == str(sample.image_id)]
+        tokens = [(int(r), int(c)) for r, c in zip(rows["prompt_row"], rows["prompt_col"], strict=True)]
+        sims = prompt_similarities(features.numpy(), tokens)
+        for k, object_id in enumerate(rows["object_id"]):
+            mask = predicted_mask(sims[..., k], sample.void.shape, tau, cfg.evaluation.upsample)
+            masks[(str(sample.image_id), int(object_id))] = mask
     return masks
 
 
@@ -224,23 +183,9 @@ def qualitative_samples(dataset_cfg: Any, image_ids: set[str], count: int) -> li
     return chosen
 
 
-def _load_json(paths: Sequence[str | Path]) -> list[dict]:
-    loaded = []
-    for path in paths:
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise MMCError(f"{path}: cannot read a JSON summary ({e})") from None
-        for key in ("model", "dataset"):
-            if key not in record:
-                raise MMCError(f"{path}: missing key {key!r}")
-        loaded.append(record)
-    return loaded
-
-
-def _ordered(records: list[dict], models: Sequence[str]) -> list[dict]:
+def _ordered(records: Sequence[Any], models: Sequence[str]) -> list[Any]:
     rank = {m: i for i, m in enumerate(models)}
-    return sorted(records, key=lambda r: (rank.get(r["model"], len(rank)), r["model"]))
+    return sorted(records, key=lambda r: (rank.get(r.model, len(rank)), r.model))
 
 
 def make_figures(
@@ -254,28 +199,29 @@ def make_figures(
     """All figures; ``checkpoints`` (model -> file) are needed for the predicted masks only."""
     import pandas as pd
 
+    from mmc.evaluation.summary import read_segmentation_summaries, read_similarity_results
+
     models = list(cfg.models)
-    seg = _load_json(summaries)
-    sim = _load_json(similarity)
+    seg = read_segmentation_summaries(summaries)
+    sim = read_similarity_results(similarity)
+    needed = {"model", "dataset", "image_id", "object_id", "prompt_y", "prompt_x", "prompt_row", "prompt_col"}
     tables = {}
     for path in objects:
         frame = pd.read_parquet(path)
         if frame.empty:
             continue
-        missing = {"model", "dataset", "image_id", "object_id", "prompt_y", "prompt_x"} - set(frame.columns)
+        missing = needed - set(frame.columns)
         if missing:
             raise MMCError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         tables[(frame["model"].iloc[0], frame["dataset"].iloc[0])] = frame
     paths = []
     for dataset in cfg.evaluation.datasets:
-        seg_d = _ordered([s for s in seg if s["dataset"] == dataset], models)
-        sim_d = _ordered([s for s in sim if s["dataset"] == dataset], models)
+        seg_d = _ordered([s for s in seg if s.dataset == dataset], models)
+        sim_d = _ordered([s for s in sim if s.dataset == dataset], models)
         paths += plot_miou_vs_threshold(seg_d, dataset, out / f"miou_vs_threshold_{dataset}")
         paths += plot_similarity_histograms(sim_d, dataset, out / f"similarity_histograms_{dataset}")
-        by_model = {
-            s["model"]: tables[(s["model"], dataset)] for s in seg_d if (s["model"], dataset) in tables
-        }
-        best = {s["model"]: float(s["best_tau"]) for s in seg_d}
+        by_model = {s.model: tables[(s.model, dataset)] for s in seg_d if (s.model, dataset) in tables}
+        best = {s.model: float(s.best_tau) for s in seg_d}
         ids = set().union(*(set(f["image_id"].astype(str)) for f in by_model.values())) if by_model else set()
         samples = qualitative_samples(cfg.datasets[dataset], ids, QUALITATIVE_IMAGES) if ids else []
         predicted = {}
@@ -286,7 +232,7 @@ def make_figures(
                         f"--checkpoint {model}=PATH is needed to draw the masks of model {model!r}"
                     )
                 predicted[model] = predicted_masks(
-                    cfg, model, checkpoints.get(model), samples, frame, best[model]
+                    cfg, model, checkpoints.get(model), dataset, samples, frame, best[model]
                 )
         paths += plot_qualitative(samples, by_model, best, dataset, out / f"qualitative_{dataset}", predicted)
     return paths

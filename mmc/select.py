@@ -1,4 +1,4 @@
-"""``mmc select``: choose the checkpoint of an MMC experiment that the evaluation uses (SPEC §5).
+"""``mmc select``: choose the checkpoint of an MMC experiment that the evaluation uses (docs/workflow.md).
 
 Policies: ``last`` (the last epoch) or ``best:<metric>``, the highest zero-shot metric on the
 held-out selection dataset (``selection.dataset``, which config validation keeps disjoint from
@@ -17,7 +17,8 @@ from typing import Any
 
 from mmc.errors import MMCError
 
-# best:<metric> -> the key of an evaluation summary (mmc.segment) holding that metric.
+# best:<metric> -> the field of the evaluation summary (mmc.evaluation.summary.SegmentationSummary)
+# holding that metric.
 METRIC_KEYS = {"miou": "best_miou", "oracle_miou": "oracle_miou", "demo_miou": "miou_at_demo_tau"}
 EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pth$")
 
@@ -79,13 +80,16 @@ def choose(policy: str, scores: dict[int, float | None]) -> tuple[int, str]:
 
 def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
     """Zero-shot ``metric`` of an MMC checkpoint on the held-out selection dataset."""
-    from mmc.segment import evaluate_checkpoint
+    from mmc.evaluation.segment import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(cfg, str(path), cfg.selection.dataset, fmt="mmc")
-    key = METRIC_KEYS[metric]
-    if key not in summary:
-        raise MMCError(f"evaluation summary of {path} has no {key!r} (have: {sorted(summary)})")
-    return float(summary[key])
+    summary = evaluate_checkpoint(cfg, path, cfg.selection.dataset, fmt="mmc")
+    score = getattr(summary, METRIC_KEYS[metric])
+    if score is None:
+        raise MMCError(
+            f"{path}: no object of the selection dataset {cfg.selection.dataset!r} was evaluated, so it "
+            f"has no {metric} (are all objects below evaluation.min_object_patches?)"
+        )
+    return float(score)
 
 
 def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:

@@ -1,7 +1,8 @@
 """``mmc tables``: the paper-style comparison tables, as CSV, Markdown and LaTeX.
 
 Inputs are the per-(model, dataset) summaries of ``mmc segment`` (``summary.json``) and
-``mmc similarity`` (``similarity.json``). Each table is written three ways:
+``mmc similarity`` (``similarity.json``), read with :mod:`mmc.evaluation.summary`. Each table is
+written three ways:
 
 - ``<name>.csv``: tidy, one row per model and dataset, every number at full precision;
 - ``<name>.md`` and ``<name>.tex``: one row per model, a column group per dataset, the best value
@@ -15,15 +16,16 @@ inter-object similarity, histogram overlap, best balanced accuracy).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from mmc.errors import MMCError
+from mmc.evaluation.protocol import tau_key
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def segmentation_columns(demo_tau: float) -> list[Column]:
     return [
         Column("best_miou", "mIoU (best τ)", percent=True),
         Column("best_tau", "best τ", digits=2, better=None),
-        Column("miou_at_demo_tau", f"mIoU (τ={demo_tau:.2f})", percent=True),
+        Column("miou_at_demo_tau", f"mIoU (τ={tau_key(demo_tau)})", percent=True),
         Column("oracle_miou", "oracle mIoU", percent=True),
     ]
 
@@ -79,32 +81,12 @@ SIMILARITY_COLUMNS = [
 ]
 
 
-def read_summaries(paths: Iterable[str | Path], keys: Sequence[str]) -> list[dict]:
-    """Load summary files; each must hold ``model``, ``dataset`` and ``keys``."""
-    records = []
-    for path in paths:
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise MMCError(f"{path}: cannot read a JSON summary ({e})") from None
-        missing = [k for k in ("model", "dataset", *keys) if k not in record]
-        if missing:
-            raise MMCError(f"{path}: missing key(s) {', '.join(missing)}")
-        records.append({**record, "_source": str(path)})
-    return records
-
-
 def tidy_frame(
-    records: list[dict], keys: Sequence[str], models: Sequence[str] = (), datasets: Sequence[str] = ()
+    records: Sequence[Any], keys: Sequence[str], models: Sequence[str] = (), datasets: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """One row per (model, dataset), ordered as in the config (unknown names after, sorted)."""
-    seen: dict[tuple[str, str], str] = {}
-    for r in records:
-        pair = (r["model"], r["dataset"])
-        if pair in seen:
-            raise MMCError(f"{r['_source']}: model {pair[0]!r} on dataset {pair[1]!r} also in {seen[pair]}")
-        seen[pair] = r["_source"]
-    frame = pd.DataFrame([{k: r[k] for k in ("model", "dataset", *keys)} for r in records])
+    """One row per (model, dataset) of ``records`` (read with :mod:`mmc.evaluation.summary`, so no
+    pair twice), columns ``keys``; ordered as in the config (unknown names after, sorted)."""
+    frame = pd.DataFrame([{k: getattr(r, k) for k in ("model", "dataset", *keys)} for r in records])
     if frame.empty:
         return pd.DataFrame(columns=["model", "dataset", *keys])
     frame["model"] = pd.Categorical(frame["model"], _order(models, frame["model"]))
@@ -208,8 +190,10 @@ def make_tables(
     models: Sequence[str] = (),
     datasets: Sequence[str] = (),
 ) -> list[Path]:
-    seg = tidy_frame(read_summaries(summaries, SEGMENTATION_KEYS), SEGMENTATION_KEYS, models, datasets)
-    sim = tidy_frame(read_summaries(similarity, SIMILARITY_KEYS), SIMILARITY_KEYS, models, datasets)
+    from mmc.evaluation.summary import read_segmentation_summaries, read_similarity_results
+
+    seg = tidy_frame(read_segmentation_summaries(summaries), SEGMENTATION_KEYS, models, datasets)
+    sim = tidy_frame(read_similarity_results(similarity), SIMILARITY_KEYS, models, datasets)
     demo = sorted(set(seg["demo_tau"])) if len(seg) else [0.9]
     if len(demo) > 1:
         raise MMCError(f"segment summaries disagree on the demo threshold: {demo}")

@@ -97,3 +97,41 @@ def handmade_features():
     feats[0:2, 0:2] = [1, 0, 0]  # object a's tokens
     feats[0:2, 2:4] = [0, 1, 0]  # tokens around object c
     return feats
+
+
+def save_in_format(state: dict, fmt: str, path: Path) -> None:
+    """The same weights in each source format's layout."""
+    import argparse
+
+    import torch
+
+    wrapped = {
+        "mmc": {
+            "format": "mmc",
+            "format_version": 1,
+            "arch": TINY_ARCH,
+            "teacher": {f"backbone.{k}": v for k, v in state.items()},
+            "student": {f"backbone.{k}": v for k, v in state.items()},
+            "epoch": 1,
+            "step": 1,
+            "config": {},
+            "versions": {},
+        },
+        "dino": {
+            "teacher": {f"backbone.{k}": v for k, v in state.items()},
+            "student": {f"module.backbone.{k}": v for k, v in state.items()},
+            "dino_loss": {},
+            "args": argparse.Namespace(arch="vit_tiny"),
+            "epoch": 1,
+        },
+        "ibot": {"state_dict": state},
+        "mae": {
+            "model": {**state, "mask_token": torch.zeros(1, 1, 8), "decoder_embed.weight": torch.zeros(8, 48)}
+        },
+        "mocov3": {
+            "arch": "vit_tiny",
+            "state_dict": {f"module.base_encoder.{k}": v for k, v in state.items()},
+        },
+        "timm": state,
+    }[fmt]
+    torch.save(wrapped, path)

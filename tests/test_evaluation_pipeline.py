@@ -14,8 +14,8 @@ from pretrain_support import TINY_PRETRAIN, env
 from mmc import config
 from mmc.cli import main
 from mmc.config import deep_merge
+from mmc.evaluation.segment import evaluate_checkpoint
 from mmc.models import load_backbone
-from mmc.segment import evaluate_checkpoint
 
 # Two real pretraining runs (~10-40 s on 2 shared cores).
 pytestmark = pytest.mark.slow
@@ -87,4 +87,4 @@ def test_segment_and_similarity_on_synthetic_scenes_with_pretrained_checkpoints(
         assert summary["checkpoint_sha256"] == similarity["checkpoint_sha256"]
     selected = evaluate_checkpoint(config.load(cfg), tmp / "ckpt" / "mmc" / "epoch_0001.pth", "scenes")
     reference = json.loads((tmp / "seg" / "mmc" / "summary.json").read_text())
-    assert selected["miou_by_tau"] == reference["miou_by_tau"]
+    assert selected.miou_by_tau == reference["miou_by_tau"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +10,8 @@ from PIL import Image
 from result_files import objects_frame, segment_summary, similarity_result
 
 from mmc.data.readers import Sample, SegObject
-from mmc.figures import (
-    bin_edges,
-    normalised,
-    plot_miou_vs_threshold,
-    plot_qualitative,
-    plot_similarity_histograms,
-    threshold_curve,
-)
-
-
-def test_threshold_curve_is_sorted_by_tau():
-    summary = {"miou_by_tau": {"0.50": 0.3, "0.00": 0.1, "0.95": 0.05, "0.10": 0.2}}
-    taus, mious = threshold_curve(summary)
-    assert taus.tolist() == [0.0, 0.1, 0.5, 0.95]
-    assert mious.tolist() == [0.1, 0.2, 0.3, 0.05]
-
-
-def test_bin_edges_accepts_edges_or_a_count():
-    result = similarity_result("m", "d", 0, bins=8)
-    assert np.allclose(bin_edges(result), np.linspace(-1, 1, 9))
-    assert np.allclose(bin_edges({**result, "bins": 8}), np.linspace(-1, 1, 9))
-    assert np.allclose(normalised([1, 3, 0]), [0.25, 0.75, 0.0])
+from mmc.evaluation.summary import read_similarity_result
+from mmc.figures import plot_miou_vs_threshold, plot_qualitative, plot_similarity_histograms
 
 
 def _png(path: Path) -> np.ndarray:
@@ -84,30 +63,38 @@ def test_qualitative_marks_prompts_on_the_images(tmp_path):
 @pytest.mark.parametrize("model_count", [1, 3])
 def test_histogram_inputs_round_trip_through_json(tmp_path, model_count):
     results = [similarity_result(f"m{i}", "d", i) for i in range(model_count)]
-    loaded = [json.loads(json.dumps(r)) for r in results]  # exactly what mmc similarity writes
-    assert plot_similarity_histograms(loaded, "d", tmp_path / "h")[0].exists()
+    loaded = []
+    for i, result in enumerate(results):  # written and read back as mmc similarity and mmc figures do
+        (tmp_path / f"{i}.json").write_text(result.to_json())
+        loaded.append(read_similarity_result(tmp_path / f"{i}.json"))
+    assert loaded == results
+    first = plot_similarity_histograms(loaded, "d", tmp_path / "h")
+    again = plot_similarity_histograms(results, "d", tmp_path / "h2")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
 
 
-def test_predicted_masks_reproduce_the_scored_ious(tmp_path):
-    """The qualitative masks are the evaluation's: their IoU equals the one mmc segment scored."""
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Synthetic scenes (real files written by the data stage's generator)."""
     import dataclasses
-
-    import yaml
 
     from mmc import config
     from mmc.data import synthetic
-    from mmc.data.readers import open_reader
-    from mmc.figures import predicted_masks
-    from mmc.models import model_for
-    from mmc.segment import evaluate
 
-    root = tmp_path / "synthetic"
+    root = tmp_path_factory.mktemp("scenes") / "synthetic"
     spec = synthetic.SyntheticSpec.from_config(config.section_defaults("synthetic"))
     synthetic.generate(root, dataclasses.replace(spec, images=8, unlabelled_images=0, size=64))
+    return root / "VOCdevkit" / "VOC2012"
+
+
+def write_config(tmp_path: Path, scenes: Path, **evaluation) -> Path:
+    import yaml
+
     raw = {
         "run_name": "t",
         "device": "cpu",
         "results_dir": str(tmp_path / "results"),
+        "state_dir": str(tmp_path / "state"),
         "tracking": {"enabled": False},
         "models": {
             "random": {
@@ -115,30 +102,102 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path):
                 "backbone": {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 64},
             }
         },
-        "datasets": {
-            "d": {"format": "synthetic", "root": str(root / "VOCdevkit" / "VOC2012"), "max_images": 3}
-        },
-        "evaluation": {"datasets": ["d"], "resolution": 64, "num_workers": 0},
+        "datasets": {"d": {"format": "synthetic", "root": str(scenes), "max_images": 8}},
+        "evaluation": {"datasets": ["d"], "resolution": 64, "num_workers": 0, **evaluation},
+        "similarity": {"bins": 20},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    cfg = config.load(tmp_path / "c.yaml")
-    model, info = model_for(cfg, "random")
-    table, _, _ = evaluate(cfg, model, info, "d", "random")
+    return tmp_path / "c.yaml"
+
+
+def assert_masks_have_the_scored_ious(masks, samples, table, tau) -> int:
+    """Every row of ``table`` on ``samples`` has a mask whose IoU is its ``iou_<tau>``, exactly."""
+    from mmc.evaluation.metrics import iou
+    from mmc.evaluation.protocol import iou_column
+
+    checked = 0
+    for sample in samples:
+        for obj in sample.objects:
+            row = table[
+                (table["image_id"].astype(str) == str(sample.image_id)) & (table["object_id"] == obj.object_id)
+            ]
+            if row.empty:
+                continue  # skipped as too small
+            pred = masks[(str(sample.image_id), obj.object_id)]
+            assert pred.dtype == bool and pred.shape == obj.mask.shape
+            assert iou(pred, obj.mask, sample.void) == row[iou_column(tau)].iloc[0]
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_predicted_masks_reproduce_the_scored_ious(tmp_path, scenes, upsample):
+    """The qualitative masks are the evaluation's: their IoU equals the one mmc segment scored."""
+    from mmc import config
+    from mmc.data.readers import open_reader
+    from mmc.evaluation.job import configured_model
+    from mmc.evaluation.segment import evaluate
+    from mmc.figures import predicted_masks
+
+    cfg = config.load(write_config(tmp_path, scenes, upsample=upsample))
+    table, _, _ = evaluate(cfg, configured_model(cfg, "random"), "d")
     samples = list(open_reader(cfg.datasets["d"]))
     assert len(table) > 0
     for tau in (0.3, 0.6):
-        masks = predicted_masks(cfg, "random", None, samples, table, tau)
+        masks = predicted_masks(cfg, "random", None, "d", samples, table, tau)
         assert len(masks) == len(table)
-        for sample in samples:
-            valid = ~sample.void
-            for obj in sample.objects:
-                row = table[
-                    (table["image_id"].astype(str) == str(sample.image_id))
-                    & (table["object_id"] == obj.object_id)
-                ]
-                if row.empty:
-                    continue
-                pred = masks[(str(sample.image_id), obj.object_id)]
-                union = ((pred | obj.mask) & valid).sum()
-                iou = ((pred & obj.mask) & valid).sum() / union if union else 1.0
-                assert iou == pytest.approx(row[f"iou_{tau:.2f}"].iloc[0], abs=1e-9)
+        assert assert_masks_have_the_scored_ious(masks, samples, table, tau) == len(table)
+
+
+def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):
+    """With ``precision: bfloat16`` the drawn mask of every object has the IoU of objects.parquet at
+    the model's best tau (and at every other tau of the grid): the figure takes the features of
+    ``mmc segment`` (same precision, same cache), not a float32 recomputation of its own, whose
+    masks differ at some thresholds."""
+    import pandas as pd
+    import torch
+
+    from mmc import config
+    from mmc.cli import main
+    from mmc.evaluation.features import patch_features, preprocess
+    from mmc.evaluation.job import configured_model
+    from mmc.evaluation.summary import read_segmentation_summary
+    from mmc.figures import QUALITATIVE_IMAGES, predicted_masks, qualitative_samples
+
+    path = write_config(tmp_path, scenes, precision="bfloat16", resolution=128)
+    cfg = config.load(path)
+    common = ["--config", str(path), "--model", "random", "--dataset", "d"]
+    assert main(["segment", *common, "--out", str(tmp_path / "seg")]) == 0
+    assert main(["similarity", *common, "--out", str(tmp_path / "sim")]) == 0
+    table = pd.read_parquet(tmp_path / "seg" / "objects.parquet")
+    summary = read_segmentation_summary(tmp_path / "seg" / "summary.json")
+    assert summary.settings["precision"] == "bfloat16" and summary.n_objects == len(table) > 0
+    samples = qualitative_samples(cfg.datasets["d"], set(table["image_id"]), QUALITATIVE_IMAGES)
+    drawn = table[table["image_id"].isin([s.image_id for s in samples])]
+    for tau in [summary.best_tau, *summary.thresholds]:
+        masks = predicted_masks(cfg, "random", None, "d", samples, table, tau)
+        assert assert_masks_have_the_scored_ious(masks, samples, table, tau) == len(drawn) > 0
+
+    # bfloat16 matters here: float32 features of the same image are not the scored ones.
+    network = configured_model(cfg, "random").network.eval()
+    x = preprocess(samples[0].image, (128, 128))[None]
+    with torch.inference_mode():
+        full = patch_features(network, x, precision="float32")
+        half = patch_features(network, x, precision="bfloat16")
+    assert not torch.equal(full, half)
+
+    # The command draws them: every figure, from the files of the two stages.
+    out = tmp_path / "figures"
+    done = main(
+        ["figures", "--config", str(path), "--summaries", str(tmp_path / "seg" / "summary.json"),
+         "--objects", str(tmp_path / "seg" / "objects.parquet"),
+         "--similarity", str(tmp_path / "sim" / "similarity.json"), "--out", str(out)]
+    )  # fmt: skip
+    assert done == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "miou_vs_threshold_d.png",
+        "miou_vs_threshold_d.svg",
+        "qualitative_d.png",
+        "similarity_histograms_d.png",
+        "similarity_histograms_d.svg",
+    ]

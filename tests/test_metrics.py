@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmc import metrics
+from mmc.evaluation import metrics
 
 
 def test_grid_index_is_centre_aligned_nearest():

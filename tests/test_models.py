@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmc.errors import MMCError
-from mmc.features import patch_features
+from mmc.evaluation.features import patch_features
 from mmc.files import sha256_file
 from mmc.models import build_backbone, detect_format, load_backbone, random_backbone
 

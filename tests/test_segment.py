@@ -12,15 +12,23 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from segmentation_fixtures import TINY_ARCH, handmade_features, handmade_sample, make_voc, scene, write_config
+from segmentation_fixtures import (
+    TINY_ARCH,
+    handmade_features,
+    handmade_sample,
+    make_voc,
+    save_in_format,
+    scene,
+    write_config,
+)
 
 from mmc import config
 from mmc.cli import main
 from mmc.data.readers import open_reader
 from mmc.data.voc import VOCReader
 from mmc.errors import MMCError
+from mmc.evaluation.segment import evaluate_checkpoint, evaluate_image
 from mmc.models import random_backbone
-from mmc.segment import evaluate_checkpoint, evaluate_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,42 +178,6 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     }
 
 
-def save_in_format(state: dict, fmt: str, path: Path) -> None:
-    """The same weights in each source format's layout."""
-    import argparse
-
-    wrapped = {
-        "mmc": {
-            "format": "mmc",
-            "format_version": 1,
-            "arch": TINY_ARCH,
-            "teacher": {f"backbone.{k}": v for k, v in state.items()},
-            "student": {f"backbone.{k}": v for k, v in state.items()},
-            "epoch": 1,
-            "step": 1,
-            "config": {},
-            "versions": {},
-        },
-        "dino": {
-            "teacher": {f"backbone.{k}": v for k, v in state.items()},
-            "student": {f"module.backbone.{k}": v for k, v in state.items()},
-            "dino_loss": {},
-            "args": argparse.Namespace(arch="vit_tiny"),
-            "epoch": 1,
-        },
-        "ibot": {"state_dict": state},
-        "mae": {
-            "model": {**state, "mask_token": torch.zeros(1, 1, 8), "decoder_embed.weight": torch.zeros(8, 48)}
-        },
-        "mocov3": {
-            "arch": "vit_tiny",
-            "state_dict": {f"module.base_encoder.{k}": v for k, v in state.items()},
-        },
-        "timm": state,
-    }[fmt]
-    torch.save(wrapped, path)
-
-
 def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_path):
     state = random_backbone(TINY_ARCH, 11).state_dict()
     models = {"tiny": {"source": "random", "backbone": TINY_ARCH}}
@@ -254,10 +226,8 @@ def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_
     )
     assert json.loads((out / "summary.json").read_text())["miou_by_tau"] == reference
     selected = evaluate_checkpoint(config.load(cfg), tmp_path / "mmc.pth", "scenes")
-    assert selected["model"] == "selection" and selected["miou_by_tau"] == reference
-    assert (
-        selected["n_objects"] == 6 and selected["checkpoint_sha256"] == summaries["mmc"]["checkpoint_sha256"]
-    )
+    assert selected.model == "selection" and selected.miou_by_tau == reference
+    assert selected.n_objects == 6 and selected.checkpoint_sha256 == summaries["mmc"]["checkpoint_sha256"]
 
 
 def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
@@ -402,7 +372,7 @@ def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
 
 
 def test_prepared_keeps_reader_order_with_threads():
-    from mmc.features import prepared
+    from mmc.evaluation.features import prepared
 
     def slow_square(i):
         import time

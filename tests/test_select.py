@@ -140,3 +140,44 @@ def test_cli_writes_the_record(tmp_path):
         cwd=ROOT,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "none" in done.stderr
+
+
+def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path):
+    from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format
+
+    from mmc.cli import main
+    from mmc.models import random_backbone
+
+    voc = make_voc(tmp_path / "VOC2012", n_images=2)
+    (tmp_path / "run").mkdir()
+    files = {epoch: tmp_path / "run" / f"epoch_{epoch:04d}.pth" for epoch in (1, 2, 3)}
+    for epoch, path in files.items():
+        save_in_format(random_backbone(TINY_ARCH, epoch).state_dict(), "mmc", path)
+    sections = {
+        "state_dir": str(tmp_path / "state"),
+        "datasets": {"sel": {"format": "voc", "root": str(voc)}},
+        "models": {
+            f"e{e}": {"source": "file", "path": str(p), "format": "mmc", "backbone": TINY_ARCH}
+            for e, p in files.items()
+        },
+        "evaluation": {"resolution": 64, "num_workers": 0},
+        "selection": {"policy": "best:miou", "dataset": "sel"},
+    }
+    path = write_config(tmp_path, **sections)
+    record = select(config.load(path), "mmc", tmp_path / "run")
+    scores = {}
+    for epoch in files:
+        out = tmp_path / "segment" / str(epoch)
+        args = ["--config", str(path), "--model", f"e{epoch}", "--dataset", "sel", "--out", str(out)]
+        assert main(["segment", *args]) == 0
+        scores[epoch] = json.loads((out / "summary.json").read_text())["best_miou"]
+    assert {c["epoch"]: c["score"] for c in record["candidates"]} == scores
+    assert len(set(scores.values())) == 3 and record["epoch"] == reference_choice("best:miou", scores)
+    assert record["selection_dataset"] == "sel" and record["sha256"] == hashlib.sha256(
+        files[record["epoch"]].read_bytes()
+    ).hexdigest()
+    # No object large enough: no score, and a clear error rather than a crash or a silent choice.
+    sections["evaluation"] = {**sections["evaluation"], "min_object_patches": 1000}
+    strict = config.load(write_config(tmp_path, **sections))
+    with pytest.raises(MMCError, match=r"no object of the selection dataset 'sel' was evaluated"):
+        select(strict, "mmc", tmp_path / "run")

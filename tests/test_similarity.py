@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from segmentation_fixtures import handmade_features, handmade_sample, make_voc, write_config
 
+from mmc import config
 from mmc.cli import main
-from mmc.similarity import analyse, image_similarities
+from mmc.evaluation.similarity import analyse, image_similarities
+
+
+def pooled_similarities(config_path):
+    """Intra and inter similarities of model ``tiny`` on ``scenes``, pooled over the images."""
+    from mmc.data.readers import open_reader
+    from mmc.evaluation.features import iter_features
+    from mmc.evaluation.job import configured_model
+
+    cfg = config.load(config_path)
+    network = configured_model(cfg, "tiny").network
+    reader = open_reader(cfg.datasets["scenes"])
+    intra, inter = [], []
+    for sample, feats in iter_features(network, reader, resolution=64, batch_size=cfg.evaluation.batch_size):
+        a, b = image_similarities(feats.numpy(), sample)
+        intra.append(a)
+        inter.append(b)
+    return np.concatenate(intra).astype(np.float64), np.concatenate(inter).astype(np.float64)
+
+
+def brute_force_balanced_accuracy(intra, inter):
+    """max over t of (P(intra >= t) + P(inter < t)) / 2, t over every value and +inf; lowest t."""
+    best, best_t = -1.0, None
+    for t in [*sorted(set(intra) | set(inter)), np.inf]:
+        accuracy = (np.mean(intra >= t) + np.mean(inter < t)) / 2
+        if accuracy > best:
+            best, best_t = accuracy, t
+    return best, best_t
 
 
 def test_intra_and_inter_by_hand():
@@ -70,8 +99,17 @@ def test_similarity_cli_writes_json_and_figures_and_reuses_segment_features(tmp_
     ):
         assert key in result
     assert len(result["bins"]) == 21 and sum(result["hist_intra"]) == pytest.approx(1.0)
-    assert 0 <= result["overlap"] <= 1 and 0.5 <= result["best_balanced_accuracy"] <= 1
-    assert -1 <= result["mean_inter"] <= result["mean_intra"] <= 1
+    # The numbers are those of the pooled similarities, recomputed here with plain formulas (the
+    # features through the same batches, so bit for bit the ones the command used).
+    intra, inter = pooled_similarities(cfg)
+    assert (result["n_intra"], result["n_inter"]) == (len(intra), len(inter))
+    assert result["mean_intra"] == pytest.approx(intra.mean()) and result["mean_inter"] == pytest.approx(inter.mean())
+    edges = np.linspace(-1, 1, 21)
+    p, q = (np.histogram(np.clip(v, -1, 1), edges)[0] / len(v) for v in (intra, inter))
+    assert result["overlap"] == pytest.approx(np.minimum(p, q).sum(), abs=1e-12)
+    accuracy, threshold = brute_force_balanced_accuracy(intra, inter)
+    assert result["best_balanced_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert result["best_threshold"] == threshold
     with Image.open(tmp_path / "sim" / "histogram.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     assert "<svg" in (tmp_path / "sim" / "histogram.svg").read_text()[:500]
@@ -98,3 +136,25 @@ def test_similarity_cli_writes_json_and_figures_and_reuses_segment_features(tmp_
     assert {k: again[k] for k in ("mean_intra", "mean_inter", "overlap")} == {
         k: result[k] for k in ("mean_intra", "mean_inter", "overlap")
     }
+    # Same numbers, same figures: the histograms of the two runs are byte-identical.
+    for name in ("histogram.png", "histogram.svg"):
+        assert (tmp_path / "s2" / name).read_bytes() == (tmp_path / "sim" / name).read_bytes(), name
+
+
+def test_histogram_plot_is_byte_reproducible(tmp_path):
+    from result_files import similarity_result
+
+    from mmc.evaluation.similarity import plot
+
+    result = similarity_result("m", "d", 0)
+    first = plot(result, "m on d", tmp_path / "a" / "histogram")
+    second = plot(result, "m on d", tmp_path / "b" / "histogram")
+    assert [p.name for p in first] == ["histogram.png", "histogram.svg"]
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    svg = first[1].read_text()
+    assert "<svg" in svg and "dc:date" not in svg and "Matplotlib v" not in svg  # no date, no version
+    with Image.open(first[0]) as png:
+        assert png.format == "PNG" and "Software" not in png.info
+    # Other data, other bytes: the comparison above can fail.
+    other = plot(similarity_result("m", "d", 1), "m on d", tmp_path / "c" / "histogram")
+    assert other[1].read_bytes() != first[1].read_bytes()

@@ -14,7 +14,7 @@ import yaml
 from result_files import write_results
 
 from mmc.errors import MMCError
-from mmc.tables import SEGMENTATION_KEYS, make_tables, read_summaries, tidy_frame
+from mmc.tables import make_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mmc", "mmc_no_contrast", "random"]
@@ -71,12 +71,15 @@ def test_markdown_and_latex_bold_the_best(tmp_path):
 def test_bad_inputs_name_the_file(tmp_path):
     bad = tmp_path / "summary.json"
     bad.write_text(json.dumps({"model": "m", "dataset": "d"}))
-    with pytest.raises(MMCError, match=r"summary\.json: missing key\(s\) n_objects"):
-        read_summaries([bad], SEGMENTATION_KEYS)
+    with pytest.raises(MMCError, match=r"summary\.json: missing key\(s\) n_objects, n_skipped, thresholds"):
+        make_tables([bad], [], tmp_path / "t")
+    bad.write_text("{not json")
+    with pytest.raises(MMCError, match=r"summary\.json: cannot read the summary\.json of mmc segment"):
+        make_tables([bad], [], tmp_path / "t")
     files = write_results(tmp_path, ["m"], ["d"])
-    twice = read_summaries(files["summaries"] * 2, SEGMENTATION_KEYS)
-    with pytest.raises(MMCError, match="also in"):
-        tidy_frame(twice, SEGMENTATION_KEYS)
+    with pytest.raises(MMCError, match="model 'm' on dataset 'd' also in"):
+        make_tables(files["summaries"] * 2, files["similarity"], tmp_path / "t")
+    assert not (tmp_path / "t").exists()
 
 
 def test_cli(tmp_path):

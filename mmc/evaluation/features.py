@@ -1,4 +1,4 @@
-"""Patch features for the zero-shot protocol (SPEC §2.1-2.2), computed once per image.
+"""Patch features for the zero-shot protocol (docs/evaluation.md), computed once per image.
 
 Features are the output of one block (the last by default) **after the final LayerNorm**, prefix
 tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised. timm's
@@ -20,13 +20,16 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.files import atomic_path
+
+if TYPE_CHECKING:
+    from mmc.evaluation.job import EvaluatedModel
 
 log = logging.getLogger(__name__)
 
@@ -269,23 +272,23 @@ def cache_root(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
 
 def dataset_features(
     cfg: Any,
-    model,
-    model_info: dict,
+    model: EvaluatedModel,
     reader,
     dataset_name: str,
-    model_name: str | None,
     stats: dict | None = None,
 ) -> Iterator[tuple[Sample, Any]]:
-    """:func:`iter_features` with the ``evaluation`` options of ``cfg``; cached when ``model_name``
-    is given and ``evaluation.feature_cache`` is on."""
+    """:func:`iter_features` of ``reader`` (samples of dataset ``dataset_name``, or some of them) with
+    the ``evaluation`` options of ``cfg``; cached when ``model.name`` is set and
+    ``evaluation.feature_cache`` is on. ``mmc segment``, ``mmc similarity`` and ``mmc figures`` all
+    get their features here, so they see the same numbers."""
     evaluation = cfg.evaluation
-    settings = settings_of(evaluation, model.patch_embed.patch_size[0])
-    root = cache_root(cfg, model_name, dataset_name) if model_name is not None else None
+    settings = settings_of(evaluation, model.patch_size)
+    root = cache_root(cfg, model.name, dataset_name) if model.name is not None else None
     cache = None
     if root is not None:
-        cache = FeatureCache(root, cache_key(model_info, cfg.datasets[dataset_name], settings))
+        cache = FeatureCache(root, cache_key(model.info, cfg.datasets[dataset_name], settings))
     return iter_features(
-        model,
+        model.network,
         reader,
         resolution=evaluation.resolution,
         keep_aspect=evaluation.keep_aspect,

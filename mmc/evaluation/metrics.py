@@ -1,4 +1,4 @@
-"""Pure maths of the zero-shot protocol (SPEC §2.3-2.6 and §3), on numpy arrays.
+"""Pure maths of the zero-shot protocol (docs/evaluation.md), on numpy arrays.
 
 Conventions shared by every function here:
 - a label pixel (y, x) of an H x W label map belongs to the patch (row, col) of a gh x gw grid given
@@ -94,10 +94,11 @@ def iou_curve(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray
 
 
 def oracle_iou(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarray) -> tuple[float, float]:
-    """The best IoU over every threshold and the (highest) threshold reaching it.
+    """``(tau, iou)``: the best IoU over every threshold, and the highest threshold reaching it.
 
     Every distinct mask ``score >= tau`` is obtained with tau equal to one of the scores (or above
-    all of them: the empty mask), so the search over those is exact.
+    all of them: the empty mask), so the search over those is exact. When only the empty mask
+    reaches the best IoU, tau is ``inf``.
     """
     candidates = np.unique(np.asarray(scores, dtype=np.float64))
     ious = iou_curve(scores, pos_weight, neg_weight, candidates)

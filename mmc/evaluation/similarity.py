@@ -1,25 +1,27 @@
-"""``mmc similarity``: intra- vs inter-object similarity of patch features (SPEC §3).
+"""``mmc similarity``: intra- vs inter-object similarity of patch features (docs/evaluation.md).
 
 Same features, prompts and skipped objects as ``mmc segment`` (and the same feature cache). A
 token belongs to a label (an object, or background) when at least ``similarity.membership`` of
 its pixels carry it. For each prompt: intra = the other tokens of its object, inter = tokens of
 other objects or of the background that are not tokens of the object; void-dominated tokens are
-in neither. Outputs in ``--out``: ``similarity.json``, ``histogram.png``, ``histogram.svg``.
+in neither. Outputs in ``--out``: ``similarity.json``
+(:class:`mmc.evaluation.summary.SimilarityResult`), ``histogram.png``, ``histogram.svg``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmc import metrics
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
-from mmc.segment import add_evaluation_arguments, evaluation_job, object_prompts
+from mmc.evaluation import metrics
+from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job
+from mmc.evaluation.protocol import object_prompts
+from mmc.evaluation.summary import SimilarityResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +48,11 @@ def image_similarities(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Intra and inter cosine similarities of every kept prompt of one image, pooled."""
-    grid_h, grid_w, dim = features.shape
+    grid_h, grid_w, _ = features.shape
     kept, _ = object_prompts(sample, (grid_h, grid_w), prompt, min_patches, seed)
     if not kept:
         return np.empty(0, np.float32), np.empty(0, np.float32)
-    flat = features.reshape(-1, dim)
+    flat = features.reshape(grid_h * grid_w, -1)
     n_labels = len(sample.objects) + 1  # background + objects
     fractions = metrics.token_fractions(label_map(sample), n_labels, (grid_h, grid_w))
     member = fractions[:, 1:] >= membership  # (tokens, labels); column 0 background, i + 1 object i
@@ -68,6 +70,8 @@ def image_similarities(
 
 
 def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
+    """The numbers of ``similarity.json`` (the :class:`SimilarityResult` fields after model and
+    dataset) from the pooled intra and inter similarities."""
     if not len(intra) or not len(inter):
         raise MMCError(
             f"similarity analysis needs intra and inter samples, got {len(intra)} intra and {len(inter)} inter "
@@ -81,7 +85,7 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
         "n_inter": len(inter),
         "mean_intra": float(np.mean(intra, dtype=np.float64)),
         "mean_inter": float(np.mean(inter, dtype=np.float64)),
-        "overlap": float(np.minimum(hist_intra, hist_inter).sum()),
+        "overlap": metrics.histogram_overlap(intra, inter, bins),
         "best_balanced_accuracy": accuracy,
         "best_threshold": threshold,
         "bins": edges.tolist(),
@@ -90,14 +94,15 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
     }
 
 
-def collect(cfg: Any, model, model_info: dict, dataset_name: str, model_name: str | None = None):
+def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
+    """Pooled (intra, inter) similarities of one model on one dataset, and the feature counts."""
     from mmc.data.readers import open_reader
-    from mmc.features import dataset_features
+    from mmc.evaluation.features import dataset_features
 
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     intra, inter = [], []
-    for sample, feats in dataset_features(cfg, model, model_info, reader, dataset_name, model_name, stats):
+    for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
         a, b = image_similarities(
             feats.numpy(),
             sample,
@@ -111,76 +116,59 @@ def collect(cfg: Any, model, model_info: dict, dataset_name: str, model_name: st
     return np.concatenate(intra or [np.empty(0)]), np.concatenate(inter or [np.empty(0)]), stats
 
 
-def plot(result: dict, title: str, png: Path, svg: Path) -> None:
-    import matplotlib
+def plot(result: SimilarityResult, title: str, base: Path) -> list[Path]:
+    """``base.png`` and ``base.svg``: both distributions of one model, one panel."""
+    from mmc.plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    edges = np.asarray(result["bins"])
+    plt = pyplot()
+    edges = np.asarray(result.bins)
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(
-        centres,
-        result["hist_intra"],
-        width=width,
-        alpha=0.55,
-        label=f"intra (mean {result['mean_intra']:.3f})",
-    )
-    ax.bar(
-        centres,
-        result["hist_inter"],
-        width=width,
-        alpha=0.55,
-        label=f"inter (mean {result['mean_inter']:.3f})",
-    )
+    ax.bar(centres, result.hist_intra, width=width, alpha=0.55, label=f"intra (mean {result.mean_intra:.3f})")
+    ax.bar(centres, result.hist_inter, width=width, alpha=0.55, label=f"inter (mean {result.mean_inter:.3f})")
     ax.set_xlim(-1, 1)
     ax.set_xlabel("cosine similarity to the prompt token")
     ax.set_ylabel("fraction of tokens")
     ax.set_title(
-        f"{title}\noverlap {result['overlap']:.3f}, best balanced acc. {result['best_balanced_accuracy']:.3f}"
+        f"{title}\noverlap {result.overlap:.3f}, best balanced acc. {result.best_balanced_accuracy:.3f}"
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, format="png", dpi=120)
-    fig.savefig(svg, format="svg")
-    plt.close(fig)
+    return save_figure(fig, base, ("png", "svg"), crop=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from mmc.files import atomic_path
 
     out = Path(args.out)
-    with evaluation_job("similarity", args, sections=("similarity", "evaluation")) as (cfg, rec, model, info):
-        intra, inter, stats = collect(cfg, model, info, args.dataset, model_name=args.model)
-        result = {"model": args.model, "dataset": args.dataset}
-        result.update(analyse(intra, inter, cfg.similarity.bins))
-        result["checkpoint_sha256"] = info["sha256"]
-        result["features"] = stats
-
+    with evaluation_job("similarity", args, sections=("similarity", "evaluation")) as (cfg, rec, model):
+        intra, inter, stats = collect(cfg, model, args.dataset)
+        result = SimilarityResult(
+            model=args.model,
+            dataset=args.dataset,
+            **analyse(intra, inter, cfg.similarity.bins),
+            checkpoint_sha256=model.sha256,
+            features=stats,
+        )
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "similarity.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
-        with atomic_path(out / "histogram.png") as png, atomic_path(out / "histogram.svg") as svg:
-            plot(result, f"{args.model} on {args.dataset}", png, svg)
-        for name in ("similarity.json", "histogram.png", "histogram.svg"):
-            rec.produced(out / name)
+            tmp.write_text(result.to_json())
+        rec.produced(out / "similarity.json")
+        for path in plot(result, f"{args.model} on {args.dataset}", out / "histogram"):
+            rec.produced(path)
         rec.log_metrics(
             {
-                k: result[k]
-                for k in (
-                    "mean_intra",
-                    "mean_inter",
-                    "overlap",
-                    "best_balanced_accuracy",
-                    "n_intra",
-                    "n_inter",
-                )
+                "mean_intra": result.mean_intra,
+                "mean_inter": result.mean_inter,
+                "overlap": result.overlap,
+                "best_balanced_accuracy": result.best_balanced_accuracy,
+                "n_intra": result.n_intra,
+                "n_inter": result.n_inter,
             }
         )
     print(
-        f"similarity {args.model} on {args.dataset}: mean intra {result['mean_intra']:.4f}, "
-        f"mean inter {result['mean_inter']:.4f}, overlap {result['overlap']:.4f}, "
-        f"best balanced accuracy {result['best_balanced_accuracy']:.4f} -> {out}"
+        f"similarity {args.model} on {args.dataset}: mean intra {result.mean_intra:.4f}, "
+        f"mean inter {result.mean_inter:.4f}, overlap {result.overlap:.4f}, "
+        f"best balanced accuracy {result.best_balanced_accuracy:.4f} -> {out}"
     )
     return 0

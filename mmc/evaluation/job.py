@@ -1,0 +1,98 @@
+"""What the per (model, dataset) evaluation commands share: arguments, the model, the tracked job.
+
+``mmc segment`` and ``mmc similarity`` both import this module, never each other. The model under
+evaluation is an :class:`EvaluatedModel`: the backbone plus what ``mmc.models`` reports about its
+weights (this module and the feature cache key are the only readers of that report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmc.errors import MMCError
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every per model x dataset evaluation command."""
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--model", required=True, help="a key of `models`")
+    parser.add_argument("--dataset", required=True, help="a key of `datasets`")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--checkpoint", help="weights file (overrides the model's source)")
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """A backbone under evaluation.
+
+    ``info`` is what ``mmc.models`` returned with the backbone (format, sha256, arch, weights, path):
+    the feature cache key is built from it. ``name`` is the key of ``models`` under which features are
+    cached; None (checkpoint selection) computes them without the cache.
+    """
+
+    network: Any  # a timm VisionTransformer
+    info: Any
+    name: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        """The weights file's sha256 (None for a randomly initialised backbone)."""
+        return self.info["sha256"]
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.network.patch_embed.patch_size[0])
+
+
+def configured_model(cfg: Any, name: str, checkpoint: str | None = None) -> EvaluatedModel:
+    """Model ``name`` of the config (its weights from ``checkpoint`` when given), cached under ``name``."""
+    from mmc.models import model_for
+
+    network, info = model_for(cfg, name, checkpoint)
+    return EvaluatedModel(network, info, name)
+
+
+def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
+    """The backbone of one checkpoint file, not cached (checkpoint selection scores many files)."""
+    from mmc.models import load_backbone
+
+    network, info = load_backbone(path, fmt)
+    return EvaluatedModel(network, info)
+
+
+@contextlib.contextmanager
+def evaluation_job(
+    stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)
+) -> Iterator[tuple[Any, Any, EvaluatedModel]]:
+    """The config, the tracked job (params, tags, the checkpoint consumed) and the model of one
+    evaluation command run with :func:`add_evaluation_arguments`. Yields ``(cfg, recorder, model)``."""
+    from mmc import config, tracking
+
+    cfg = config.load(args.config)
+    if args.dataset not in cfg.datasets:
+        raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
+    wildcards = {"model": args.model, "dataset": args.dataset}
+    with tracking.job(stage, cfg, wildcards=wildcards, config_path=args.config) as rec:
+        model = configured_model(cfg, args.model, args.checkpoint)
+        params = {name: config.to_dict(getattr(cfg, name)) for name in sections}
+        params["model"] = config.to_dict(cfg.models[args.model])
+        params["dataset"] = config.to_dict(cfg.datasets[args.dataset])
+        rec.log_params(params)
+        info = model.info
+        rec.set_tags(
+            {
+                "model": args.model,
+                "dataset": args.dataset,
+                "format": info["format"],
+                "weights": info["weights"],
+                "checkpoint_sha256": info["sha256"],
+            }
+        )
+        if info["path"] is not None:
+            rec.consumed(info["path"], info["sha256"])
+        yield cfg, rec, model
