@@ -380,6 +380,7 @@ def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> l
     # --- experiments (resolved over pretrain) and the models evaluated
     for name, exp in experiments.items():
         problems += _experiment_problems(name, exp, overrides.get(name) or {})
+    patches: dict[int, list[str]] = {}  # patch size -> models
     for name, model in models.items():
         if model["source"] == "experiment":
             if model["experiment"] not in experiments:
@@ -392,12 +393,14 @@ def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> l
         else:
             backbone = model["backbone"]
             problems += _backbone_problems(f"models.{name}.backbone", backbone)
-        patch = backbone["patch_size"]
-        if not evaluation["keep_aspect"] and evaluation["resolution"] % patch:
-            problems.append(
-                f"evaluation.resolution: {evaluation['resolution']} is not a multiple of "
-                f"the patch size of model {name} ({patch}): expected a whole number of patches"
-            )
+        patches.setdefault(backbone["patch_size"], []).append(name)
+    if not evaluation["keep_aspect"]:
+        for patch, names in patches.items():
+            if evaluation["resolution"] % patch:
+                problems.append(
+                    f"evaluation.resolution: {evaluation['resolution']} is not a multiple of the patch "
+                    f"size {patch} of model(s) {', '.join(names)}: expected a whole number of patches"
+                )
 
     # --- synthetic scenes
     for dotted in SYNTHETIC_RANGES:
@@ -406,17 +409,19 @@ def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> l
 
     # --- folders: resume state outside every declared output; outputs never the repository itself
     produced = {"results_dir": data["results_dir"], "data_dir": data["data_dir"], "dvc.checkpoint_dir": data["dvc"]["checkpoint_dir"]}
+    too_wide = set()
+    for key in ("results_dir", "data_dir"):
+        folder = os.path.abspath(data[key])
+        if folder == os.sep or _inside(os.getcwd(), folder):
+            too_wide.add(key)
+            where = "the file system root" if folder == os.sep else "the repository root (the working directory) or above it"
+            problems.append(f"{key}: {data[key]!r} is {where}: expected a folder of its own, e.g. {key.split('_')[0]}/NAME")
     for key, folder in produced.items():
-        if _inside(data["state_dir"], folder):
+        if key not in too_wide and _inside(data["state_dir"], folder):
             problems.append(
                 f"state_dir: {data['state_dir']!r} is inside {key} ({folder!r}): expected a folder outside "
                 "every declared output (Snakemake deletes a job's outputs before rerunning it)"
             )
-    for key in ("results_dir", "data_dir"):
-        folder = os.path.abspath(data[key])
-        if folder == os.sep or _inside(os.getcwd(), folder):
-            where = "the file system root" if folder == os.sep else "the repository root (the working directory) or above it"
-            problems.append(f"{key}: {data[key]!r} is {where}: expected a folder of its own, e.g. {key.split('_')[0]}/NAME")
 
     # --- what the run reads from outside the folders it writes
     if check_inputs:

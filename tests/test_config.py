@@ -88,7 +88,7 @@ def test_experiments_deep_merge_over_pretrain(tmp_path):
         ("run_name: x\nmodels: {m: {source: experiment}}\n", "missing required key 'models.m.experiment'"),
         ("run_name: x\nmodels: {m: {source: experiment, experiment: nope}}\n", "models.m.experiment: 'nope' is not a key of experiments"),
         ("run_name: x\nevaluation: {datasets: [voc]}\n", "evaluation.datasets: 'voc' is not a key of datasets"),
-        ("run_name: x\nevaluation: {resolution: 100}\nmodels: {r: {source: random}}\n", "evaluation.resolution: 100 is not a multiple"),
+        ("run_name: x\nevaluation: {resolution: 100}\nmodels: {r: {source: random}}\n", "evaluation.resolution: 100 is not a multiple of the patch size 16 of model(s) r"),
     ],
 )
 def test_bad_configs_name_the_key_the_value_and_the_expectation(tmp_path, text, expected):
