@@ -4,7 +4,7 @@
 default. This module is the one place a config is read and checked, by ``mmc`` and by the
 Snakefile alike:
 
-1. ``load_raw`` reads the YAML strictly (UTF-8, no aliases, no duplicate keys, see its docstring);
+1. ``load_raw`` reads the YAML strictly (UTF-8, no alias bombs, no duplicate keys: its docstring);
 2. ``resolve`` requires every number finite, validates against the schema (filling defaults),
    resolves each entry of ``experiments`` by deep-merging it over ``pretrain`` (so an ablation
    names only what differs) and validates the result as a full pretraining config;
@@ -441,6 +441,10 @@ def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> l
 
 # ----------------------------------------------------------------------------- reading YAML
 MAX_CONFIG_BYTES = 1 << 20  # configs are a few kB
+# Values of a document once aliases are expanded (config/config.yaml: about 400). A YAML alias
+# bomb (a "billion laughs") composes into a few dozen nodes that expand to billions: it is refused
+# before anything walks it. Ordinary aliases (yaml.safe_dump writes them for shared objects) pass.
+MAX_CONFIG_VALUES = 20_000
 
 
 class _Refused(Exception):
@@ -452,19 +456,53 @@ class _Refused(Exception):
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without aliases: ``*name`` is refused where it appears, so no document
-    expands into more nodes than the file has (an alias bomb costs nothing to refuse)."""
+    """``yaml.SafeLoader`` that records where each alias is used (see ``_check_size``)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases: list[tuple[str, Any]] = []
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _Refused(
-                event.start_mark,
-                f"alias *{event.anchor}: YAML anchors and aliases are not supported: expected every "
-                "value written out (experiments are deep-merged over pretrain, so an ablation names "
-                "only what differs)",
-            )
+            self.aliases.append((event.anchor, event.start_mark))
         return super().compose_node(parent, index)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_size(loader: _Loader, root: yaml.Node) -> None:
+    """Count the values of the document as aliases expand it, without expanding it (each node's
+    count is computed once); refuse a recursive alias or more than MAX_CONFIG_VALUES values."""
+    counts: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            active.discard(id(node))
+            counts[id(node)] = 1 + sum(counts[id(c)] for c in _children(node))
+            continue
+        if id(node) in counts:
+            continue
+        if id(node) in active:
+            raise _Refused(node.start_mark, "a value that contains itself (a recursive YAML alias): expected a tree of values")
+        active.add(id(node))
+        stack.append((node, True))
+        stack += [(c, False) for c in _children(node) if id(c) not in counts]
+    total = counts[id(root)]
+    if total > MAX_CONFIG_VALUES:
+        anchor, mark = loader.aliases[0] if loader.aliases else (None, root.start_mark)
+        what = f"aliases expand the document (the first alias, *{anchor}, is here) to" if anchor else "the document has"
+        raise _Refused(
+            mark, f"{what} more than {MAX_CONFIG_VALUES:,} values: expected at most {MAX_CONFIG_VALUES:,} (an alias bomb?)"
+        )
 
 
 def _key_of(path: str, key: Any) -> str:
@@ -473,16 +511,20 @@ def _key_of(path: str, key: Any) -> str:
 
 def _check_nodes(loader: _Loader, root: yaml.Node) -> None:
     """Refuse duplicate keys, keys that are not names, and integers Python will not convert."""
-    stack = [("", root)]
+    stack, seen_nodes = [("", root)], set()
     while stack:
         path, node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: checked where its anchor is
+            continue
+        seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     raise _Refused(
                         key_node.start_mark,
-                        f"{_key_of(path, '<<')}: YAML merge keys are not supported: expected every value written out",
+                        f"{_key_of(path, '<<')}: YAML merge keys are not supported (not YAML 1.2): expected the "
+                        "keys written out (experiments are deep-merged over pretrain already)",
                     )
                 key = loader.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, str):
@@ -541,8 +583,9 @@ def _read_text(path: Path) -> str:
 def load_raw(path: str | Path) -> dict:
     """A config file's YAML as plain data, read strictly: the one loader of ``mmc`` and the workflow.
 
-    UTF-8 only, no anchors/aliases/merge keys, no duplicate keys, string keys, one document, at
-    most 1 MiB; every failure is a one-line ``ConfigError`` naming the file, the line and the key.
+    UTF-8 only, at most 1 MiB, one document of at most MAX_CONFIG_VALUES values with aliases
+    expanded (no alias bomb), no merge keys, no duplicate keys, string keys, integers Python can
+    convert; every failure is a one-line ``ConfigError`` naming the file, the line and the key.
     """
     path = Path(path)
     text = _read_text(path)
@@ -551,6 +594,7 @@ def load_raw(path: str | Path) -> dict:
         node = loader.get_single_node()
         if node is None:
             return {}
+        _check_size(loader, node)
         _check_nodes(loader, node)
         raw = loader.construct_document(node)
     except _Refused as e:

@@ -230,6 +230,16 @@ def test_selection_metrics_of_the_schema_are_those_select_knows():
     assert set(policies) == {"last"} | {f"best:{m}" for m in METRIC_KEYS}
 
 
+def test_ordinary_aliases_are_read(tmp_path):
+    # yaml.safe_dump writes an anchor and aliases for an object used twice: such files are fine
+    backbone = {"patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 3, "img_size": 64}
+    raw = {"run_name": "x", "models": {a: {"source": "random", "backbone": backbone} for a in "ab"}}
+    text = yaml.safe_dump(raw)
+    assert "&id001" in text and "*id001" in text
+    assert config.load_raw(write(tmp_path, text)) == raw
+    assert config.load(tmp_path / "config.yaml").models["b"].backbone.embed_dim == 96
+
+
 def test_yaml_loader_reads_what_safe_load_reads(tmp_path):
     # the strict loader refuses constructs, never changes what an accepted file means
     for name in ("test.yaml", "config.yaml"):
