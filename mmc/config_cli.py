@@ -1,4 +1,8 @@
-"""``mmc config``: print or check a resolved configuration."""
+"""``mmc config``: print or check a resolved configuration.
+
+Both apply exactly the rules the workflow applies when it is parsed (``mmc.config.resolve`` with
+``check_inputs``): ``mmc config check F`` and ``snakemake -n --configfile F`` give the same verdict.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _show(args: argparse.Namespace) -> int:
     from mmc import config
 
-    print(config.dump(config.load(args.file)), end="")
+    print(config.dump(config.load(args.file, check_inputs=True)), end="")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     from mmc import config
 
-    config.load(args.file)
+    config.load(args.file, check_inputs=True)
     return 0

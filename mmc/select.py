@@ -3,8 +3,9 @@
 Policies: ``last`` (the last epoch) or ``best:<metric>``, the highest zero-shot metric on the
 held-out selection dataset (``selection.dataset``, which config validation keeps disjoint from
 every evaluation dataset: the test data never chooses the model). With ``init_checkpoint`` set,
-pretraining is skipped and that file is the choice. The result names the file, its sha256, the
-policy, every candidate's score and the reason, in words.
+pretraining is skipped and that file is the choice, once its architecture is checked against the
+experiment's backbone. The result names the file, its sha256, the policy, every candidate's score
+and the reason, in words.
 """
 
 from __future__ import annotations
@@ -92,6 +93,28 @@ def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
     return float(score)
 
 
+def check_init_checkpoint(path: Path, experiment_cfg: Any, experiment: str) -> None:
+    """``init_checkpoint`` must be an MMC checkpoint of the experiment's architecture: the evaluation
+    builds the model from the experiment's ``backbone``."""
+    from mmc.models import ARCH_KEYS, arch_dict, read_checkpoint
+
+    key = f"experiments.{experiment}.init_checkpoint"
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "mmc" or not isinstance(ckpt.get("arch"), dict):
+        raise MMCError(f"{key}: {path} is not an MMC checkpoint: expected a dict with format 'mmc' and its arch")
+    expected = arch_dict(experiment_cfg.backbone)
+    wrong = [
+        f"{k} {ckpt['arch'].get(k)} vs {expected[k]}"
+        for k in ARCH_KEYS
+        if ckpt["arch"].get(k) is None or float(ckpt["arch"][k]) != float(expected[k])
+    ]
+    if wrong:
+        raise MMCError(
+            f"{key}: {path} has another architecture than experiments.{experiment}.backbone "
+            f"(file vs config: {', '.join(wrong)}): expected the same backbone"
+        )
+
+
 def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:
     """The selection record of ``experiment`` (see module docstring)."""
     from mmc.files import sha256_file
@@ -109,6 +132,7 @@ def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:
             raise MMCError(
                 f"experiments.{experiment}.init_checkpoint: {init} does not exist or is not a file"
             )
+        check_init_checkpoint(init, exp, experiment)
         sha = sha256_file(init)
         reason = "pretrain.init_checkpoint is set: pretraining was skipped and that file is used as is"
         candidates = [{"epoch": None, "path": str(init), "sha256": sha, "score": None}]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import resource
 import subprocess
 import textwrap
 
@@ -9,7 +11,13 @@ import yaml
 
 from mmc import config
 from mmc.errors import ConfigError
+from tests.config_mutations import MUTATIONS, merged, mutation_params
 from tests.conftest import MMC, REPO
+
+
+def limit_memory() -> None:
+    # a regression to expanding YAML aliases must fail the test, not exhaust the shared machine
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
 def write(tmp_path, text: str):
@@ -80,7 +88,7 @@ def test_experiments_deep_merge_over_pretrain(tmp_path):
         ("run_name: x\nmodels: {m: {source: experiment}}\n", "missing required key 'models.m.experiment'"),
         ("run_name: x\nmodels: {m: {source: experiment, experiment: nope}}\n", "models.m.experiment: 'nope' is not a key of experiments"),
         ("run_name: x\nevaluation: {datasets: [voc]}\n", "evaluation.datasets: 'voc' is not a key of datasets"),
-        ("run_name: x\nevaluation: {resolution: 100}\nmodels: {r: {source: random}}\n", "evaluation.resolution: 100 is not a multiple"),
+        ("run_name: x\nevaluation: {resolution: 100}\nmodels: {r: {source: random}}\n", "evaluation.resolution: 100 is not a multiple of the patch size 16 of model(s) r"),
     ],
 )
 def test_bad_configs_name_the_key_the_value_and_the_expectation(tmp_path, text, expected):
@@ -106,12 +114,137 @@ def test_selection_split_must_not_be_an_evaluation_split(tmp_path):
 
 
 def test_unreadable_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read the config file"):
+    with pytest.raises(ConfigError, match="no such config file"):
         config.load(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="is a directory"):
+        config.load(tmp_path)
+    with pytest.raises(ConfigError, match="line 2, column 1: not valid YAML: while parsing a flow sequence: expected ',' or ']'"):
         config.load(write(tmp_path, "run_name: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a YAML mapping"):
         config.load(write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize("mutation", mutation_params())
+def test_bad_config_is_refused_in_one_line_by_mmc_config_check(tmp_path, mutation):
+    """Every class of mistake (tests/config_mutations.py): exit 2, one line naming the key, the
+    value and the expectation, no traceback. The workflow's verdict is tested in test_workflow.py."""
+    mutation.make(tmp_path)
+    done = subprocess.run(
+        ["timeout", "-k", "5", "60", *MMC, "config", "check", "config/config.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_memory,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("mmc config: error: config/config.yaml: ")
+    assert re.search(mutation.expected, lines[0]), lines[0]
+
+
+def test_unmutated_test_config_passes_the_check(tmp_path):
+    # the mutations above start from this file: it must pass, with the same working directory
+    merged({})(tmp_path)
+    done = subprocess.run([*MMC, "config", "check", "config/config.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_every_mutation_class_has_a_workflow_case():
+    classes = {m.kind for m in MUTATIONS}
+    assert classes == {m.kind for m in MUTATIONS if m.workflow}
+
+
+def test_several_problems_are_one_line_each_named(tmp_path):
+    path = write(tmp_path, "run_name: x\npretrain: {backbone: {num_heads: 5}, mask: {ratio: [0.9, 0.1]}}\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    message = str(error.value)
+    assert "\n" not in message and "(2 problems)" in message
+    assert "pretrain.backbone.num_heads: 5 does not divide" in message and "pretrain.mask.ratio: [0.9, 0.1] is reversed" in message
+
+
+def test_a_value_inherited_by_every_experiment_is_named_once_where_it_is_set(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        run_name: x
+        pretrain: {checkpoint: {save_epochs: [200]}}
+        experiments: {a: {}, b: {loss: {w_mim: 0}}, c: {optim: {epochs: 300}}}
+        """,
+    )
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    message = str(error.value)
+    assert message.count("save_epochs") == 1  # said once for a and b, not at all for c (300 epochs)
+    assert "pretrain.checkpoint.save_epochs: [200] exceed pretrain.optim.epochs (100)" in message
+
+
+def test_schedules_are_not_ranges(tmp_path):
+    # weight decay, EMA momentum and the teacher temperature go from a start to an end value,
+    # either way; blur and solarisation give one probability per view
+    cfg = config.load(
+        write(
+            tmp_path,
+            """
+            run_name: x
+            pretrain:
+              optim: {weight_decay: [0.4, 0.04], ema_momentum: [1.0, 0.996]}
+              distill: {teacher_temp: [0.07, 0.04]}
+              augment: {blur_p: [1.0, 0.1]}
+            """,
+        )
+    )
+    assert cfg.experiments["mmc"].optim.weight_decay == (0.4, 0.04)
+
+
+def test_inputs_are_checked_only_when_asked(tmp_path):
+    # every `mmc` stage reads the config without the file-system rules; `mmc config check` and the
+    # Snakefile apply them (a stage never fails for a file only another stage reads)
+    text = f"run_name: x\npretrain: {{data: {{path: {tmp_path / 'absent'}}}}}\n"
+    path = write(tmp_path, text)
+    assert config.load(path).experiments["mmc"].data.path == str(tmp_path / "absent")
+    with pytest.raises(ConfigError, match=r"pretrain\.data\.path: .* does not exist"):
+        config.load(path, check_inputs=True)
+    (tmp_path / "absent").mkdir()
+    config.load(path, check_inputs=True)
+
+
+def test_inputs_the_workflow_makes_need_not_exist_yet(tmp_path):
+    # under data_dir (the synthetic scenes), results_dir or dvc.checkpoint_dir a rule makes them
+    path = write(
+        tmp_path,
+        f"""
+        run_name: x
+        data_dir: {tmp_path / "data"}
+        pretrain: {{data: {{path: {tmp_path / "data" / "synthetic" / "unlabelled"}}}}}
+        experiments: {{a: {{}}, b: {{init_checkpoint: checkpoints/a.pth}}}}
+        """,
+    )
+    cfg = config.load(path, check_inputs=True)
+    assert cfg.experiments["b"].init_checkpoint == "checkpoints/a.pth"
+
+
+def test_selection_metrics_of_the_schema_are_those_select_knows():
+    from mmc.select import METRIC_KEYS
+
+    policies = config.schema()["properties"]["selection"]["properties"]["policy"]["enum"]
+    assert set(policies) == {"last"} | {f"best:{m}" for m in METRIC_KEYS}
+
+
+def test_ordinary_aliases_are_read(tmp_path):
+    # yaml.safe_dump writes an anchor and aliases for an object used twice: such files are fine
+    backbone = {"patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 3, "img_size": 64}
+    raw = {"run_name": "x", "models": {a: {"source": "random", "backbone": backbone} for a in "ab"}}
+    text = yaml.safe_dump(raw)
+    assert "&id001" in text and "*id001" in text
+    assert config.load_raw(write(tmp_path, text)) == raw
+    assert config.load(tmp_path / "config.yaml").models["b"].backbone.embed_dim == 96
+
+
+def test_yaml_loader_reads_what_safe_load_reads(tmp_path):
+    # the strict loader refuses constructs, never changes what an accepted file means
+    for name in ("test.yaml", "config.yaml"):
+        text = (REPO / "config" / name).read_text()
+        assert config.load_raw(REPO / "config" / name) == yaml.safe_load(text)
 
 
 def test_cli_show_prints_the_resolved_config_and_errors(tmp_path):

@@ -105,22 +105,20 @@ def test_non_finite_loss_stops_naming_step_and_components(images, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_init_checkpoint_is_published_as_the_last_epoch_and_state_dir_must_be_outside_out(images, tmp_path):
+def test_init_checkpoint_has_nothing_to_pretrain_and_state_dir_must_be_outside_out(images, tmp_path):
+    # init_checkpoint has one path: the workflow's select takes the file; pretrain refuses it clearly
     from mmc import config as config_mod
     from mmc.errors import MMCError
     from mmc.pretrain import train
 
-    first = tmp_path / "first"
-    first.mkdir()
-    mim_only = {"optim": {"epochs": 1, "batch_size": 32}, "loss": {"w_distill": 0.0, "w_contrast": 0.0}}
-    run_pretrain(write_config(first, images, mim_only), first / "out")
-    source = first / "out" / "epoch_0001.pth"
-    second = tmp_path / "second"
-    second.mkdir()
-    config = write_config(second, images, {**mim_only, "optim": {"epochs": 3}, "init_checkpoint": str(source)})
-    run_pretrain(config, second / "out")
-    assert (second / "out" / "epoch_0003.pth").read_bytes() == source.read_bytes()
-    assert not (second / "state").exists()  # nothing was trained
-    cfg = config_mod.load(config)
+    given = tmp_path / "given.pth"
+    given.write_bytes(b"an MMC checkpoint")
+    config = write_config(tmp_path, images, {"init_checkpoint": str(given)})
+    result = subprocess.run(pretrain_cmd(config, tmp_path / "out"), env=env(), capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "experiments.mmc.init_checkpoint is set" in result.stderr and "nothing to pretrain" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+    cfg = config_mod.load(write_config(tmp_path, images))
     with pytest.raises(MMCError, match="resume state must survive"):
         train.run(cfg, "mmc", tmp_path / "o", tmp_path / "o" / "state")

@@ -23,8 +23,8 @@ def write_config(tmp_path: Path, **extra) -> Path:
         "run_name": "t",
         "results_dir": str(tmp_path / "results"),
         "tracking": {"enabled": False},
-        "pretrain": {"optim": {"epochs": 3}, "checkpoint": {"save_epochs": [1, 2, 5]}},
-        "experiments": {"mmc": {}, "short": {"optim": {"epochs": 1}}},
+        "pretrain": {"optim": {"epochs": 3}, "checkpoint": {"save_epochs": [1, 2]}},
+        "experiments": {"mmc": {}, "short": {"optim": {"epochs": 1}, "checkpoint": {"save_epochs": [1]}}},
         **extra,
     }
     path = tmp_path / "config.yaml"
@@ -100,15 +100,44 @@ def test_last_policy_record(tmp_path):
 
 
 def test_init_checkpoint_skips_pretraining(tmp_path):
+    import torch
+
+    from mmc.models import arch_dict
+
     init = tmp_path / "given.pth"
-    init.write_bytes(b"a published checkpoint")
     cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
+    arch = arch_dict(cfg.experiments["mmc"].backbone)
+    torch.save({"format": "mmc", "arch": arch, "teacher": {}}, init)
     record = select(cfg, "mmc", init)
     assert record["checkpoint"] == str(init)
-    assert record["sha256"] == hashlib.sha256(b"a published checkpoint").hexdigest()
+    assert record["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
     assert "init_checkpoint" in record["reason"]
     init.unlink()
     with pytest.raises(MMCError, match="init_checkpoint"):
+        select(cfg, "mmc", init)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"format": "mmc", "arch": {"embed_dim": 96}}, r"experiments\.mmc\.init_checkpoint: .* another architecture .*embed_dim 96 vs 384"),
+        ({"format": "dino", "arch": {}}, r"experiments\.mmc\.init_checkpoint: .* not an MMC checkpoint"),
+        (None, r"not a readable checkpoint"),
+    ],
+)
+def test_init_checkpoint_architecture_is_checked_by_select(tmp_path, content, expected):
+    import torch
+
+    from mmc.models import arch_dict
+
+    init = tmp_path / "given.pth"
+    cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
+    if content is None:
+        init.write_bytes(b"not a checkpoint")
+    else:
+        arch = {**arch_dict(cfg.experiments["mmc"].backbone), **content["arch"]} if content["arch"] else {}
+        torch.save({**content, "arch": arch}, init)
+    with pytest.raises(MMCError, match=expected):
         select(cfg, "mmc", init)
 
 

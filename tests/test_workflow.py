@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, write_config
+
+from tests.config_mutations import mutation_params
 
 STAGES = [
     "download",
@@ -25,9 +30,20 @@ STAGES = [
 ]
 
 
+def paper_config(workdir):
+    """config/config.yaml in ``workdir``, its ImageNet path pointed at a folder that exists."""
+    imagenet = workdir / "imagenet" / "train"
+    imagenet.mkdir(parents=True)
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["pretrain"]["data"]["path"] = str(imagenet)
+    (workdir / "config").mkdir()
+    return write_config(workdir / "config" / "config.yaml", raw)
+
+
 @pytest.mark.parametrize("config", ["config/test.yaml", "config/config.yaml"])
-def test_lint_is_clean(config):
-    done = snakemake(REPO, "--lint", "--configfile", str(REPO / config))
+def test_lint_is_clean(config, tmp_path):
+    path = paper_config(tmp_path) if config == "config/config.yaml" else REPO / config
+    done = snakemake(REPO, "--lint", "--configfile", str(path))
     assert "Congratulations, your workflow is in a good condition!" in done.stdout + done.stderr
 
 
@@ -41,8 +57,7 @@ def test_snakefmt_check():
 
 def test_paper_config_dry_run_lists_every_stage(tmp_path):
     # The default config file is config/config.yaml, relative to the working directory.
-    (tmp_path / "config").mkdir()
-    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    paper_config(tmp_path)
     start = time.perf_counter()
     done = snakemake(tmp_path, "-n")
     seconds = time.perf_counter() - start
@@ -52,6 +67,15 @@ def test_paper_config_dry_run_lists_every_stage(tmp_path):
     assert (
         not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
     )  # a dry run writes nothing
+
+
+def test_paper_config_needs_the_imagenet_folder(tmp_path):
+    # the paper config's placeholder path does not exist: the dry run says so before any GPU time
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    done = snakemake(tmp_path, "-n", check=False)
+    assert done.returncode != 0
+    assert "pretrain.data.path: '/path/to/imagenet/train' does not exist" in done.stdout + done.stderr
 
 
 def test_test_config_dag(tmp_path):
@@ -98,3 +122,42 @@ def test_multi_gpu_pretraining_is_one_torchrun_task(tmp_path):
     assert "torchrun --standalone --nproc-per-node=4 -m mmc pretrain" in done.stdout
     done = snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg))
     assert "torchrun" not in done.stdout and " mmc pretrain --config" in done.stdout
+
+
+def limit_memory() -> None:
+    # a regression to expanding YAML aliases must fail the test, not exhaust the shared machine
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+@pytest.mark.parametrize("mutation", mutation_params(workflow_only=True))
+def test_snakemake_gives_the_verdict_of_mmc_config_check(tmp_path, mutation):
+    """One case per class of bad config (tests/config_mutations.py): the dry run fails at parse
+    time with the very line `mmc config check` prints (the one loader, the one set of rules)."""
+    mutation.make(tmp_path)
+    checked = subprocess.run(
+        ["timeout", "-k", "5", "60", sys.executable, "-m", "mmc", "config", "check", "config/config.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_memory,
+    )  # fmt: skip
+    assert checked.returncode == 2, checked.stderr
+    message = checked.stderr.strip().removeprefix("mmc config: error: ")
+    given = ["--configfile", "config/config.yaml"] if mutation.workflow == "configfile" else []
+    done = snakemake(tmp_path, "-n", *given, check=False, timeout=60, preexec_fn=limit_memory)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]  # not 124: no hang
+    assert message in output, output[-3000:]
+    assert "Traceback (most recent call last)" not in output and "Job stats" not in output
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("results/test/segment/nosuch/synthetic_val/summary.json", "no such model 'nosuch' (have: mim_only, mmc, random)"),
+        ("results/test/select/nosuch.json", "no such experiment 'nosuch' (have: mim_only, mmc)"),
+        ("data/manifests/nosuch.json", "no such dataset 'nosuch' (have: synthetic_select, synthetic_val)"),
+    ],
+)
+def test_a_target_naming_an_unknown_name_says_which_names_exist(tmp_path, target, expected):
+    done = snakemake(tmp_path, "-n", target, "--configfile", str(REPO / "config" / "test.yaml"), check=False, timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert expected in output and "KeyError" not in output

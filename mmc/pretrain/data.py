@@ -34,9 +34,7 @@ class PretrainDataset(Dataset):
         self.folder = ImageFolder(pcfg.data.path)
         self.crops = MultiCrop(pcfg)
         self.seed = seed
-        size, patch = pcfg.data.global_crop_size, pcfg.backbone.patch_size
-        if size % patch:
-            raise MMCError(f"pretrain data.global_crop_size {size} is not a multiple of backbone.patch_size {patch}")
+        size, patch = pcfg.data.global_crop_size, pcfg.backbone.patch_size  # a multiple (mmc.config)
         self.grid = (size // patch, size // patch)
         m = pcfg.mask
         self.mask_args = (tuple(m.ratio), int(m.min_block_patches), tuple(m.aspect_ratio))

@@ -62,19 +62,21 @@ def _setup_distributed(device_kind: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _expected_epochs(pcfg, experiment: str = "") -> list[int]:
-    epochs = pcfg.optim.epochs
-    late = [e for e in pcfg.checkpoint.save_epochs if e > epochs]
-    if late:
-        raise ConfigError(f"experiments.{experiment}.checkpoint.save_epochs: {late} exceed optim.epochs ({epochs})")
-    return sorted({*pcfg.checkpoint.save_epochs, epochs})
+def _expected_epochs(pcfg) -> list[int]:
+    """Epochs whose checkpoints are kept: ``save_epochs`` (config validation keeps them within the
+    run) and the last one."""
+    return sorted({*pcfg.checkpoint.save_epochs, pcfg.optim.epochs})
 
 
 def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = None) -> int:
     if experiment not in cfg.experiments:
         raise ConfigError(f"--experiment: '{experiment}' is not a key of experiments (have: {sorted(cfg.experiments)})")
     pcfg = cfg.experiments[experiment]
-    _expected_epochs(pcfg, experiment)
+    if pcfg.init_checkpoint is not None:
+        raise ConfigError(
+            f"experiments.{experiment}.init_checkpoint is set ({pcfg.init_checkpoint}): nothing to "
+            "pretrain; `mmc select` takes that file directly (the workflow has no pretrain job for it)"
+        )
     out = Path(out)
     state = Path(state_dir) if state_dir else Path(cfg.state_dir) / "pretrain" / experiment
     if state.resolve() == out.resolve() or out.resolve() in state.resolve().parents:
@@ -92,9 +94,6 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
         with recorder as rec:
             rec.log_params(config_mod.to_dict(pcfg))
             rec.set_tags({"experiment": experiment, "config_hash": config_mod.config_hash(pcfg)})
-            if pcfg.init_checkpoint:
-                _publish_init_checkpoint(pcfg, out, rec)
-                return 0
             Trainer(cfg, pcfg, out, state, device, rec).fit()
         return 0
     except Preempted:
@@ -103,28 +102,6 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     finally:
         if dist_util.is_distributed():
             torch.distributed.destroy_process_group()
-
-
-def _publish_init_checkpoint(pcfg, out: Path, rec) -> None:
-    """``init_checkpoint``: an existing MMC checkpoint stands in for the last epoch (no training)."""
-    path = Path(pcfg.init_checkpoint)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MMCError(f"init_checkpoint {path}: cannot be read as an MMC checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != ckpt_mod.FORMAT:
-        raise MMCError(f"init_checkpoint {path}: not an MMC checkpoint (expected a dict with format 'mmc')")
-    if ckpt.get("arch") != arch_of(pcfg):
-        raise MMCError(f"init_checkpoint {path}: arch {ckpt.get('arch')} differs from the backbone config {arch_of(pcfg)}")
-    if dist_util.rank() != 0:
-        return
-    rec.consumed(path)
-    target = out / ckpt_mod.epoch_name(pcfg.optim.epochs)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(path, tmp)
-    rec.produced(target)
-    with atomic_path(out / METRICS_NAME) as tmp:
-        tmp.write_text("")
 
 
 # Keys that change how a run is executed or logged, not what it computes: a resume may differ in them.

@@ -1,10 +1,14 @@
-# Config validation, the typed config, and the input functions every rule file uses.
+# The typed config and the input functions every rule file uses.
 #
 # Jobs read the same YAML file the workflow was started with (`mmc <stage> --config FILE`), so the
 # workflow insists on exactly one config file and no `--config KEY=VALUE` overrides: what a job
-# reads is then exactly what was validated here. Each rule carries a hash of the config sections it
-# depends on as a `params:` entry, so editing one section reruns only the stages that read it.
+# reads is then exactly what was validated here. Every rule about the config lives in mmc.config;
+# this file only loads the file with mmc.config's strict loader (before Snakemake's own validation
+# walks it) and hands the typed config to the rules. Each rule carries a hash of the config
+# sections it depends on as a `params:` entry, so editing one section reruns only the stages that
+# read it.
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -15,6 +19,8 @@ from mmc import config as mmc_config
 from mmc.errors import MMCError
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+# Without --configfile, the paper run. With it, that file alone: Snakemake would otherwise merge
+# the two files, and the jobs, which read one file, would see a different config.
 DEFAULT_CONFIG_FILE = "config/config.yaml"
 
 
@@ -38,18 +44,29 @@ def _config_file():
 
 
 CONFIG_FILE = _config_file()
-validate(config, SCHEMA, set_default=True)
 try:
-    CFG = mmc_config.freeze(mmc_config.resolve(config, where=CONFIG_FILE))
+    RAW_CONFIG = mmc_config.load_raw(CONFIG_FILE)
+    CFG = mmc_config.freeze(
+        mmc_config.resolve(RAW_CONFIG, where=CONFIG_FILE, check_inputs=True)
+    )
 except MMCError as error:
     raise WorkflowError(str(error)) from None
+if not workflow.overwrite_configfiles:
+
+    # recorded as the workflow's config file (report, archive); read only once accepted above
+    configfile: DEFAULT_CONFIG_FILE
+
+
+# `config` is what mmc.config read (Snakemake's own copy of the file was parsed without its rules)
+config.clear()
+config.update(copy.deepcopy(RAW_CONFIG))
+validate(config, SCHEMA, set_default=True)
 
 RESULTS = CFG.results_dir
 DATA = CFG.data_dir
 # `dvc add {data_dir}` writes this file; its `.dir` md5 is the data's provenance identifier
 DATA_VERSION = os.path.normpath(DATA) + ".dvc"
 SYNTHETIC_DIR = f"{DATA}/synthetic"
-SELECTION_METRICS = ("miou", "oracle_miou", "demo_miou")
 
 
 wildcard_constraints:
@@ -71,21 +88,31 @@ def section_hash(*values):
     return mmc_config.config_hash(list(values))
 
 
-# ----------------------------------------------------------------------------- experiments
-def _check_selection_policy():
-    policy = CFG.selection.policy
-    if policy != "last" and policy.split(":", 1)[1] not in SELECTION_METRICS:
+# ----------------------------------------------------------------------------- names
+def _named(kind, section, name):
+    """``section[name]``, or one clear line when a requested target names something unknown."""
+    if name not in section:
         raise WorkflowError(
-            f"{CONFIG_FILE}: selection.policy: {policy!r} names an unknown metric: expected "
-            f"last or best:<metric> with metric one of {', '.join(SELECTION_METRICS)}"
+            f"no such {kind} {name!r} (have: {', '.join(sorted(section))})"
         )
+    return section[name]
 
 
-_check_selection_policy()
+def experiment_config(name):
+    return _named("experiment", CFG.experiments, name)
 
 
+def model_config(name):
+    return _named("model", CFG.models, name)
+
+
+def dataset_config(name):
+    return _named("dataset", CFG.datasets, name)
+
+
+# ----------------------------------------------------------------------------- experiments
 def init_checkpoint(experiment):
-    return CFG.experiments[experiment].init_checkpoint
+    return experiment_config(experiment).init_checkpoint
 
 
 def pretrain_dir(experiment):
@@ -101,7 +128,7 @@ def pretrain_inputs(wildcards):
     """Pretraining reads an image folder; only the synthetic one is made by this workflow, and a
     folder under data_dir is versioned with it (data.dvc), so its hash reaches the job's record.
     """
-    path = CFG.experiments[wildcards.experiment].data.path
+    path = experiment_config(wildcards.experiment).data.path
     inputs = [SYNTHETIC_MARKER] if _inside(path, SYNTHETIC_DIR) else []
     return inputs + ([DATA_VERSION] if _inside(path, DATA) else [])
 
@@ -175,14 +202,14 @@ SYNTHETIC_MARKER = f"{SYNTHETIC_DIR}/classes.json"
 
 def dataset_ready(name):
     """The file that exists once dataset ``name`` is complete on disk."""
-    if CFG.datasets[name].format == "synthetic":
+    if dataset_config(name).format == "synthetic":
         return SYNTHETIC_MARKER
     return f"{DATA}/manifests/{name}.json"
 
 
 def model_checkpoint(name):
     """The checkpoint file a model is evaluated from, or None for a randomly initialised backbone."""
-    model = CFG.models[name]
+    model = model_config(name)
     if model.source == "experiment":
         return published_checkpoint(model.experiment)
     if model.source == "url":
@@ -196,7 +223,7 @@ def evaluation_inputs(wildcards):
     inputs = {"dataset": dataset_ready(wildcards.dataset), "data_version": DATA_VERSION}
     path = model_checkpoint(wildcards.model)
     if path is not None:
-        user_file = CFG.models[wildcards.model].source == "file"
+        user_file = model_config(wildcards.model).source == "file"
         inputs["checkpoint"] = ancient(path) if user_file else path
     return inputs
 
@@ -208,7 +235,7 @@ def checkpoint_arg(wildcards):
 
 def evaluation_hash(wildcards, *sections):
     return section_hash(
-        CFG.models[wildcards.model], CFG.datasets[wildcards.dataset], *sections
+        model_config(wildcards.model), dataset_config(wildcards.dataset), *sections
     )
 
 

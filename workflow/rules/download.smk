@@ -13,7 +13,7 @@ rule download:
         "../envs/mmc.yaml"
     params:
         config=CONFIG_FILE,
-        config_hash=lambda wc: section_hash(CFG.datasets[wc.dataset]),
+        config_hash=lambda wc: section_hash(dataset_config(wc.dataset)),
     shell:
         "mmc data download {wildcards.dataset} --config {params.config} > {log} 2>&1"
 
@@ -30,6 +30,6 @@ rule fetch_checkpoint:
         "../envs/mmc.yaml"
     params:
         config=CONFIG_FILE,
-        config_hash=lambda wc: section_hash(CFG.models[wc.model]),
+        config_hash=lambda wc: section_hash(model_config(wc.model)),
     shell:
         "mmc data fetch-checkpoint {wildcards.model} --config {params.config} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule pretrain:
     params:
         config=CONFIG_FILE,
         job_info=JOB_INFO,
-        config_hash=lambda wc: section_hash(CFG.experiments[wc.experiment], CFG.seed),
+        config_hash=lambda wc: section_hash(experiment_config(wc.experiment), CFG.seed),
         launcher=pretrain_launcher,
     shell:
         "({params.job_info} && {params.launcher} pretrain --config {params.config} --experiment {wildcards.experiment} --out {output}) > {log} 2>&1"

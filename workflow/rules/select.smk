@@ -13,7 +13,7 @@ rule select:
         config=CONFIG_FILE,
         job_info=JOB_INFO,
         config_hash=lambda wc: section_hash(
-            CFG.selection, CFG.experiments[wc.experiment], CFG.evaluation
+            CFG.selection, experiment_config(wc.experiment), CFG.evaluation
         ),
     shell:
         "({params.job_info} && mmc select --config {params.config} --experiment {wildcards.experiment} --checkpoints {input.checkpoints} --out {output}) > {log} 2>&1"
