@@ -114,12 +114,17 @@ def prepared(reader, prepare: Callable, workers: int, window: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def cache_key(model_info: dict, dataset_cfg: Any, settings: dict) -> str:
+def cache_key(loaded, dataset_cfg: Any, settings: dict) -> str:
     """What the cached features depend on (the images themselves are checked per entry)."""
     from mmc.config import to_dict
 
     identity = {
-        "model": {k: model_info.get(k) for k in ("format", "sha256", "arch", "weights")},
+        "model": {
+            "format": loaded.format,
+            "sha256": loaded.sha256,
+            "arch": loaded.arch.as_dict(),
+            "weights": loaded.weights,
+        },
         "dataset": {k: v for k, v in to_dict(dataset_cfg).items() if k in ("format", "root", "split")},
         "settings": settings,
         "version": CACHE_VERSION,
@@ -269,8 +274,7 @@ def cache_root(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
 
 def dataset_features(
     cfg: Any,
-    model,
-    model_info: dict,
+    loaded,
     reader,
     dataset_name: str,
     model_name: str | None,
@@ -279,11 +283,12 @@ def dataset_features(
     """:func:`iter_features` with the ``evaluation`` options of ``cfg``; cached when ``model_name``
     is given and ``evaluation.feature_cache`` is on."""
     evaluation = cfg.evaluation
-    settings = settings_of(evaluation, model.patch_embed.patch_size[0])
+    model = loaded.model
+    settings = settings_of(evaluation, loaded.arch.patch_size)
     root = cache_root(cfg, model_name, dataset_name) if model_name is not None else None
     cache = None
     if root is not None:
-        cache = FeatureCache(root, cache_key(model_info, cfg.datasets[dataset_name], settings))
+        cache = FeatureCache(root, cache_key(loaded, cfg.datasets[dataset_name], settings))
     return iter_features(
         model,
         reader,

@@ -188,9 +188,9 @@ def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, 
 
     ev = cfg.evaluation
     device = resolve_device(cfg.device)
-    model, info = model_for(cfg, model_name, checkpoint)
-    model = model.to(device).eval()
-    patch = int(info["arch"]["patch_size"])
+    loaded = model_for(cfg, model_name, checkpoint)
+    model = loaded.model.to(device).eval()
+    patch = loaded.arch.patch_size
     masks = {}
     for sample in samples:
         rows = frame[frame["image_id"].astype(str) == str(sample.image_id)]

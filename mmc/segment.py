@@ -127,7 +127,7 @@ def evaluate_image(
 
 
 # ----------------------------------------------------------------------------- a dataset
-def evaluate(cfg: Any, model, model_info: dict, dataset_name: str, model_name: str | None = None):
+def evaluate(cfg: Any, loaded, dataset_name: str, model_name: str | None = None):
     """(per-object DataFrame, number skipped, feature stats) for one model on one dataset."""
     import pandas as pd
 
@@ -139,7 +139,7 @@ def evaluate(cfg: Any, model, model_info: dict, dataset_name: str, model_name: s
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     rows, skipped = [], 0
-    for sample, feats in dataset_features(cfg, model, model_info, reader, dataset_name, model_name, stats):
+    for sample, feats in dataset_features(cfg, loaded, reader, dataset_name, model_name, stats):
         image_rows, image_skipped = evaluate_image(
             feats.numpy(),
             sample,
@@ -194,12 +194,12 @@ def evaluate_checkpoint(cfg: Any, checkpoint_path: str | Path, dataset_name: str
 
     if dataset_name not in cfg.datasets:
         raise MMCError(f"dataset {dataset_name!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
-    model, info = load_backbone(checkpoint_path, fmt)
-    table, skipped, _ = evaluate(cfg, model, info, dataset_name)
+    loaded = load_backbone(checkpoint_path, fmt)
+    table, skipped, _ = evaluate(cfg, loaded, dataset_name)
     summary = {"model": "selection", "dataset": dataset_name}
     summary.update(summarize(table, thresholds_of(cfg.evaluation), cfg.evaluation.demo_threshold, skipped))
-    summary["checkpoint_sha256"] = info["sha256"]
-    summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, info["arch"]["patch_size"]))
+    summary["checkpoint_sha256"] = loaded.sha256
+    summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded.arch.patch_size))
     return summary
 
 
@@ -218,7 +218,7 @@ def _settings(cfg: Any, feature_settings: dict) -> dict:
 @contextlib.contextmanager
 def evaluation_job(stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)):
     """What `segment` and `similarity` share: the config, the tracked job (params, tags, the
-    checkpoint consumed) and the model. Yields (cfg, recorder, model, info)."""
+    checkpoint consumed) and the model. Yields (cfg, recorder, loaded model)."""
     from mmc import config, tracking
     from mmc.models import model_for
 
@@ -227,7 +227,7 @@ def evaluation_job(stage: str, args: argparse.Namespace, sections: tuple[str, ..
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     wildcards = {"model": args.model, "dataset": args.dataset}
     with tracking.job(stage, cfg, wildcards=wildcards, config_path=args.config) as rec:
-        model, info = model_for(cfg, args.model, args.checkpoint)
+        loaded = model_for(cfg, args.model, args.checkpoint)
         params = {name: config.to_dict(getattr(cfg, name)) for name in sections}
         params["model"] = config.to_dict(cfg.models[args.model])
         params["dataset"] = config.to_dict(cfg.datasets[args.dataset])
@@ -236,14 +236,14 @@ def evaluation_job(stage: str, args: argparse.Namespace, sections: tuple[str, ..
             {
                 "model": args.model,
                 "dataset": args.dataset,
-                "format": info["format"],
-                "weights": info["weights"],
-                "checkpoint_sha256": info["sha256"],
+                "format": loaded.format,
+                "weights": loaded.weights,
+                "checkpoint_sha256": loaded.sha256,
             }
         )
-        if info["path"] is not None:
-            rec.consumed(info["path"], info["sha256"])
-        yield cfg, rec, model, info
+        if loaded.path is not None:
+            rec.consumed(loaded.path, loaded.sha256)
+        yield cfg, rec, loaded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -251,15 +251,15 @@ def run(args: argparse.Namespace) -> int:
     from mmc.files import atomic_path
 
     out = Path(args.out)
-    with evaluation_job("segment", args) as (cfg, rec, model, info):
-        table, skipped, stats = evaluate(cfg, model, info, args.dataset, model_name=args.model)
+    with evaluation_job("segment", args) as (cfg, rec, loaded):
+        table, skipped, stats = evaluate(cfg, loaded, args.dataset, model_name=args.model)
         table.insert(0, "dataset", args.dataset)
         table.insert(0, "model", args.model)
         thresholds = thresholds_of(cfg.evaluation)
         summary = {"model": args.model, "dataset": args.dataset}
         summary.update(summarize(table, thresholds, cfg.evaluation.demo_threshold, skipped))
-        summary["checkpoint_sha256"] = info["sha256"]
-        summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, info["arch"]["patch_size"]))
+        summary["checkpoint_sha256"] = loaded.sha256
+        summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded.arch.patch_size))
         summary["features"] = stats
 
         out.mkdir(parents=True, exist_ok=True)

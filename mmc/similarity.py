@@ -90,14 +90,14 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
     }
 
 
-def collect(cfg: Any, model, model_info: dict, dataset_name: str, model_name: str | None = None):
+def collect(cfg: Any, loaded, dataset_name: str, model_name: str | None = None):
     from mmc.data.readers import open_reader
     from mmc.features import dataset_features
 
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     intra, inter = [], []
-    for sample, feats in dataset_features(cfg, model, model_info, reader, dataset_name, model_name, stats):
+    for sample, feats in dataset_features(cfg, loaded, reader, dataset_name, model_name, stats):
         a, b = image_similarities(
             feats.numpy(),
             sample,
@@ -151,11 +151,11 @@ def run(args: argparse.Namespace) -> int:
     from mmc.files import atomic_path
 
     out = Path(args.out)
-    with evaluation_job("similarity", args, sections=("similarity", "evaluation")) as (cfg, rec, model, info):
-        intra, inter, stats = collect(cfg, model, info, args.dataset, model_name=args.model)
+    with evaluation_job("similarity", args, sections=("similarity", "evaluation")) as (cfg, rec, loaded):
+        intra, inter, stats = collect(cfg, loaded, args.dataset, model_name=args.model)
         result = {"model": args.model, "dataset": args.dataset}
         result.update(analyse(intra, inter, cfg.similarity.bins))
-        result["checkpoint_sha256"] = info["sha256"]
+        result["checkpoint_sha256"] = loaded.sha256
         result["features"] = stats
 
         out.mkdir(parents=True, exist_ok=True)

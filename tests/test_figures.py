@@ -122,8 +122,7 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path):
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = config.load(tmp_path / "c.yaml")
-    model, info = model_for(cfg, "random")
-    table, _, _ = evaluate(cfg, model, info, "d", "random")
+    table, _, _ = evaluate(cfg, model_for(cfg, "random"), "d", "random")
     samples = list(open_reader(cfg.datasets["d"]))
     assert len(table) > 0
     for tau in (0.3, 0.6):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mmc.errors import MMCError
 from mmc.features import patch_features
 from mmc.files import sha256_file
-from mmc.models import build_backbone, detect_format, load_backbone, random_backbone
+from mmc.models import LoadedModel, ViTArch, build_vit, detect_format, load_backbone, random_backbone
 
 # 3 heads: the head count of `vit_tiny`, the name the synthetic files record.
 ARCH = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 4.0, "img_size": 32}
@@ -128,6 +128,22 @@ def layouts(teacher: dict, student: dict) -> dict:
     }
 
 
+HEAD_KEYS = {"mlp.0.weight", "last_layer.weight_g"}
+ARCH_STATE_KEYS = set(random_backbone(ARCH, 0).state_dict())
+DROPPED = {
+    "mmc": {"dino_head." + k for k in HEAD_KEYS},
+    "dino_full": {"head." + k for k in HEAD_KEYS},
+    "dino_backbone": set(),
+    "ibot_full": {"head." + k for k in HEAD_KEYS},
+    "ibot_backbone": {"masked_embed", "head.weight"},
+    "mae": set(),
+    "mae_full": {"decoder_embed.weight", "decoder_pos_embed", "mask_token"},
+    "mocov3": {"module.base_encoder.head.0.weight", "module.predictor.0.weight"}
+    | {"module.momentum_encoder." + k for k in ARCH_STATE_KEYS},
+    "timm": {"head.weight", "head.bias"},
+}
+
+
 @pytest.fixture(scope="module")
 def weights():
     return vit_state(1), vit_state(2)
@@ -142,15 +158,19 @@ def test_each_format_loads_exactly_the_files_tensors(tmp_path, weights, name):
     path = tmp_path / f"{name}.pth"
     torch.save(obj, path)
     assert detect_format(obj) == expected_format
-    model, info = load_backbone(path, expected_backbone=ARCH)
-    assert info["format"] == expected_format
-    assert info["sha256"] == sha256_file(path)
-    assert {k: info["arch"][k] for k in ARCH} == ARCH
-    loaded = model.state_dict()
-    assert set(loaded) == set(expected_state)
+    loaded = load_backbone(path, expected_backbone=ARCH)
+    assert isinstance(loaded, LoadedModel)
+    assert loaded.format == expected_format
+    assert loaded.sha256 == sha256_file(path)
+    assert loaded.path == str(path)
+    assert loaded.arch == ViTArch(**ARCH) and loaded.arch.as_dict() == ARCH
+    state = loaded.model.state_dict()
+    assert set(state) == set(expected_state)
     for key, tensor in expected_state.items():
-        assert torch.equal(loaded[key], tensor), key
-    assert not model.training
+        assert torch.equal(state[key], tensor), key
+    assert not loaded.model.training
+    # what the converter left out is listed: exactly the file's keys that are not backbone weights
+    assert set(loaded.dropped_keys) == DROPPED[name]
 
 
 def test_student_weights_on_request_and_teacher_by_default(tmp_path, weights):
@@ -159,26 +179,27 @@ def test_student_weights_on_request_and_teacher_by_default(tmp_path, weights):
         obj, _, _ = layouts(teacher, student)[name]
         path = tmp_path / f"{name}.pth"
         torch.save(obj, path)
-        model, info = load_backbone(path, weights="student")
-        assert info["weights"] == "student"
-        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], student["blocks.1.mlp.fc2.weight"])
-        model, _ = load_backbone(path)
-        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], teacher["blocks.1.mlp.fc2.weight"])
+        loaded = load_backbone(path, weights="student")
+        assert loaded.weights == "student"
+        fc2 = "blocks.1.mlp.fc2.weight"
+        assert torch.equal(loaded.model.state_dict()[fc2], student[fc2])
+        loaded = load_backbone(path)
+        assert loaded.weights == "teacher"
+        assert torch.equal(loaded.model.state_dict()[fc2], teacher[fc2])
 
 
 def test_mim_only_mmc_checkpoint_falls_back_to_the_student(tmp_path, weights):
     obj, _, _ = layouts(*weights)["mmc"]
     del obj["teacher"]
     torch.save(obj, tmp_path / "mim.pth")
-    model, info = load_backbone(tmp_path / "mim.pth")
-    assert info["weights"].startswith("student")
-    assert torch.equal(model.state_dict()["norm.weight"], weights[1]["norm.weight"])
+    loaded = load_backbone(tmp_path / "mim.pth")
+    assert loaded.weights.startswith("student")
+    assert torch.equal(loaded.model.state_dict()["norm.weight"], weights[1]["norm.weight"])
 
 
 def test_explicit_format_dino_reads_a_flat_backbone_file(tmp_path, weights):
     torch.save(dict(weights[0]), tmp_path / "dino_deitsmall.pth")
-    _, info = load_backbone(tmp_path / "dino_deitsmall.pth", fmt="dino", expected_backbone=ARCH)
-    assert info["format"] == "dino"
+    assert load_backbone(tmp_path / "dino_deitsmall.pth", fmt="dino", expected_backbone=ARCH).format == "dino"
 
 
 def test_mocov3_vit_small_has_12_heads(tmp_path):
@@ -189,19 +210,18 @@ def test_mocov3_vit_small_has_12_heads(tmp_path):
     )
     with pytest.raises(MMCError, match=r"num_heads: file 12 vs config 6.*MoCo v3's ViT-S has 12 heads"):
         load_backbone(tmp_path / "moco.pth", expected_backbone=small)
-    model, info = load_backbone(tmp_path / "moco.pth", expected_backbone={**small, "num_heads": 12})
-    assert info["arch"]["num_heads"] == 12
-    assert model.blocks[0].attn.num_heads == 12
+    loaded = load_backbone(tmp_path / "moco.pth", expected_backbone={**small, "num_heads": 12})
+    assert loaded.arch.num_heads == 12
+    assert loaded.model.blocks[0].attn.num_heads == 12
     # Without metadata the format's table still gives 12 for a 384-wide MoCo v3 ViT.
     torch.save({"state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco_noarch.pth")
-    _, info = load_backbone(tmp_path / "moco_noarch.pth")
-    assert info["arch"]["num_heads"] == 12
+    assert load_backbone(tmp_path / "moco_noarch.pth").arch.num_heads == 12
 
 
 def test_heads_change_the_model_so_they_must_be_right():
     small = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
     six = random_backbone(small, 0)
-    twelve = build_backbone({**small, "num_heads": 12})
+    twelve = build_vit({**small, "num_heads": 12})
     twelve.load_state_dict(six.state_dict(), strict=True)  # loads without error ...
     x = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(
