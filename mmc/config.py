@@ -190,6 +190,7 @@ def resolve(raw: Mapping, where: str = "<config>") -> dict:
     data = copy.deepcopy(dict(raw))
     pretrain_base = copy.deepcopy(data.get("pretrain") or {})
     _validate(data, schema(), where)
+    _check_written_out(raw, where)
     experiments = {}
     for name, override in data["experiments"].items():
         merged = deep_merge(pretrain_base, override)
@@ -197,6 +198,21 @@ def resolve(raw: Mapping, where: str = "<config>") -> dict:
     data["experiments"] = experiments
     _check_references(data, where)
     return data
+
+
+def _check_written_out(raw: Mapping, where: str) -> None:
+    """Values that must be written in the file, not taken from the schema's defaults."""
+    problems = []
+    for name, model in (raw.get("models") or {}).items():
+        backbone = model.get("backbone") if isinstance(model, Mapping) else None
+        if model.get("format") == "mocov3" and not (isinstance(backbone, Mapping) and "num_heads" in backbone):
+            # the weights cannot show the head count; MoCo v3's ViT-S has 12 where the default (ViT-S) has 6
+            problems.append(
+                f"models.{name}.backbone.num_heads: a mocov3 model must say its number of heads (MoCo v3's "
+                "ViT-S and ViT-B have 12; the default 6 is DeiT's ViT-S), it cannot be read from the weights"
+            )
+    if problems:
+        raise ConfigError(f"{where}: invalid configuration:\n  " + "\n  ".join(problems))
 
 
 def _check_references(data: dict, where: str) -> None:

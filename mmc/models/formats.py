@@ -34,12 +34,15 @@ def _allowed_globals() -> list:
     return [*ALLOWED_GLOBALS, TorchVersion]
 
 
-# Heads of the standard ViT sizes by format, for files that store no head count. The number of
-# heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head count), which
-# is why MoCo v3's 12-head ViT-S loads without error into a 6-head model and gives a wrong one.
-_STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-_MOCOV3_HEADS = {384: 12, 768: 12, 1024: 16}
-# Architecture names stored in files (`args.arch`, MoCo v3's `arch`, MAE's `args.model`).
+# The number of heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head
+# count, and the same tensors load into a 6-head or a 12-head model without error, giving different
+# features). It comes from the file's own record of its architecture, else from the caller.
+# The standard ViT sizes (DeiT/timm: ViT-Ti/S/B/L/H), for callers that give no architecture:
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# MoCo v3's own ViTs (its vits.py: vit_small, vit_base and their conv-stem versions) all have 12
+# heads (its README: "Our ViT-Small is with heads=12"); its checkpoints record that name as `arch`.
+MOCOV3_ARCH_HEADS = {"vit_small": 12, "vit_base": 12, "vit_conv_small": 12, "vit_conv_base": 12}
+# Architecture names stored in DINO/iBOT `args.arch` and MAE `args.model` (DeiT/timm head counts).
 _NAMED_ARCHS = {
     "vit_tiny": 3,
     "deit_tiny": 3,
@@ -192,8 +195,8 @@ def convert_mocov3(obj: Mapping, weights: str) -> Converted:
     head = sorted(k for k in state if k.startswith("head."))
     for k in head:
         del state[k]
-    arch_name = str(obj.get("arch", ""))
-    heads = _MOCOV3_HEADS[384] if "small" in arch_name else _heads_from_name(obj.get("arch"))
+    # only MoCo v3's own names say anything: its vit_small is not DeiT's (12 heads, not 6)
+    heads = MOCOV3_ARCH_HEADS.get(obj.get("arch")) if isinstance(obj.get("arch"), str) else None
     return Converted(
         state,
         num_heads=heads,
@@ -301,15 +304,35 @@ def infer_shape(state: Mapping) -> WeightsShape:
     )
 
 
-def heads_for(fmt: str, conv: Converted, embed_dim: int, expected: ViTArch | None) -> int:
+def heads_for(fmt: str, conv: Converted, embed_dim: int, expected: ViTArch | None) -> tuple[int, str]:
+    """The number of heads and where it comes from: ``file``, ``config`` or ``standard``.
+
+    1. the file's record of its architecture (MMC ``arch``; DINO/iBOT/MAE ``args``; MoCo v3 ``arch``);
+    2. else the caller's ``expected`` backbone (the model entry's ``backbone.num_heads``);
+    3. else the standard ViT size of that width, except for MoCo v3 at width 384, whose ViT-S has
+       12 heads where the standard ViT-S has 6: refused.
+    """
     if conv.num_heads is not None:
-        return conv.num_heads
-    table = _MOCOV3_HEADS if fmt == "mocov3" else _STANDARD_HEADS
-    if embed_dim in table:
-        return table[embed_dim]
+        return conv.num_heads, "file"
     if expected is not None:
-        return expected.num_heads
+        return expected.num_heads, "config"
+    if fmt == "mocov3" and embed_dim == 384:
+        raise MMCError(
+            "cannot tell the number of attention heads of this 384-wide mocov3 file: the weights cannot show it "
+            "and the file records no `arch`. MoCo v3's released ViT-S has 12 heads (its checkpoints record "
+            "arch: vit_small; its README: 'Our ViT-Small is with heads=12'), a DeiT-style ViT-S has 6: give the "
+            "model's backbone.num_heads"
+        )
+    if embed_dim in STANDARD_HEADS:
+        return STANDARD_HEADS[embed_dim], "standard"
     raise MMCError(
         f"cannot tell the number of attention heads of this {fmt} file (width {embed_dim} is not a "
         "standard ViT size and the file records no architecture): give the model's backbone.num_heads"
     )
+
+
+def conventional_heads(fmt: str, embed_dim: int) -> int | None:
+    """What a file of this format and width has by its source's convention (None: no convention)."""
+    if fmt == "mocov3" and embed_dim in (384, 768):
+        return 12
+    return STANDARD_HEADS.get(embed_dim)

@@ -8,13 +8,24 @@ used (docs/evaluation.md).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mmc.errors import MMCError
-from mmc.models.formats import CONVERTERS, FORMATS, detect_format, heads_for, infer_shape, read_checkpoint
+from mmc.models.formats import (
+    CONVERTERS,
+    FORMATS,
+    conventional_heads,
+    detect_format,
+    heads_for,
+    infer_shape,
+    read_checkpoint,
+)
 from mmc.models.vit import ViTArch, build_vit
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +61,8 @@ def check_arch(found: ViTArch, expected: ViTArch | None, fmt: str, path: Path) -
     ]
     if wrong:
         hint = ""
-        if fmt == "mocov3" and found.embed_dim == 384:
-            hint = " (MoCo v3's ViT-S has 12 heads, not 6: set backbone.num_heads: 12)"
+        if fmt == "mocov3" and found.num_heads == 12 and expected.num_heads != 12:
+            hint = " (the file records a MoCo v3 ViT, and MoCo v3's ViT-S has 12 heads, not 6: set backbone.num_heads: 12)"
         raise MMCError(f"{path}: wrong architecture for this {fmt} file: {'; '.join(wrong)}{hint}")
 
 
@@ -92,9 +103,17 @@ def load_backbone(
         conv = CONVERTERS[fmt](obj, weights)
         expected = ViTArch.from_config(expected_backbone) if expected_backbone is not None else None
         shape = infer_shape(conv.state_dict)
-        arch = shape.arch(heads_for(fmt, conv, shape.embed_dim, expected))
+        heads, heads_from = heads_for(fmt, conv, shape.embed_dim, expected)
+        arch = shape.arch(heads)
     except MMCError as e:
         raise MMCError(f"{path}: {e}") from None
+    usual = conventional_heads(fmt, shape.embed_dim)
+    if heads_from == "config" and usual is not None and usual != heads:
+        log.warning(
+            "%s: %d attention heads as backbone.num_heads says; the file does not record its head count and the "
+            "weights cannot show it, and a %d-wide %s model usually has %d: check the source's release notes",
+            path, heads, shape.embed_dim, fmt, usual,
+        )  # fmt: skip
     check_arch(arch, expected, fmt, path)
     model = build_vit(arch, no_embed_class=shape.no_embed_class, qkv_bias=shape.qkv_bias)
     load_state_strict(model, conv.state_dict, path)
