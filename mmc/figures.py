@@ -184,13 +184,14 @@ def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, 
 
     from mmc import metrics
     from mmc.features import eval_size, patch_features, preprocess, resolve_device
-    from mmc.models import model_for
+    from mmc.models import model_for, pos_embed_for
 
     ev = cfg.evaluation
     device = resolve_device(cfg.device)
     loaded = model_for(cfg, model_name, checkpoint)
     model = loaded.model.to(device).eval()
     patch = loaded.arch.patch_size
+    pos_embed = pos_embed_for(loaded, ev.pos_embed_resize)
     masks = {}
     for sample in samples:
         rows = frame[frame["image_id"].astype(str) == str(sample.image_id)]
@@ -198,7 +199,8 @@ def predicted_masks(cfg: Any, model_name: str, checkpoint: str | None, samples, 
             continue
         size = eval_size(*sample.image.shape[:2], ev.resolution, patch, ev.keep_aspect)
         with torch.inference_mode():
-            features = patch_features(model, preprocess(sample.image, size)[None].to(device), ev.layer)[0]
+            x = preprocess(sample.image, size)[None].to(device)
+            features = patch_features(model, x, ev.layer, pos_embed=pos_embed)[0]
         features = features.cpu().numpy()
         shape = sample.void.shape
         for row in rows.itertuples(index=False):

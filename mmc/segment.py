@@ -199,7 +199,7 @@ def evaluate_checkpoint(cfg: Any, checkpoint_path: str | Path, dataset_name: str
     summary = {"model": "selection", "dataset": dataset_name}
     summary.update(summarize(table, thresholds_of(cfg.evaluation), cfg.evaluation.demo_threshold, skipped))
     summary["checkpoint_sha256"] = loaded.sha256
-    summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded.arch.patch_size))
+    summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded))
     return summary
 
 
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {"model": args.model, "dataset": args.dataset}
         summary.update(summarize(table, thresholds, cfg.evaluation.demo_threshold, skipped))
         summary["checkpoint_sha256"] = loaded.sha256
-        summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded.arch.patch_size))
+        summary["settings"] = _settings(cfg, settings_of(cfg.evaluation, loaded))
         summary["features"] = stats
 
         out.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,14 @@
 
 Pretraining (student and teacher backbones), the random baseline and every loaded checkpoint build
 their backbone here, and MMC checkpoints record :meth:`ViTArch.as_dict` as their ``arch``
-(docs/architecture.md).
+(docs/architecture.md). :func:`block_tokens` is the evaluation forward, with the position
+embeddings of each patch grid given by the caller (:mod:`mmc.models.pos_embed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmc.errors import MMCError
@@ -83,3 +84,33 @@ def build_vit(
         drop_path_rate=drop_path,
         dynamic_img_size=True,
     )
+
+
+def block_tokens(vit, images, index: int, pos_embed: Callable[[int, int], Any]):
+    """Patch tokens of block ``index`` after the final norm, (B, gh * gw, D), prefix tokens dropped.
+
+    The same operations in the same order as timm's ``forward_intermediates(..., norm=True)``
+    (a test checks equality), except that the position embeddings of the input's patch grid come from
+    ``pos_embed(gh, gw)`` instead of timm's own resampling, and blocks after ``index`` are not run.
+    """
+    import torch
+
+    x = vit.patch_embed(images)  # (B, gh, gw, D): dynamic_img_size keeps the grid
+    batch, grid_h, grid_w, dim = x.shape
+    pos = pos_embed(grid_h, grid_w)
+    x = x.view(batch, -1, dim)
+    prefix = [t.expand(batch, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+    if vit.no_embed_class:  # the embeddings cover the patches only: add, then prepend [CLS]
+        x = x + pos
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
+    else:
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
+        x = x + pos
+    x = vit.pos_drop(x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    for block in vit.blocks[: index + 1]:
+        x = block(x)
+    return vit.norm(x)[:, vit.num_prefix_tokens :]
