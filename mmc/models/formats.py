@@ -135,7 +135,7 @@ def convert_mmc(obj: Mapping, weights: str) -> Converted:
     _require(obj, ("arch",), "mmc")
     source = weights
     if weights == "teacher" and obj.get("teacher") is None and "student" in obj:
-        # An MIM-only run has no teacher; SPEC §2.2 evaluates the teacher only where there is one.
+        # An MIM-only run has no teacher: the teacher is evaluated only where there is one (docs/evaluation.md).
         weights, source = "student", "student (the file has no teacher)"
     if obj.get(weights) is None:
         raise MMCError(f"the MMC checkpoint has no {weights!r} weights (has: {sorted(obj)})")
