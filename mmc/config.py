@@ -211,7 +211,7 @@ def resolve(raw: Mapping, where: str = "<config>", *, check_inputs: bool = False
         merged = deep_merge(pretrain_base, override)
         experiments[name] = _validate(merged, schema()["$defs"]["pretrain"], where, prefix=f"experiments.{name}.")
     data["experiments"] = experiments
-    _raise_problems(where, rule_problems(data, overrides, check_inputs=check_inputs))
+    _raise_problems(where, rule_problems(data, raw, check_inputs=check_inputs))
     return data
 
 
@@ -249,6 +249,11 @@ def _number_problems(raw: Mapping) -> list[str]:
         elif isinstance(value, int) and not isinstance(value, bool) and (problem := _int_problem(path, value)):
             problems.append(problem)
     return problems
+
+
+def _same_split(a: Mapping, b: Mapping) -> bool:
+    """Two dataset entries that read the same images (same format, root and split)."""
+    return (a["format"], os.path.normpath(a["root"]), a["split"]) == (b["format"], os.path.normpath(b["root"]), b["split"])
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -352,15 +357,17 @@ def _input_problem(key: str, path: str | None, kind: str, produced: dict[str, st
     return f"{key}: {path!r} does not exist: expected {what} (it is outside {outside}, so no rule makes it)"
 
 
-def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> list[str]:
+def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[str]:
     """Every rule that spans keys (JSON schema cannot express them), as one line each.
 
     The one place these rules live: ``mmc config check``, every ``mmc`` command (through
     ``resolve``) and the Snakefile apply them. ``data`` is schema-valid with defaults filled and
-    experiments resolved; ``overrides`` are the ``experiments`` entries as written (to name the key
-    where a value was set). ``check_inputs`` adds the rules that look at the file system.
+    experiments resolved; ``raw`` is the file as written (to name the key where a value was set, and
+    for values that must be written rather than defaulted). ``check_inputs`` adds the rules that
+    look at the file system.
     """
     problems: list[str] = []
+    overrides = raw.get("experiments") or {}
     experiments, models, datasets = data["experiments"], data["models"], data["datasets"]
     evaluation, selection = data["evaluation"], data["selection"]
 
@@ -376,6 +383,29 @@ def rule_problems(data: Mapping, overrides: Mapping, *, check_inputs: bool) -> l
             problems.append(f"selection.dataset: '{split}' is not a key of datasets (have: {sorted(datasets)})")
         elif split in evaluation["datasets"]:
             problems.append(f"selection.dataset: '{split}' is also an evaluation dataset (never select on test data)")
+        else:
+            same = [
+                name
+                for name in evaluation["datasets"]
+                if name in datasets and _same_split(datasets[name], datasets[split])
+            ]
+            if same:
+                problems.append(
+                    f"selection.dataset: '{split}' reads the same images as evaluation dataset '{same[0]}' "
+                    f"(root {datasets[split]['root']!r}, split {datasets[split]['split']!r}): expected a "
+                    "held-out split (never select on test data)"
+                )
+
+    # --- values the weights cannot tell, which must therefore be written in the file
+    for name, model in (raw.get("models") or {}).items():
+        backbone = model.get("backbone") if isinstance(model, Mapping) else None
+        if model.get("format") == "mocov3" and not (isinstance(backbone, Mapping) and "num_heads" in backbone):
+            # MoCo v3's ViT-S has 12 heads where the default (DeiT's ViT-S) has 6; qkv weights fit both
+            problems.append(
+                f"models.{name}.backbone.num_heads: not written: expected the number of heads of this "
+                "mocov3 model (MoCo v3's ViT-S and ViT-B have 12; the default 6 is DeiT's ViT-S), which "
+                "cannot be read from the weights"
+            )
 
     # --- experiments (resolved over pretrain) and the models evaluated
     for name, exp in experiments.items():

@@ -96,13 +96,13 @@ def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
 def check_init_checkpoint(path: Path, experiment_cfg: Any, experiment: str) -> None:
     """``init_checkpoint`` must be an MMC checkpoint of the experiment's architecture: the evaluation
     builds the model from the experiment's ``backbone``."""
-    from mmc.models import ARCH_KEYS, arch_dict, read_checkpoint
+    from mmc.models import ARCH_KEYS, ViTArch, read_checkpoint
 
     key = f"experiments.{experiment}.init_checkpoint"
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "mmc" or not isinstance(ckpt.get("arch"), dict):
         raise MMCError(f"{key}: {path} is not an MMC checkpoint: expected a dict with format 'mmc' and its arch")
-    expected = arch_dict(experiment_cfg.backbone)
+    expected = ViTArch.from_config(experiment_cfg.backbone).as_dict()
     wrong = [
         f"{k} {ckpt['arch'].get(k)} vs {expected[k]}"
         for k in ARCH_KEYS

@@ -134,6 +134,8 @@ MUTATIONS = [
     Mutation("missing external input", "init_checkpoint", merged({"experiments": {"mmc": {"init_checkpoint": MISSING + ".pth"}}}), re.escape(f"experiments.mmc.init_checkpoint: '{MISSING}.pth' does not exist: expected an existing file"), workflow=None),
     Mutation("missing external input", "model-file", merged({"models": {"given": {"source": "file", "path": MISSING + ".pth"}}}), re.escape(f"models.given.path: '{MISSING}.pth' does not exist: expected an existing file"), workflow=None),
     Mutation("unknown reference", "selection-on-test-data", merged({"selection": {"dataset": "synthetic_val"}}), r"selection\.dataset: 'synthetic_val' is also an evaluation dataset \(never select on test data\)"),
+    Mutation("selection split read by the evaluation", "same-root-and-split", merged({"datasets": {"synthetic_select": {"split": "val", "max_images": None}}}), r"selection\.dataset: 'synthetic_select' reads the same images as evaluation dataset 'synthetic_val' \(root 'data/synthetic/VOCdevkit/VOC2012', split 'val'\): expected a held-out split"),
+    Mutation("value the weights cannot tell", "mocov3-heads", merged({"models": {"moco": {"source": "random", "format": "mocov3", "backbone": {"patch_size": 8, "embed_dim": 96, "depth": 4, "img_size": 64}}}}), r"models\.moco\.backbone\.num_heads: not written: expected the number of heads of this mocov3 model"),
     Mutation("unknown reference", "model-experiment", merged({"models": {"mmc": {"experiment": "nope"}}}), r"models\.mmc\.experiment: 'nope' is not a key of experiments \(have: \['mim_only', 'mmc'\]\)", workflow=None),
 ]
 

@@ -64,13 +64,12 @@ def pipeline(tmp_path_factory):
 def test_pretrain_checkpoints_load_strictly_with_the_teacher(pipeline):
     tmp, _ = pipeline
     path = tmp / "ckpt" / "mmc" / "epoch_0001.pth"
-    model, info = load_backbone(path)
-    assert info["format"] == "mmc" and info["weights"] == "teacher"
+    loaded = load_backbone(path)
+    assert loaded.format == "mmc" and loaded.weights == "teacher"
     teacher = torch.load(path, map_location="cpu", weights_only=True)["teacher"]
-    for key, tensor in model.state_dict().items():
+    for key, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, teacher[f"backbone.{key}"]), key
-    _, info = load_backbone(tmp / "ckpt" / "mim_only" / "epoch_0001.pth")
-    assert info["weights"].startswith("student")
+    assert load_backbone(tmp / "ckpt" / "mim_only" / "epoch_0001.pth").weights.startswith("student")
 
 
 def test_segment_and_similarity_on_synthetic_scenes_with_pretrained_checkpoints(pipeline):

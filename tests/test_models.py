@@ -9,11 +9,12 @@ import pathlib
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from mmc.errors import MMCError
 from mmc.evaluation.features import patch_features
 from mmc.files import sha256_file
-from mmc.models import build_backbone, detect_format, load_backbone, random_backbone
+from mmc.models import LoadedModel, ViTArch, build_vit, detect_format, load_backbone, random_backbone
 
 # 3 heads: the head count of `vit_tiny`, the name the synthetic files record.
 ARCH = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 4.0, "img_size": 32}
@@ -128,6 +129,22 @@ def layouts(teacher: dict, student: dict) -> dict:
     }
 
 
+HEAD_KEYS = {"mlp.0.weight", "last_layer.weight_g"}
+ARCH_STATE_KEYS = set(random_backbone(ARCH, 0).state_dict())
+DROPPED = {
+    "mmc": {"dino_head." + k for k in HEAD_KEYS},
+    "dino_full": {"head." + k for k in HEAD_KEYS},
+    "dino_backbone": set(),
+    "ibot_full": {"head." + k for k in HEAD_KEYS},
+    "ibot_backbone": {"masked_embed", "head.weight"},
+    "mae": set(),
+    "mae_full": {"decoder_embed.weight", "decoder_pos_embed", "mask_token"},
+    "mocov3": {"module.base_encoder.head.0.weight", "module.predictor.0.weight"}
+    | {"module.momentum_encoder." + k for k in ARCH_STATE_KEYS},
+    "timm": {"head.weight", "head.bias"},
+}
+
+
 @pytest.fixture(scope="module")
 def weights():
     return vit_state(1), vit_state(2)
@@ -142,15 +159,19 @@ def test_each_format_loads_exactly_the_files_tensors(tmp_path, weights, name):
     path = tmp_path / f"{name}.pth"
     torch.save(obj, path)
     assert detect_format(obj) == expected_format
-    model, info = load_backbone(path, expected_backbone=ARCH)
-    assert info["format"] == expected_format
-    assert info["sha256"] == sha256_file(path)
-    assert {k: info["arch"][k] for k in ARCH} == ARCH
-    loaded = model.state_dict()
-    assert set(loaded) == set(expected_state)
+    loaded = load_backbone(path, expected_backbone=ARCH)
+    assert isinstance(loaded, LoadedModel)
+    assert loaded.format == expected_format
+    assert loaded.sha256 == sha256_file(path)
+    assert loaded.path == str(path)
+    assert loaded.arch == ViTArch(**ARCH) and loaded.arch.as_dict() == ARCH
+    state = loaded.model.state_dict()
+    assert set(state) == set(expected_state)
     for key, tensor in expected_state.items():
-        assert torch.equal(loaded[key], tensor), key
-    assert not model.training
+        assert torch.equal(state[key], tensor), key
+    assert not loaded.model.training
+    # what the converter left out is listed: exactly the file's keys that are not backbone weights
+    assert set(loaded.dropped_keys) == DROPPED[name]
 
 
 def test_student_weights_on_request_and_teacher_by_default(tmp_path, weights):
@@ -159,49 +180,87 @@ def test_student_weights_on_request_and_teacher_by_default(tmp_path, weights):
         obj, _, _ = layouts(teacher, student)[name]
         path = tmp_path / f"{name}.pth"
         torch.save(obj, path)
-        model, info = load_backbone(path, weights="student")
-        assert info["weights"] == "student"
-        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], student["blocks.1.mlp.fc2.weight"])
-        model, _ = load_backbone(path)
-        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], teacher["blocks.1.mlp.fc2.weight"])
+        loaded = load_backbone(path, weights="student")
+        assert loaded.weights == "student"
+        fc2 = "blocks.1.mlp.fc2.weight"
+        assert torch.equal(loaded.model.state_dict()[fc2], student[fc2])
+        loaded = load_backbone(path)
+        assert loaded.weights == "teacher"
+        assert torch.equal(loaded.model.state_dict()[fc2], teacher[fc2])
 
 
 def test_mim_only_mmc_checkpoint_falls_back_to_the_student(tmp_path, weights):
     obj, _, _ = layouts(*weights)["mmc"]
     del obj["teacher"]
     torch.save(obj, tmp_path / "mim.pth")
-    model, info = load_backbone(tmp_path / "mim.pth")
-    assert info["weights"].startswith("student")
-    assert torch.equal(model.state_dict()["norm.weight"], weights[1]["norm.weight"])
+    loaded = load_backbone(tmp_path / "mim.pth")
+    assert loaded.weights.startswith("student")
+    assert torch.equal(loaded.model.state_dict()["norm.weight"], weights[1]["norm.weight"])
 
 
 def test_explicit_format_dino_reads_a_flat_backbone_file(tmp_path, weights):
     torch.save(dict(weights[0]), tmp_path / "dino_deitsmall.pth")
-    _, info = load_backbone(tmp_path / "dino_deitsmall.pth", fmt="dino", expected_backbone=ARCH)
-    assert info["format"] == "dino"
+    assert load_backbone(tmp_path / "dino_deitsmall.pth", fmt="dino", expected_backbone=ARCH).format == "dino"
 
 
-def test_mocov3_vit_small_has_12_heads(tmp_path):
-    small = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
-    state = vit_state(0, small)
-    torch.save(
-        {"arch": "vit_small", "state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco.pth"
-    )
+SMALL = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
+
+
+def test_mocov3_heads_come_from_its_arch_record(tmp_path):
+    state = vit_state(0, SMALL)
+    torch.save({"arch": "vit_small", "state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco.pth")
     with pytest.raises(MMCError, match=r"num_heads: file 12 vs config 6.*MoCo v3's ViT-S has 12 heads"):
-        load_backbone(tmp_path / "moco.pth", expected_backbone=small)
-    model, info = load_backbone(tmp_path / "moco.pth", expected_backbone={**small, "num_heads": 12})
-    assert info["arch"]["num_heads"] == 12
-    assert model.blocks[0].attn.num_heads == 12
-    # Without metadata the format's table still gives 12 for a 384-wide MoCo v3 ViT.
+        load_backbone(tmp_path / "moco.pth", expected_backbone=SMALL)
+    loaded = load_backbone(tmp_path / "moco.pth", expected_backbone={**SMALL, "num_heads": 12})
+    assert loaded.arch.num_heads == 12 and loaded.model.blocks[0].attn.num_heads == 12
+    assert load_backbone(tmp_path / "moco.pth").arch.num_heads == 12
+
+
+def test_a_mocov3_file_without_arch_gets_the_heads_the_config_says(tmp_path, caplog):
+    state = vit_state(0, SMALL)
     torch.save({"state_dict": prefixed(state, "module.base_encoder.")}, tmp_path / "moco_noarch.pth")
-    _, info = load_backbone(tmp_path / "moco_noarch.pth")
-    assert info["arch"]["num_heads"] == 12
+    x = torch.randn(1, 3, 32, 32)
+    # a genuinely 6-head model stays a 6-head model (never pushed to MoCo v3's 12) ...
+    six = load_backbone(tmp_path / "moco_noarch.pth", expected_backbone=SMALL)
+    assert six.arch.num_heads == 6 and six.model.blocks[0].attn.num_heads == 6
+    assert torch.equal(patch_features(six.model, x), patch_features(random_backbone(SMALL, 0), x))
+    assert "usually has 12" in caplog.text  # ... but the unusual choice is said
+    # ... and a 12-head one is 12 when the config says so
+    twelve = load_backbone(tmp_path / "moco_noarch.pth", expected_backbone={**SMALL, "num_heads": 12})
+    assert twelve.model.blocks[0].attn.num_heads == 12
+    # with nothing to go by, 6 or 12 would be a guess: refused, saying how to tell
+    with pytest.raises(MMCError, match=r"moco_noarch.pth: cannot tell the number of attention heads.*records no `arch`"
+                       r".*arch: vit_small.*give the model's backbone.num_heads"):  # fmt: skip
+        load_backbone(tmp_path / "moco_noarch.pth")
+
+
+def test_files_without_a_head_count_follow_the_config_else_the_standard_sizes(tmp_path):
+    torch.save(vit_state(0, SMALL), tmp_path / "flat.pth")
+    assert load_backbone(tmp_path / "flat.pth").arch.num_heads == 6  # DeiT/timm ViT-S
+    assert load_backbone(tmp_path / "flat.pth", expected_backbone={**SMALL, "num_heads": 12}).arch.num_heads == 12
+    odd = {**SMALL, "embed_dim": 40, "num_heads": 5}
+    torch.save(vit_state(0, odd), tmp_path / "odd_width.pth")
+    with pytest.raises(MMCError, match="width 40 is not a standard ViT size"):
+        load_backbone(tmp_path / "odd_width.pth")
+    assert load_backbone(tmp_path / "odd_width.pth", expected_backbone=odd).arch.num_heads == 5
+
+
+def test_a_mocov3_model_entry_must_write_its_head_count(tmp_path):
+    from mmc import config
+    from mmc.errors import ConfigError
+
+    entry = {"source": "file", "path": "m.pth", "format": "mocov3", "backbone": {"embed_dim": 384}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run_name": "t", "models": {"moco": entry}}))
+    with pytest.raises(ConfigError, match=r"models.moco.backbone.num_heads: not written: expected the number of heads of this mocov3 model"):
+        config.load(tmp_path / "c.yaml")
+    entry["backbone"]["num_heads"] = 6
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run_name": "t", "models": {"moco": entry}}))
+    assert config.load(tmp_path / "c.yaml").models["moco"].backbone.num_heads == 6
 
 
 def test_heads_change_the_model_so_they_must_be_right():
-    small = {"patch_size": 16, "embed_dim": 384, "depth": 1, "num_heads": 6, "mlp_ratio": 4.0, "img_size": 32}
-    six = random_backbone(small, 0)
-    twelve = build_backbone({**small, "num_heads": 12})
+    six = random_backbone(SMALL, 0)
+    twelve = build_vit({**SMALL, "num_heads": 12})
     twelve.load_state_dict(six.state_dict(), strict=True)  # loads without error ...
     x = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(

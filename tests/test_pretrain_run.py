@@ -66,8 +66,8 @@ def test_short_run_loss_goes_down_and_writes_mmc_checkpoints(images, tmp_path):
     # and through the evaluation stage's loader (format detection, strict load, arch check)
     from mmc.models import load_backbone
 
-    _, info = load_backbone(out / "epoch_0012.pth")
-    assert info["format"] == "mmc" and info["weights"] == "teacher" and info["arch"]["num_heads"] == 2
+    loaded = load_backbone(out / "epoch_0012.pth")
+    assert loaded.format == "mmc" and loaded.weights == "teacher" and loaded.arch.num_heads == 2
 
 
 def test_mim_only_run_has_no_teacher(images, tmp_path):

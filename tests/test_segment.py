@@ -185,11 +185,14 @@ def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_
     for fmt in ("mmc", "dino", "ibot", "mae", "mocov3", "timm"):
         save_in_format(state, fmt, tmp_path / f"{fmt}.pth")
         models[fmt] = {"source": "file", "path": str(tmp_path / f"{fmt}.pth"), "backbone": TINY_ARCH}
-    cfg = write_config(tmp_path, voc, models=models, evaluation={"feature_cache": False})
+    # one resize for all (64 px on a 32 px ViT): the formats' own defaults differ (tests/test_pos_embed.py)
+    evaluation = {"feature_cache": False, "pos_embed_resize": "timm"}
+    cfg = write_config(tmp_path, voc, models=models, evaluation=evaluation)
     for fmt in ("mmc", "dino", "ibot", "mae", "mocov3", "timm"):
         out = tmp_path / "out" / fmt
         assert run_cli("segment", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", out) == 0
         summaries[fmt] = json.loads((out / "summary.json").read_text())
+        assert summaries[fmt]["settings"]["pos_embed_resize"] == "timm"
         assert summaries[fmt]["checkpoint_sha256"] is not None
         sim_out = tmp_path / "sim" / fmt
         assert (
@@ -276,6 +279,14 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
         == 2
     )
     assert "not a mocov3 checkpoint: expected top-level keys ['state_dict']" in capsys.readouterr().err
+    save_in_format(random_backbone(TINY_ARCH, 0).state_dict(), "mocov3", tmp_path / "w.pth")
+    assert (
+        run_cli("segment", "--config", cfg, "--model", "moco", "--dataset", "scenes", "--out", tmp_path / "o")
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'w.pth'}: evaluation.pos_embed_resize: sincos rebuilds fixed 2-D sin-cos" in err
+    assert "(auto is sincos for format mocov3)" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -102,11 +102,11 @@ def test_last_policy_record(tmp_path):
 def test_init_checkpoint_skips_pretraining(tmp_path):
     import torch
 
-    from mmc.models import arch_dict
+    from mmc.models import ViTArch
 
     init = tmp_path / "given.pth"
     cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
-    arch = arch_dict(cfg.experiments["mmc"].backbone)
+    arch = ViTArch.from_config(cfg.experiments["mmc"].backbone).as_dict()
     torch.save({"format": "mmc", "arch": arch, "teacher": {}}, init)
     record = select(cfg, "mmc", init)
     assert record["checkpoint"] == str(init)
@@ -128,14 +128,14 @@ def test_init_checkpoint_skips_pretraining(tmp_path):
 def test_init_checkpoint_architecture_is_checked_by_select(tmp_path, content, expected):
     import torch
 
-    from mmc.models import arch_dict
+    from mmc.models import ViTArch
 
     init = tmp_path / "given.pth"
     cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
     if content is None:
         init.write_bytes(b"not a checkpoint")
     else:
-        arch = {**arch_dict(cfg.experiments["mmc"].backbone), **content["arch"]} if content["arch"] else {}
+        arch = {**ViTArch.from_config(cfg.experiments["mmc"].backbone).as_dict(), **content["arch"]} if content["arch"] else {}
         torch.save({**content, "arch": arch}, init)
     with pytest.raises(MMCError, match=expected):
         select(cfg, "mmc", init)

@@ -1,9 +1,10 @@
 """Patch features for the zero-shot protocol (docs/evaluation.md), computed once per image.
 
 Features are the output of one block (the last by default) **after the final LayerNorm**, prefix
-tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised. timm's
-``forward_intermediates`` is called with ``norm=True`` explicitly: its default (no norm) differs
-from DINO's ``get_intermediate_layers``.
+tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised (as timm's
+``forward_intermediates(..., norm=True)``; its default, no norm, differs from DINO's
+``get_intermediate_layers``). Off the training grid, position embeddings are resized by the method
+of ``evaluation.pos_embed_resize`` (:mod:`mmc.models.pos_embed`), once per grid.
 
 :func:`iter_features` pairs every sample of a reader with its features and, given a cache
 directory, reuses features computed by an earlier job on the same model, dataset and settings (so
@@ -65,19 +66,24 @@ def preprocess(image: np.ndarray, size: tuple[int, int]):
     return (x - mean) / std
 
 
-def patch_features(model, x, layer: int = -1, precision: str = "float32"):
-    """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised; block ``layer`` then the final norm."""
+def patch_features(model, x, layer: int = -1, precision: str = "float32", pos_embed=None):
+    """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised; block ``layer`` then the final norm.
+
+    ``pos_embed``: the model's :class:`~mmc.models.pos_embed.GridPosEmbed` (None: timm's resize).
+    """
     import torch
+
+    from mmc.models.pos_embed import GridPosEmbed
+    from mmc.models.vit import block_tokens
 
     depth = len(model.blocks)
     index = layer if layer >= 0 else depth + layer
     if not 0 <= index < depth:
         raise MMCError(f"evaluation.layer {layer} is out of range for a {depth}-block ViT")
     dtype = {"float32": None, "bfloat16": torch.bfloat16}[precision]
+    pos_embed = pos_embed if pos_embed is not None else GridPosEmbed(model, "timm")
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        (tokens,) = model.forward_intermediates(
-            x, indices=[index], norm=True, output_fmt="NLC", intermediates_only=True
-        )
+        tokens = block_tokens(model, x, index, pos_embed)
     tokens = tokens.float()
     batch, _, dim = tokens.shape
     grid_h, grid_w = model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
@@ -117,12 +123,17 @@ def prepared(reader, prepare: Callable, workers: int, window: int) -> Iterator:
             yield pending.popleft().result()
 
 
-def cache_key(model_info: dict, dataset_cfg: Any, settings: dict) -> str:
+def cache_key(loaded, dataset_cfg: Any, settings: dict) -> str:
     """What the cached features depend on (the images themselves are checked per entry)."""
     from mmc.config import to_dict
 
     identity = {
-        "model": {k: model_info.get(k) for k in ("format", "sha256", "arch", "weights")},
+        "model": {
+            "format": loaded.format,
+            "sha256": loaded.sha256,
+            "arch": loaded.arch.as_dict(),
+            "weights": loaded.weights,
+        },
         "dataset": {k: v for k, v in to_dict(dataset_cfg).items() if k in ("format", "root", "split")},
         "settings": settings,
         "version": CACHE_VERSION,
@@ -189,6 +200,7 @@ def iter_features(
     device: str = "cpu",
     cache: FeatureCache | None = None,
     stats: dict | None = None,
+    pos_embed=None,
 ) -> Iterator[tuple[Sample, Any]]:
     """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors.
 
@@ -196,20 +208,25 @@ def iter_features(
     when it is full or the next image has another size. With ``num_workers > 0`` images are read,
     hashed and preprocessed by that many threads (image decoding releases the GIL) while the
     backbone runs. ``stats`` (if given) receives counts of computed and cached images.
+    ``pos_embed`` is the model's :class:`~mmc.models.pos_embed.GridPosEmbed` (None: timm's resize).
     """
     import torch
+
+    from mmc.models.pos_embed import GridPosEmbed
 
     patch = model.patch_embed.patch_size[0]
     counts = stats if stats is not None else {}
     counts.update(computed=0, cached=0)
     model = model.to(device).eval()
+    if pos_embed is None:
+        pos_embed = GridPosEmbed(model, "timm")  # each grid's embeddings are computed once
 
     def flush(batch):
         todo = [(i, x) for i, (_, x, cached, _) in enumerate(batch) if cached is None]
         feats = {}
         if todo:
             xs = torch.stack([x for _, x in todo]).to(device)
-            out = patch_features(model, xs, layer, precision).cpu()
+            out = patch_features(model, xs, layer, precision, pos_embed).cpu()
             # clone: a view would make torch.save store the whole batch with every entry
             feats = {i: out[j].clone() for j, (i, _) in enumerate(todo)}
             counts["computed"] += len(todo)
@@ -252,14 +269,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def settings_of(evaluation: Any, patch_size: int) -> dict:
-    """The evaluation options the features depend on (part of the cache key and of every summary)."""
+def settings_of(evaluation: Any, loaded) -> dict:
+    """The evaluation options the features of ``loaded`` depend on (part of the cache key and of
+    every summary); ``pos_embed_resize`` is the method used (``auto`` resolved for the format)."""
+    from mmc.models.pos_embed import method_for
+
     return {
         "resolution": int(evaluation.resolution),
         "keep_aspect": bool(evaluation.keep_aspect),
         "layer": int(evaluation.layer),
         "precision": str(evaluation.precision),
-        "patch_size": int(patch_size),
+        "patch_size": int(loaded.arch.patch_size),
+        "pos_embed_resize": method_for(evaluation.pos_embed_resize, loaded.format),
     }
 
 
@@ -281,12 +302,14 @@ def dataset_features(
     the ``evaluation`` options of ``cfg``; cached when ``model.name`` is set and
     ``evaluation.feature_cache`` is on. ``mmc segment``, ``mmc similarity`` and ``mmc figures`` all
     get their features here, so they see the same numbers."""
+    from mmc.models.pos_embed import pos_embed_for
+
     evaluation = cfg.evaluation
-    settings = settings_of(evaluation, model.patch_size)
+    settings = settings_of(evaluation, model.loaded)
     root = cache_root(cfg, model.name, dataset_name) if model.name is not None else None
     cache = None
     if root is not None:
-        cache = FeatureCache(root, cache_key(model.info, cfg.datasets[dataset_name], settings))
+        cache = FeatureCache(root, cache_key(model.loaded, cfg.datasets[dataset_name], settings))
     return iter_features(
         model.network,
         reader,
@@ -299,4 +322,5 @@ def dataset_features(
         device=resolve_device(cfg.device),
         cache=cache,
         stats=stats,
+        pos_embed=pos_embed_for(model.loaded, evaluation.pos_embed_resize),
     )

@@ -1,8 +1,8 @@
 """What the per (model, dataset) evaluation commands share: arguments, the model, the tracked job.
 
 ``mmc segment`` and ``mmc similarity`` both import this module, never each other. The model under
-evaluation is an :class:`EvaluatedModel`: the backbone plus what ``mmc.models`` reports about its
-weights (this module and the feature cache key are the only readers of that report).
+evaluation is an :class:`EvaluatedModel`: the :class:`mmc.models.LoadedModel` (the backbone and what
+``mmc.models`` reports about its weights) and the name its features are cached under.
 """
 
 from __future__ import annotations
@@ -30,39 +30,42 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 class EvaluatedModel:
     """A backbone under evaluation.
 
-    ``info`` is what ``mmc.models`` returned with the backbone (format, sha256, arch, weights, path):
-    the feature cache key is built from it. ``name`` is the key of ``models`` under which features are
-    cached; None (checkpoint selection) computes them without the cache.
+    ``loaded`` is what ``mmc.models`` returned (:class:`mmc.models.LoadedModel`: the network, its
+    format, sha256, architecture, weights and path): the feature cache key is built from it.
+    ``name`` is the key of ``models`` under which features are cached; None (checkpoint selection)
+    computes them without the cache.
     """
 
-    network: Any  # a timm VisionTransformer
-    info: Any
+    loaded: Any  # mmc.models.LoadedModel
     name: str | None = None
+
+    @property
+    def network(self) -> Any:
+        """The timm VisionTransformer."""
+        return self.loaded.model
 
     @property
     def sha256(self) -> str | None:
         """The weights file's sha256 (None for a randomly initialised backbone)."""
-        return self.info["sha256"]
+        return self.loaded.sha256
 
     @property
     def patch_size(self) -> int:
-        return int(self.network.patch_embed.patch_size[0])
+        return int(self.loaded.arch.patch_size)
 
 
 def configured_model(cfg: Any, name: str, checkpoint: str | None = None) -> EvaluatedModel:
     """Model ``name`` of the config (its weights from ``checkpoint`` when given), cached under ``name``."""
     from mmc.models import model_for
 
-    network, info = model_for(cfg, name, checkpoint)
-    return EvaluatedModel(network, info, name)
+    return EvaluatedModel(model_for(cfg, name, checkpoint), name)
 
 
 def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
     """The backbone of one checkpoint file, not cached (checkpoint selection scores many files)."""
     from mmc.models import load_backbone
 
-    network, info = load_backbone(path, fmt)
-    return EvaluatedModel(network, info)
+    return EvaluatedModel(load_backbone(path, fmt))
 
 
 @contextlib.contextmanager
@@ -83,16 +86,16 @@ def evaluation_job(
         params["model"] = config.to_dict(cfg.models[args.model])
         params["dataset"] = config.to_dict(cfg.datasets[args.dataset])
         rec.log_params(params)
-        info = model.info
+        loaded = model.loaded
         rec.set_tags(
             {
                 "model": args.model,
                 "dataset": args.dataset,
-                "format": info["format"],
-                "weights": info["weights"],
-                "checkpoint_sha256": info["sha256"],
+                "format": loaded.format,
+                "weights": loaded.weights,
+                "checkpoint_sha256": loaded.sha256,
             }
         )
-        if info["path"] is not None:
-            rec.consumed(info["path"], info["sha256"])
+        if loaded.path is not None:
+            rec.consumed(loaded.path, loaded.sha256)
         yield cfg, rec, model

@@ -159,7 +159,7 @@ def summarize(
         oracle_miou=_mean(table["oracle_iou"]),
         checkpoint_sha256=model.sha256,
         settings={
-            **settings_of(evaluation, model.patch_size),
+            **settings_of(evaluation, model.loaded),
             "prompt": evaluation.prompt,
             "upsample": evaluation.upsample,
             "min_object_patches": float(evaluation.min_object_patches),

@@ -12,34 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmc.models.vit import ViTArch, build_vit
+
 
 def arch_of(pcfg) -> dict:
-    b = pcfg.backbone
-    return {
-        "patch_size": int(b.patch_size),
-        "embed_dim": int(b.embed_dim),
-        "depth": int(b.depth),
-        "num_heads": int(b.num_heads),
-        "mlp_ratio": float(b.mlp_ratio),
-        "img_size": int(b.img_size),
-    }
-
-
-def build_backbone(pcfg, drop_path: float) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    b = pcfg.backbone
-    return VisionTransformer(
-        img_size=b.img_size,
-        patch_size=b.patch_size,
-        embed_dim=b.embed_dim,
-        depth=b.depth,
-        num_heads=b.num_heads,
-        mlp_ratio=b.mlp_ratio,
-        num_classes=0,
-        drop_path_rate=drop_path,
-        dynamic_img_size=True,  # local crops and evaluation at other resolutions resample pos_embed
-    )
+    """The checkpoint's ``arch`` dict of a pretraining config (one definition: :class:`ViTArch`)."""
+    return ViTArch.from_config(pcfg.backbone).as_dict()
 
 
 class DINOHead(nn.Module):
@@ -96,7 +74,7 @@ class MMCNetwork(nn.Module):
         self.is_student = student
         self.patch_size = int(b.patch_size)
         self.distill_mode = pcfg.distill.mode
-        self.backbone = build_backbone(pcfg, b.drop_path if student else 0.0)
+        self.backbone = build_vit(b, drop_path=b.drop_path if student else 0.0)
         dim = b.embed_dim
         if student:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))

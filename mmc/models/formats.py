@@ -1,9 +1,8 @@
-"""Backbones and strict checkpoint loading for MMC and the public baselines (SPEC §4).
+"""Checkpoint files of MMC and the public baselines: reading, format detection, conversion.
 
-Every model is one timm ``VisionTransformer`` (``dynamic_img_size=True``: position embeddings are
-resampled for any input that is a multiple of the patch size). Each source format has one small,
-named converter mapping its file onto timm keys; :data:`CONVERTERS` maps format names to them.
-Loading is always ``strict=True``, the architecture is asserted, and the file's sha256 is returned.
+Each source format has one small, named converter mapping its file onto timm keys;
+:data:`CONVERTERS` maps format names to them. :func:`infer_shape` reads what the weights show of the
+architecture (everything but the number of heads); :mod:`mmc.models.loading` builds and loads.
 
 Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`` and only the
 globals listed in :data:`ALLOWED_GLOBALS` are allowed (DINO/iBOT/MAE full checkpoints pickle an
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mmc.errors import MMCError
+from mmc.models.vit import ViTArch
 
 FORMATS = ("mmc", "dino", "ibot", "mae", "mocov3", "timm")
-ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size")
 
 # Globals a supported checkpoint may pickle besides tensors and plain containers: DINO/iBOT/MAE
 # pickle their `args`; `torch.__version__` (a str subclass) often lands in a `versions` dict.
@@ -35,12 +34,15 @@ def _allowed_globals() -> list:
     return [*ALLOWED_GLOBALS, TorchVersion]
 
 
-# Heads of the standard ViT sizes by format, for files that store no head count. The number of
-# heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head count), which
-# is why MoCo v3's 12-head ViT-S loads without error into a 6-head model and gives a wrong one.
-_STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-_MOCOV3_HEADS = {384: 12, 768: 12, 1024: 16}
-# Architecture names stored in files (`args.arch`, MoCo v3's `arch`, MAE's `args.model`).
+# The number of heads cannot be read from the weights (qkv is embed_dim x 3*embed_dim for any head
+# count, and the same tensors load into a 6-head or a 12-head model without error, giving different
+# features). It comes from the file's own record of its architecture, else from the caller.
+# The standard ViT sizes (DeiT/timm: ViT-Ti/S/B/L/H), for callers that give no architecture:
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# MoCo v3's own ViTs (its vits.py: vit_small, vit_base and their conv-stem versions) all have 12
+# heads (its README: "Our ViT-Small is with heads=12"); its checkpoints record that name as `arch`.
+MOCOV3_ARCH_HEADS = {"vit_small": 12, "vit_base": 12, "vit_conv_small": 12, "vit_conv_base": 12}
+# Architecture names stored in DINO/iBOT `args.arch` and MAE `args.model` (DeiT/timm head counts).
 _NAMED_ARCHS = {
     "vit_tiny": 3,
     "deit_tiny": 3,
@@ -61,49 +63,6 @@ class Converted:
     num_heads: int | None = None  # from the file's metadata, when it has any
     dropped: list[str] = field(default_factory=list)  # keys deliberately left out (heads, decoders)
     source: str = ""  # which part of the file was used (e.g. "teacher")
-
-
-# ----------------------------------------------------------------------------- building
-def arch_dict(backbone: Any) -> dict:
-    """The architecture numbers of a ``backbone`` config section (dataclass or mapping)."""
-    get = backbone.get if isinstance(backbone, Mapping) else lambda k, d=None: getattr(backbone, k, d)
-    arch = {k: get(k) for k in ARCH_KEYS}
-    missing = [k for k, v in arch.items() if v is None]
-    if missing:
-        raise MMCError(f"backbone description lacks {missing} (expected all of {list(ARCH_KEYS)})")
-    arch["mlp_ratio"] = float(arch["mlp_ratio"])
-    return arch
-
-
-def build_backbone(arch: Any, *, no_embed_class: bool = False, qkv_bias: bool = True):
-    """An untrained timm ViT with the given numbers; no classifier head, no stochastic depth."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    a = arch_dict(arch)
-    if a["embed_dim"] % a["num_heads"]:
-        raise MMCError(f"embed_dim {a['embed_dim']} is not divisible by num_heads {a['num_heads']}")
-    return VisionTransformer(
-        img_size=a["img_size"],
-        patch_size=a["patch_size"],
-        embed_dim=a["embed_dim"],
-        depth=a["depth"],
-        num_heads=a["num_heads"],
-        mlp_ratio=a["mlp_ratio"],
-        qkv_bias=qkv_bias,
-        no_embed_class=no_embed_class,
-        num_classes=0,
-        dynamic_img_size=True,
-    )
-
-
-def random_backbone(arch: Any, seed: int):
-    """An untrained backbone initialised from ``seed`` (the sanity baseline, ``source: random``)."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_backbone(arch)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -176,7 +135,7 @@ def convert_mmc(obj: Mapping, weights: str) -> Converted:
     _require(obj, ("arch",), "mmc")
     source = weights
     if weights == "teacher" and obj.get("teacher") is None and "student" in obj:
-        # An MIM-only run has no teacher; SPEC §2.2 evaluates the teacher only where there is one.
+        # An MIM-only run has no teacher: the teacher is evaluated only where there is one (docs/evaluation.md).
         weights, source = "student", "student (the file has no teacher)"
     if obj.get(weights) is None:
         raise MMCError(f"the MMC checkpoint has no {weights!r} weights (has: {sorted(obj)})")
@@ -236,8 +195,8 @@ def convert_mocov3(obj: Mapping, weights: str) -> Converted:
     head = sorted(k for k in state if k.startswith("head."))
     for k in head:
         del state[k]
-    arch_name = str(obj.get("arch", ""))
-    heads = _MOCOV3_HEADS[384] if "small" in arch_name else _heads_from_name(obj.get("arch"))
+    # only MoCo v3's own names say anything: its vit_small is not DeiT's (12 heads, not 6)
+    heads = MOCOV3_ARCH_HEADS.get(obj.get("arch")) if isinstance(obj.get("arch"), str) else None
     return Converted(
         state,
         num_heads=heads,
@@ -298,8 +257,24 @@ def detect_format(obj: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- architecture
-def infer_arch(state: Mapping, num_heads: int | None) -> dict:
-    """Depth, width, patch, MLP ratio and training size from the weights; heads from elsewhere."""
+@dataclass(frozen=True)
+class WeightsShape:
+    """What a ViT state dict shows of its architecture: everything but the number of heads."""
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    mlp_ratio: float
+    img_size: int
+    no_embed_class: bool  # pos_embed covers the patches only ([CLS] gets none)
+    qkv_bias: bool
+
+    def arch(self, num_heads: int) -> ViTArch:
+        return ViTArch(self.patch_size, self.embed_dim, self.depth, num_heads, self.mlp_ratio, self.img_size)
+
+
+def infer_shape(state: Mapping) -> WeightsShape:
+    """Depth, width, patch, MLP ratio and training size from the weights."""
     try:
         proj = state["patch_embed.proj.weight"]
         pos = state["pos_embed"]
@@ -318,131 +293,46 @@ def infer_arch(state: Mapping, num_heads: int | None) -> dict:
             break
     if grid is None:
         raise MMCError(f"pos_embed has {tokens} tokens: not a square grid (with or without [CLS])")
-    return {
-        "patch_size": int(patch),
-        "embed_dim": int(embed_dim),
-        "depth": depth,
-        "num_heads": num_heads,
-        "mlp_ratio": mlp_ratio,
-        "img_size": int(grid * patch),
-        "_no_embed_class": no_embed_class,
-        "_qkv_bias": "blocks.0.attn.qkv.bias" in state,
-    }
+    return WeightsShape(
+        patch_size=int(patch),
+        embed_dim=int(embed_dim),
+        depth=depth,
+        mlp_ratio=mlp_ratio,
+        img_size=int(grid * patch),
+        no_embed_class=no_embed_class,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+    )
 
 
-def _heads_for(fmt: str, conv: Converted, embed_dim: int, expected: dict | None) -> int:
+def heads_for(fmt: str, conv: Converted, embed_dim: int, expected: ViTArch | None) -> tuple[int, str]:
+    """The number of heads and where it comes from: ``file``, ``config`` or ``standard``.
+
+    1. the file's record of its architecture (MMC ``arch``; DINO/iBOT/MAE ``args``; MoCo v3 ``arch``);
+    2. else the caller's ``expected`` backbone (the model entry's ``backbone.num_heads``);
+    3. else the standard ViT size of that width, except for MoCo v3 at width 384, whose ViT-S has
+       12 heads where the standard ViT-S has 6: refused.
+    """
     if conv.num_heads is not None:
-        return conv.num_heads
-    table = _MOCOV3_HEADS if fmt == "mocov3" else _STANDARD_HEADS
-    if embed_dim in table:
-        return table[embed_dim]
+        return conv.num_heads, "file"
     if expected is not None:
-        return int(expected["num_heads"])
+        return expected.num_heads, "config"
+    if fmt == "mocov3" and embed_dim == 384:
+        raise MMCError(
+            "cannot tell the number of attention heads of this 384-wide mocov3 file: the weights cannot show it "
+            "and the file records no `arch`. MoCo v3's released ViT-S has 12 heads (its checkpoints record "
+            "arch: vit_small; its README: 'Our ViT-Small is with heads=12'), a DeiT-style ViT-S has 6: give the "
+            "model's backbone.num_heads"
+        )
+    if embed_dim in STANDARD_HEADS:
+        return STANDARD_HEADS[embed_dim], "standard"
     raise MMCError(
         f"cannot tell the number of attention heads of this {fmt} file (width {embed_dim} is not a "
         "standard ViT size and the file records no architecture): give the model's backbone.num_heads"
     )
 
 
-def check_arch(found: dict, expected: dict | None, fmt: str, path: Path) -> None:
-    if expected is None:
-        return
-    wrong = [
-        f"{k}: file {found[k]} vs config {expected[k]}"
-        for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
-        if float(found[k]) != float(expected[k])
-    ]
-    if wrong:
-        hint = ""
-        if fmt == "mocov3" and found["embed_dim"] == 384:
-            hint = " (MoCo v3's ViT-S has 12 heads, not 6: set backbone.num_heads: 12)"
-        raise MMCError(f"{path}: wrong architecture for this {fmt} file: {'; '.join(wrong)}{hint}")
-
-
-# ----------------------------------------------------------------------------- loading
-def load_state_strict(model, state: Mapping, path: Path) -> None:
-    model_keys, file_keys = set(model.state_dict()), set(state)
-    missing, extra = sorted(model_keys - file_keys), sorted(file_keys - model_keys)
-    if missing or extra:
-        raise MMCError(
-            f"{path}: the weights do not match the ViT backbone: missing keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}; unexpected keys {extra[:20]}{' ...' if len(extra) > 20 else ''}"
-        )
-    for k, v in model.state_dict().items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise MMCError(
-                f"{path}: {k} has shape {tuple(state[k].shape)}, the backbone expects {tuple(v.shape)}"
-            )
-    model.load_state_dict(dict(state), strict=True)
-
-
-def load_backbone(
-    path: str | Path, fmt: str = "auto", weights: str = "teacher", expected_backbone: Any = None
-):
-    """Load a checkpoint of any supported format into a timm ViT, strictly.
-
-    Returns ``(model, info)``; ``info`` has ``format``, ``sha256``, ``arch`` (the six numbers),
-    ``weights`` (the part of the file used), ``dropped_keys`` and ``path``.
-    """
-    from mmc.files import sha256_file
-
-    path = Path(path)
-    if fmt != "auto" and fmt not in CONVERTERS:
-        raise MMCError(f"unknown checkpoint format {fmt!r}: expected auto or one of {list(FORMATS)}")
-    if weights not in ("teacher", "student"):
-        raise MMCError(f"weights must be teacher or student, got {weights!r}")
-    obj = read_checkpoint(path)
-    try:
-        fmt = detect_format(obj) if fmt == "auto" else fmt
-        conv = CONVERTERS[fmt](obj, weights)
-        expected = arch_dict(expected_backbone) if expected_backbone is not None else None
-        arch = infer_arch(conv.state_dict, None)
-        arch["num_heads"] = _heads_for(fmt, conv, arch["embed_dim"], expected)
-    except MMCError as e:
-        raise MMCError(f"{path}: {e}") from None
-    check_arch(arch, expected, fmt, path)
-    no_embed_class, qkv_bias = arch.pop("_no_embed_class"), arch.pop("_qkv_bias")
-    model = build_backbone(arch, no_embed_class=no_embed_class, qkv_bias=qkv_bias)
-    load_state_strict(model, conv.state_dict, path)
-    info = {
-        "format": fmt,
-        "sha256": sha256_file(path),
-        "arch": arch,
-        "weights": conv.source,
-        "dropped_keys": conv.dropped,
-        "path": str(path),
-    }
-    return model.eval(), info
-
-
-def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None):
-    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from."""
-    if name not in cfg.models:
-        raise MMCError(f"--model {name!r} is not a key of models (have: {sorted(cfg.models)})")
-    spec = cfg.models[name]
-    if spec.source == "random" and checkpoint is None:
-        arch = arch_dict(spec.backbone)
-        model = random_backbone(arch, spec.seed)
-        return model, {
-            "format": "random",
-            "sha256": None,
-            "arch": arch,
-            "weights": f"seed {spec.seed}",
-            "path": None,
-        }
-    if checkpoint is None:
-        if spec.source == "file":
-            checkpoint = spec.path
-        else:
-            raise MMCError(
-                f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
-                "(the workflow passes the selected checkpoint or the downloaded file)"
-            )
-    # an experiment's architecture is the experiment's, not the `models` entry's default backbone
-    expected = cfg.experiments[spec.experiment].backbone if spec.source == "experiment" else spec.backbone
-    model, info = load_backbone(checkpoint, spec.format, spec.weights, expected_backbone=expected)
-    if spec.sha256 is not None and info["sha256"] != spec.sha256:
-        raise MMCError(
-            f"{checkpoint}: sha256 {info['sha256']} does not match models.{name}.sha256 {spec.sha256}"
-        )
-    return model, info
+def conventional_heads(fmt: str, embed_dim: int) -> int | None:
+    """What a file of this format and width has by its source's convention (None: no convention)."""
+    if fmt == "mocov3" and embed_dim in (384, 768):
+        return 12
+    return STANDARD_HEADS.get(embed_dim)

@@ -1,0 +1,33 @@
+"""Backbones and checkpoints: one ViT (``vit``), the source formats (``formats``), strict loading
+(``loading``), position embeddings at other resolutions (``pos_embed``).
+
+Every model is one timm ``VisionTransformer`` built by :func:`build_vit` from a :class:`ViTArch`.
+Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`` and an allow-list
+(:data:`mmc.models.formats.ALLOWED_GLOBALS`), never unpickled blindly. Heavy imports (torch, timm)
+happen inside the functions.
+"""
+
+from mmc.models.formats import CONVERTERS, FORMATS, Converted, detect_format, read_checkpoint
+from mmc.models.loading import LoadedModel, load_backbone, model_for, random_backbone
+from mmc.models.pos_embed import GridPosEmbed, method_for, pos_embed_for, resize_pos_embed
+from mmc.models.vit import ARCH_KEYS, ViTArch, block_tokens, build_vit
+
+__all__ = [
+    "ARCH_KEYS",
+    "CONVERTERS",
+    "FORMATS",
+    "Converted",
+    "GridPosEmbed",
+    "LoadedModel",
+    "ViTArch",
+    "block_tokens",
+    "build_vit",
+    "detect_format",
+    "load_backbone",
+    "method_for",
+    "model_for",
+    "pos_embed_for",
+    "random_backbone",
+    "read_checkpoint",
+    "resize_pos_embed",
+]
