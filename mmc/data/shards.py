@@ -49,7 +49,7 @@ MANIFEST = "manifest.json"
 INDEX = "index.npy"
 KEYS = "keys.txt"
 BUILD = ".build"
-DEFAULT_SHARD_BYTES = 1 << 30
+DEFAULT_SHARD_BYTES = 10**9  # "1GB", the default of `mmc data shard --shard-size`
 INDEX_DTYPE = np.dtype(
     [("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i4"), ("width", "<u4"), ("height", "<u4"),
      ("jpeg", "u1")]
@@ -174,7 +174,10 @@ def write_shards(
     classes: list[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Pack ``items`` (in order) into shards of at most ``shard_bytes`` under ``out``; return the manifest.
+    """Pack ``items`` (in order) into shards of about ``shard_bytes`` under ``out``; return the manifest.
+
+    A shard is closed before the image that would take it past ``shard_bytes`` (tar's end-of-archive
+    padding, up to 10 KiB, comes on top).
 
     ``source`` describes where the items come from (it must change when they do): a rerun with the
     same source continues an unfinished build, and a complete directory of the same source is left
@@ -229,7 +232,7 @@ def _finish(shard: _ShardFile, build: _Build, log) -> None:
     first = build.done
     build.record({"name": shard.name, "samples": len(shard.rows), "bytes": size, "sha256": digest,
                   "first": first, "rows": shard.rows, "names": shard.names})  # fmt: skip
-    log(f"{shard.name}: images {first}..{first + len(shard.rows) - 1}, {size / 1e9:.2f} GB")
+    log(f"{shard.name}: images {first}..{first + len(shard.rows) - 1}, {size / 1e6:.1f} MB")
 
 
 def _write_index_and_manifest(out: Path, build: _Build, plan: dict) -> Path:

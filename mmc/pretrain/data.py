@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import signal
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +51,15 @@ def open_source(path: str, data_format: str = "auto"):
     if data_format == "shards" or (data_format == "auto" and shards.is_shard_dir(path)):
         return shards.ShardSource(path)
     return ImageFolder(path)
+
+
+def _pixels(data: bytes, where: str) -> torch.Tensor:
+    """uint8 (H, W, 3) tensor of an encoded image (read-only memory: nothing writes to it)."""
+    from mmc.data.image_folder import decode_rgb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+        return torch.from_numpy(decode_rgb(data, where))
 
 
 class HostBatch(NamedTuple):
@@ -105,8 +115,6 @@ class PretrainDataset(Dataset):
         return view_masks(2, self.grid, ratio, min_block, aspect, torch.Generator().manual_seed(seed))
 
     def __getitem__(self, key: tuple[int, int]):
-        from mmc.data.image_folder import decode_rgb
-
         epoch, index = key
         seed = sample_seed(self.seed, epoch, index)
         rng = np.random.Generator(np.random.PCG64(seed))
@@ -117,9 +125,9 @@ class PretrainDataset(Dataset):
             if plain_jpeg:
                 image = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:  # nvJPEG reads baseline/progressive RGB or grey JPEGs only: the rest is decoded here
-                image = torch.from_numpy(decode_rgb(data, self.source.describe(index)))
+                image = _pixels(data, self.source.describe(index))
             return image, torch.from_numpy(global_params), torch.from_numpy(local_params), self._masks(seed)
-        pixels = torch.from_numpy(decode_rgb(data, self.source.describe(index)))
+        pixels = _pixels(data, self.source.describe(index))
         height, width = pixels.shape[:2]
         global_params, local_params = self._params(rng, width, height)
         global_crops = torch.stack([augment.crop_resize(pixels, p, s.size) for p, s in zip(global_params, self.global_specs, strict=True)])
