@@ -104,7 +104,7 @@ def test_to_device_returns_normalised_views_and_sends_a_quarter_of_float32(image
     torch.testing.assert_close(global_views, expected, atol=0, rtol=0)
     assert batch.global_crops.nbytes * 4 == global_views.nbytes  # uint8 instead of float32
     # ready-made tensors (benchmarks) pass through
-    views, locals_, same_masks = to_device((global_views, local_views, masks), CPU)
+    views, _, same_masks = to_device((global_views, local_views, masks), CPU)
     assert views is global_views and same_masks is masks
 
 
@@ -140,7 +140,7 @@ def test_pretraining_on_shards_is_bitwise_the_run_on_their_folder(images, shard_
 def test_bad_data_settings_are_clear_errors(images, tmp_path):
     from mmc.errors import MMCError
 
-    with pytest.raises(MMCError, match="no manifest.json"):
+    with pytest.raises(MMCError, match=r"no manifest\.json"):
         PretrainDataset(pretrain_config(images, format="shards"), seed=0)
     (tmp_path / "x.txt").write_text("not an image")
     with pytest.raises(MMCError, match="no images found"):

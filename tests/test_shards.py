@@ -21,6 +21,7 @@ from PIL import Image
 
 from mmc.data import shards
 from mmc.data.image_folder import ImageFolder
+from mmc.errors import MMCError
 from tests.pretrain_support import REPO, env
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted: labels 0, 1, 2
@@ -94,7 +95,7 @@ def test_shard_a_folder_then_read_every_image_back(folder, tmp_path):
     result = mmc("data", "check-shards", str(out))
     assert result.returncode == 2 and f"{damaged}: sha256 differs" in result.stderr
     damaged.write_bytes(bytes(data[:1024]))
-    with pytest.raises(Exception, match="bytes, the manifest says"):
+    with pytest.raises(MMCError, match="bytes, the manifest says"):
         shards.ShardSource(out)
 
 
@@ -129,7 +130,7 @@ def test_bad_sources_are_one_clear_line(tmp_path):
     assert result.returncode == 2 and "no images found" in result.stderr
     result = mmc("data", "shard", str(empty), str(tmp_path / "out"), "--shard-size", "lots")
     assert result.returncode == 2 and "'lots' is not a size" in result.stderr
-    with pytest.raises(Exception, match="no manifest.json"):
+    with pytest.raises(MMCError, match=r"no manifest\.json"):
         shards.ShardSource(empty)
 
 
