@@ -145,3 +145,19 @@ def test_bad_data_settings_are_clear_errors(images, tmp_path):
     (tmp_path / "x.txt").write_text("not an image")
     with pytest.raises(MMCError, match="no images found"):
         PretrainDataset(pretrain_config(tmp_path, format="folder"), seed=0)
+
+
+def test_gpu_benchmark_runs_the_real_loader_on_shards_in_its_cpu_smoke_mode(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.pretrain_support import REPO, env
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_pretrain.py"), "--device", "cpu", "--quick"],
+                            env={**env(), "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_pretrain.json").read_text())
+    assert report["loader"]["format"] == "shards" and report["loader"]["decode"] == "worker"
+    assert report["loader_steps_timed"] == 2 and 0 <= report["data_wait_fraction"] <= 1
+    assert report["images_per_s"] > 0 and report["step_only_images_per_s"] > 0 and report["mfu"] is None
