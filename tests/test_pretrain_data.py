@@ -145,6 +145,8 @@ def test_bad_data_settings_are_clear_errors(images, tmp_path):
     (tmp_path / "x.txt").write_text("not an image")
     with pytest.raises(MMCError, match="no images found"):
         PretrainDataset(pretrain_config(tmp_path, format="folder"), seed=0)
+    with pytest.raises(MMCError, match=r"not found .*mmc data prepare imagenet"):
+        PretrainDataset(pretrain_config(tmp_path / "imagenet" / "train"), seed=0)
 
 
 def test_gpu_benchmark_runs_the_real_loader_on_shards_in_its_cpu_smoke_mode(tmp_path):

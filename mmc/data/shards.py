@@ -107,6 +107,8 @@ class _Build:
             for path in out.glob("shard-*.tar"):
                 path.unlink()
             shutil.rmtree(self.dir)
+        for stale in out.glob(".shard-*.tar.tmp-*"):  # a shard being written when the run was killed
+            stale.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(plan_file, json.dumps(plan, indent=1, sort_keys=True))
         self.records: list[dict] = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import signal
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +49,9 @@ def open_source(path: str, data_format: str = "auto"):
 
     if data_format not in FORMATS:
         raise MMCError(f"pretrain data.format: {data_format!r} is not one of {', '.join(FORMATS)}")
+    if not Path(path).is_dir():
+        raise MMCError(f"pretrain data.path {path}: not found (an image folder or a shard directory; ImageNet-1k is "
+                       "not downloaded: see docs/datasets.md, `mmc data prepare imagenet`)")  # fmt: skip
     if data_format == "shards" or (data_format == "auto" and shards.is_shard_dir(path)):
         return shards.ShardSource(path)
     return ImageFolder(path)
