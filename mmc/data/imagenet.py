@@ -48,6 +48,7 @@ GROUND_TRUTH = f"{DEVKIT_DIR}/ILSVRC2012_validation_ground_truth.txt"
 META = f"{DEVKIT_DIR}/meta.mat"
 CLASS_TAR = re.compile(r"^(n\d{8})\.tar$")
 VAL_IMAGE = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
+STREAM_BUFFER = 1 << 20  # tar streams read 1 MiB at a time (tarfile's default is 10 KiB)
 
 
 def archives(md5: dict[str, str | None] | None = None) -> dict[str, Archive]:
@@ -153,17 +154,17 @@ def train_classes(path: Path) -> list[str]:
 def _train_items(reader: _HashingReader, classes: list[str]) -> Iterator[shards.Item]:
     label = {wnid: i for i, wnid in enumerate(classes)}
     where = str(reader.path)
-    with tarfile.open(fileobj=reader, mode="r|") as outer:
+    with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFFER) as outer:
         for member, name in shards.iter_archive_members(outer, where):
             wnid = CLASS_TAR.match(name).group(1)
-            with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+            with tarfile.open(fileobj=outer.extractfile(member), mode="r|", bufsize=STREAM_BUFFER) as inner:
                 for image, image_name in shards.iter_archive_members(inner, f"{where}:{name}"):
                     yield shards.Item(f"{wnid}/{image_name}", label[wnid], _reader(inner, image))
 
 
 def _val_items(reader: _HashingReader, classes: list[str], devkit: Devkit) -> Iterator[shards.Item]:
     label = {wnid: i for i, wnid in enumerate(classes)}
-    with tarfile.open(fileobj=reader, mode="r|") as tar:
+    with tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFFER) as tar:
         for member, name in shards.iter_archive_members(tar, str(reader.path)):
             match = VAL_IMAGE.match(name)
             number = int(match.group(1)) if match else 0

@@ -206,7 +206,7 @@ def write_shards(
             if count <= skip:
                 continue
             data = item.read()
-            header = image_header(data, f"{source.get('path', '')}:{item.name}")
+            header = image_header(data, f"{source.get('path') or source.get('archive', '')}:{item.name}")
             long_name = len(item.name.encode()) > 99 or not item.name.isascii()  # a PAX header: ~2 more blocks
             member = BLOCK * (3 if long_name else 1) + _padded(len(data))
             if current is not None and current.rows and current.bytes + member + 2 * BLOCK > shard_bytes:
