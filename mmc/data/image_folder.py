@@ -30,6 +30,17 @@ def decode_rgb(data: bytes, where: str) -> np.ndarray:
         raise MMCError(f"{where}: cannot read the image ({e})") from None
 
 
+def image_header(data: bytes, where: str) -> tuple[int, int, bool]:
+    """(width, height, nvJPEG-decodable) from an encoded image's header; MMCError if it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width, image.height, image.format == "JPEG" and image.mode in ("RGB", "L")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise MMCError(f"{where}: not a readable image ({e})") from None
+
+
 class ImageFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -59,8 +70,6 @@ class ImageFolder:
 
     def size(self, index: int) -> tuple[int, int, bool]:
         """(width, height, nvJPEG-decodable) from the image's header."""
-        from mmc.data.shards import image_header
-
         return image_header(self.read(index), str(self.files[index]))
 
     def load(self, index: int):

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmc.data.image_folder import image_header
 from mmc.errors import MMCError
 from mmc.files import atomic_path, sha256_file, write_text_atomic
 
@@ -72,17 +73,6 @@ class Item:
     name: str
     label: int
     read: Callable[[], bytes]
-
-
-def image_header(data: bytes, where: str) -> tuple[int, int, bool]:
-    """(width, height, nvJPEG-decodable) from the image's header; MMCError if it is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.width, image.height, image.format == "JPEG" and image.mode in ("RGB", "L")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise MMCError(f"{where}: not a readable image ({e})") from None
 
 
 # ------------------------------------------------------------------------------------ writing

@@ -141,7 +141,8 @@ class PretrainDataset(Dataset):
         return global_crops, torch.from_numpy(global_params), local_crops, torch.from_numpy(local_params), self._masks(seed)
 
     def _header(self, index: int, data: bytes) -> tuple[int, int, bool]:
-        from mmc.data.shards import ShardSource, image_header
+        from mmc.data.image_folder import image_header
+        from mmc.data.shards import ShardSource
 
         if isinstance(self.source, ShardSource):  # from the index: no parsing
             return self.source.size(index)
