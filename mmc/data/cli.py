@@ -57,6 +57,98 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     version.add_argument("--no-push", action="store_true", help="only `dvc add`, do not push")
     version.set_defaults(func=_version)
 
+    shard = sub.add_parser(
+        "shard",
+        help="pack an image folder into tar shards with an index and a manifest (large pretraining data)",
+        description="Pack the images of SRC (class sub-folders or flat, in the order pretraining reads the "
+        "folder) into OUT/shard-NNNNNN.tar of about --shard-size each, with OUT/index.npy (random access), "
+        "OUT/keys.txt and OUT/manifest.json (shard sha256s, sample counts), written last. Shards are "
+        "written atomically; an interrupted run resumes after its last complete shard; a complete OUT "
+        "of the same source is left as it is. Point pretrain.data.path at OUT.",
+    )
+    shard.add_argument("src", metavar="SRC", help="image folder")
+    shard.add_argument("out", metavar="OUT", help="shard directory to write")
+    _add_shard_size(shard)
+    shard.set_defaults(func=_shard)
+
+    check = sub.add_parser(
+        "check-shards",
+        help="verify a shard directory against its manifest (sizes and sha256)",
+        description="Recompute the sha256 of every shard, the index and the key list of DIR and compare "
+        "them with DIR/manifest.json.",
+    )
+    check.add_argument("dir", metavar="DIR", help="shard directory")
+    check.set_defaults(func=_check_shards)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="verify ImageNet-1k archives you already have and write them as shards",
+        description="Verify the official ILSVRC 2012 archives in --from (ILSVRC2012_img_train.tar required; "
+        "ILSVRC2012_img_val.tar with ILSVRC2012_devkit_t12.tar.gz optional) by md5 while streaming them, and "
+        "write OUT/train (and OUT/val) as shard directories, labels = index of the sorted WordNet ids. "
+        "Nothing is downloaded (see docs/datasets.md, ImageNet-1k).",
+    )
+    prepare.add_argument("dataset", choices=["imagenet"], help="the dataset")
+    prepare.add_argument("--from", dest="src", required=True, help="directory holding the archives")
+    prepare.add_argument("--out", required=True, help="output directory (gets train/ and val/)")
+    _add_shard_size(prepare)
+    for split in ("train", "val", "devkit"):
+        prepare.add_argument(f"--md5-{split}", help=f"expected md5 of the {split} archive instead of the official one "
+                             "(for a re-packed copy; also skips the size check)")  # fmt: skip
+    prepare.set_defaults(func=_prepare)
+
+
+def parse_bytes(text: str) -> int:
+    """'1GB' -> 10**9, '512MiB' -> 512 * 2**20, '4096' -> 4096."""
+    import re
+
+    from mmc.errors import MMCError
+
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise MMCError(f"--shard-size: {text!r} is not a size (e.g. 1GB, 512MiB, 100000)")
+    return int(float(match.group(1)) * units[(match.group(2) or "").upper()])
+
+
+def _add_shard_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard-size", default="1GB", help="target bytes per shard (default %(default)s)")
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from mmc.data import shards
+
+    shard_bytes = parse_bytes(args.shard_size)
+    items, source, classes = shards.folder_items(args.src)
+    manifest = shards.write_shards(items, args.out, source, shard_bytes, classes)
+    _print_manifest(manifest)
+    return 0
+
+
+def _check_shards(args: argparse.Namespace) -> int:
+    from mmc.data import shards
+
+    manifest = shards.verify(args.dir, full=True)
+    print(f"{args.dir}: {manifest['samples']} images in {len(manifest['shards'])} shards match {shards.MANIFEST}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from mmc.data import imagenet
+
+    md5 = {"train": args.md5_train, "val": args.md5_val, "devkit": args.md5_devkit}
+    for manifest in imagenet.prepare(args.src, args.out, md5, parse_bytes(args.shard_size)).values():
+        _print_manifest(manifest)
+    return 0
+
+
+def _print_manifest(path) -> None:
+    import json
+
+    manifest = json.loads(path.read_text())
+    print(f"{path}: {manifest['samples']} images, {len(manifest['shards'])} shards, "
+          f"{manifest['total_bytes'] / 1e6:.1f} MB")  # fmt: skip
+
 
 def _add_download_options(parser: argparse.ArgumentParser) -> None:
     from mmc.data.download import DEFAULT_BACKOFF_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S

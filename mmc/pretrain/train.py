@@ -26,7 +26,7 @@ from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
 from mmc.pretrain import checkpoint as ckpt_mod
 from mmc.pretrain import distributed as dist_util
-from mmc.pretrain.data import PretrainDataset, epoch_batches, make_loader
+from mmc.pretrain.data import PretrainDataset, make_run_loader, to_device
 from mmc.pretrain.losses import mmc_loss, patchify, updated_center
 from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups
 from mmc.pretrain.schedules import pretrain_schedules
@@ -276,22 +276,21 @@ class Trainer:
         metrics_file = open(self._metrics_path(), "a") if self.is_main else None  # noqa: SIM115
         try:
             last = time.perf_counter()
-            while self.step < self.total_steps:
+            # one loader for the whole run: its workers start once, its sampler spans the epochs
+            loader = make_run_loader(
+                self.dataset, self.batch_size, self.seed, self.rank, self.world, self.step, self.total_steps,
+                pcfg.data.num_workers, self.device,
+            )  # fmt: skip
+            for batch in loader:
                 epoch = self.step // self.steps_per_epoch
-                batches = epoch_batches(len(self.dataset), self.batch_size, epoch, self.seed, self.rank, self.world)
-                loader = make_loader(
-                    self.dataset, batches[self.step % self.steps_per_epoch :], pcfg.data.num_workers,
-                    self.seed, self.device.type == "cuda",
-                )  # fmt: skip
-                for batch in loader:
-                    row = self._train_step(forward, batch, epoch)
-                    self.step += 1
-                    now = time.perf_counter()
-                    row["images_per_s"] = self.batch_size / max(now - last, 1e-9)
-                    last = now
-                    self._after_step(row, epoch, bar, metrics_file)
-                    if row["stop"]:
-                        raise Preempted()  # _after_step wrote the resume checkpoint
+                row = self._train_step(forward, batch, epoch)
+                self.step += 1
+                now = time.perf_counter()
+                row["images_per_s"] = self.batch_size / max(now - last, 1e-9)
+                last = now
+                self._after_step(row, epoch, bar, metrics_file)
+                if row["stop"]:
+                    raise Preempted()  # _after_step wrote the resume checkpoint
         finally:
             bar.close()
             if metrics_file:
@@ -316,6 +315,10 @@ class Trainer:
         if epoch_end or (every and step % every == 0) or (row["stop"] and not epoch_end):
             self._save_resume()
 
+    def _to_device(self, batch):
+        """Host batch -> (global views (V, B, 3, H, W) float normalised, [local views], masks (V, B, N)) on the device."""
+        return to_device(batch, self.device)
+
     def _train_step(self, forward, batch, epoch: int) -> dict:
         pcfg, step = self.pcfg, self.step
         sched = pretrain_schedules(step, self.steps_per_epoch, pcfg)
@@ -324,11 +327,8 @@ class Trainer:
             if group["apply_wd"]:
                 group["weight_decay"] = sched["wd"]
         torch.manual_seed(_step_seed(self.seed, step, self.rank))
-        global_views, local_views, masks = batch
-        global_views = global_views.to(self.device, non_blocking=True)
-        masks = masks.to(self.device, non_blocking=True)
-        use_locals = pcfg.loss.w_distill > 0 and local_views
-        local_views = [v.to(self.device, non_blocking=True) for v in local_views] if use_locals else None
+        global_views, local_views, masks = self._to_device(batch)
+        local_views = local_views if pcfg.loss.w_distill > 0 and local_views else None
         targets = None
         if pcfg.loss.w_mim > 0:
             targets = patchify(global_views.flatten(0, 1), pcfg.backbone.patch_size).unflatten(0, global_views.shape[:2])
