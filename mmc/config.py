@@ -345,16 +345,15 @@ def _experiment_problems(name: str, exp: Mapping, override: Mapping) -> list[str
     return problems
 
 
-def _input_problem(key: str, path: str | None, kind: str, produced: dict[str, str]) -> str | None:
+def _input_problem(key: str, path: str | None, kind: str, made: dict[str, str]) -> str | None:
     """A file or folder the run reads that no rule makes must exist now (not after hours of GPU time)."""
-    if path is None or any(_inside(path, folder) for folder in produced.values()):
+    if path is None or any(_inside(path, folder) for folder in made.values()):
         return None
     exists = os.path.isfile(path) if kind == "file" else os.path.isdir(path)
     if exists:
         return None
-    outside = ", ".join(produced)
     what = "an existing file" if kind == "file" else "an existing folder"
-    return f"{key}: {path!r} does not exist: expected {what} (it is outside {outside}, so no rule makes it)"
+    return f"{key}: {path!r} does not exist: expected {what} (no rule of the workflow makes it)"
 
 
 def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[str]:
@@ -453,19 +452,28 @@ def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[st
                 "every declared output (Snakemake deletes a job's outputs before rerunning it)"
             )
 
-    # --- what the run reads from outside the folders it writes
+    # --- what the run reads that no rule makes: under data_dir the rules make only the synthetic
+    # scenes, downloaded datasets and fetched checkpoints (ImageNet shards, say, are prepared by hand)
     if check_inputs:
+        data_dir = data["data_dir"]
+        made = {
+            "results_dir": data["results_dir"],
+            "dvc.checkpoint_dir": data["dvc"]["checkpoint_dir"],
+            "the synthetic scenes": os.path.join(data_dir, "synthetic"),
+            "the fetched checkpoints": os.path.join(data_dir, "checkpoints"),
+            **{f"datasets.{n}.root (downloaded)": d["root"] for n, d in datasets.items() if d["archives"]},
+        }
         for name, exp in experiments.items():
             override = overrides.get(name) or {}
             if exp["init_checkpoint"] is not None:
                 key = f"experiments.{name}" if _set_in(override, "init_checkpoint") else "pretrain"
-                problems.append(_input_problem(f"{key}.init_checkpoint", exp["init_checkpoint"], "file", produced))
+                problems.append(_input_problem(f"{key}.init_checkpoint", exp["init_checkpoint"], "file", made))
             else:
                 key = f"experiments.{name}" if _set_in(override, "data.path") else "pretrain"
-                problems.append(_input_problem(f"{key}.data.path", exp["data"]["path"], "folder", produced))
+                problems.append(_input_problem(f"{key}.data.path", exp["data"]["path"], "folder", made))
         for name, model in models.items():
             if model["source"] == "file":
-                problems.append(_input_problem(f"models.{name}.path", model["path"], "file", produced))
+                problems.append(_input_problem(f"models.{name}.path", model["path"], "file", made))
     return list(dict.fromkeys(p for p in problems if p))  # experiments inheriting one value: said once
 
 

@@ -75,7 +75,7 @@ def test_paper_config_needs_the_imagenet_folder(tmp_path):
     shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
     done = snakemake(tmp_path, "-n", check=False)
     assert done.returncode != 0
-    assert "pretrain.data.path: '/path/to/imagenet/train' does not exist" in done.stdout + done.stderr
+    assert "pretrain.data.path: 'data/imagenet/train' does not exist" in done.stdout + done.stderr
 
 
 def test_test_config_dag(tmp_path):
