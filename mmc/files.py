@@ -56,6 +56,18 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         raise
 
 
+def require_files(paths, flag: str) -> None:
+    """Every path names an existing file, else one MMCError naming the flag and the missing ones.
+
+    Commands call it on their input arguments before they open their job record, so a mistyped
+    path leaves no record behind."""
+    from mmc.errors import MMCError
+
+    missing = [str(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise MMCError(f"{flag}: no such file: {', '.join(missing)}")
+
+
 def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text)

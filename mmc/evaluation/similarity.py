@@ -19,7 +19,7 @@ import numpy as np
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.evaluation import metrics
-from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job
+from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job, require_finite
 from mmc.evaluation.protocol import object_prompts
 from mmc.evaluation.summary import SimilarityResult
 
@@ -103,6 +103,7 @@ def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
     stats: dict = {}
     intra, inter = [], []
     for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
+        require_finite(feats, sample.image_id, model)
         a, b = image_similarities(
             feats.numpy(),
             sample,

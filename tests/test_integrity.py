@@ -1,0 +1,179 @@
+"""Integrity of what the evaluation trusts: finite weights and features, the checkpoint it is given
+against every record of it, and command-line mistakes that leave no job record behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format, write_config
+
+from mmc import records
+from mmc.cli import main
+from mmc.models import load_backbone, random_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_EXPERIMENT = {"mmc": {"backbone": {**TINY_ARCH, "drop_path": 0.0}}}
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("data") / "VOC2012", n_images=2)
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def tiny_state(seed: int = 0) -> dict:
+    return {k: v.clone() for k, v in random_backbone(TINY_ARCH, seed).state_dict().items()}
+
+
+def job_records(cfg_path: Path) -> list[str]:
+    from mmc import config
+
+    folder = records.record_dir(config.load(cfg_path))
+    return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- weights
+@pytest.mark.parametrize(("fmt", "key"), [("mmc", "teacher.backbone.blocks.0.attn.qkv.weight"),
+                                          ("timm", "blocks.0.attn.qkv.weight"),
+                                          ("dino", "student.module.backbone.blocks.0.attn.qkv.weight")])  # fmt: skip
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights_are_refused_naming_the_key(tmp_path, fmt, key, bad):
+    state = tiny_state()
+    if fmt == "dino":  # the student (not evaluated) holds the bad value: the whole file is refused
+        save_in_format(state, fmt, tmp_path / "w.pth")
+        obj = torch.load(tmp_path / "w.pth", weights_only=False)
+        obj["student"] = {k: v.clone() for k, v in obj["student"].items()}  # not shared with the teacher
+        obj["student"]["module.backbone.blocks.0.attn.qkv.weight"][3, 5] = bad
+        torch.save(obj, tmp_path / "w.pth")
+    else:
+        state["blocks.0.attn.qkv.weight"][3, 5] = bad
+        save_in_format(state, fmt, tmp_path / "w.pth")
+    with pytest.raises(Exception, match=rf"tensor {key} holds {int(bad != bad)} NaN and {int(bad == bad)} infinite"):
+        load_backbone(tmp_path / "w.pth", fmt)
+
+
+def test_segment_refuses_a_nan_checkpoint_and_publishes_nothing(voc, tmp_path, capsys):
+    state = tiny_state()
+    state["pos_embed"][0, 1, 0] = float("nan")
+    save_in_format(state, "timm", tmp_path / "w.pth")
+    cfg = write_config(tmp_path, voc, models={"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}})
+    assert run_cli("segment", "--config", cfg, "--model", "m", "--dataset", "scenes", "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "tensor pos_embed holds 1 NaN and 0 infinite values" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_features_are_refused_before_any_metric(voc, tmp_path, capsys):
+    state = tiny_state()
+    state["patch_embed.proj.weight"].fill_(3e38)  # finite weights, but the first sum overflows float32
+    save_in_format(state, "timm", tmp_path / "w.pth")
+    cfg = write_config(tmp_path, voc, models={"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}})
+    for command in ("segment", "similarity"):
+        out = tmp_path / command
+        assert run_cli(command, "--config", cfg, "--model", "m", "--dataset", "scenes", "--out", out) == 2
+        err = capsys.readouterr().err
+        assert "m: the features of image 2007_000000 hold" in err and "non-finite values" in err, err
+        assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- checkpoint references
+def experiment_config(tmp_path: Path, voc: Path) -> Path:
+    return write_config(tmp_path, voc, models={"mmc": {"source": "experiment", "experiment": "mmc"}},
+                        experiments=TINY_EXPERIMENT)  # fmt: skip
+
+
+def test_checkpoint_must_match_its_selection_record(voc, tmp_path, capsys):
+    from mmc.files import sha256_file
+
+    cfg = experiment_config(tmp_path, voc)
+    selected, other = tmp_path / "epoch_0002.pth", tmp_path / "epoch_0001.pth"
+    save_in_format(tiny_state(0), "mmc", selected)
+    save_in_format(tiny_state(1), "mmc", other)
+    record = tmp_path / "results/select/mmc.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"experiment": "mmc", "checkpoint": str(selected), "sha256": sha256_file(selected)}))
+    common = ["--config", cfg, "--model", "mmc", "--dataset", "scenes"]
+    assert run_cli("segment", *common, "--out", tmp_path / "ok", "--checkpoint", selected) == 0
+    capsys.readouterr()
+    for command in ("segment", "similarity"):
+        assert run_cli(command, *common, "--out", tmp_path / command, "--checkpoint", other) == 2
+        err = capsys.readouterr().err
+        assert f"sha256 {sha256_file(other)} differs from {sha256_file(selected)} recorded in the selection record" in err
+        assert not (tmp_path / command).exists()
+
+
+def dvc_add(repo: Path, path: Path) -> Path:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    if not (repo / ".dvc").is_dir():
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", str(path.relative_to(repo))], cwd=repo, env=env, check=True)
+    return path.with_name(path.name + ".dvc")
+
+
+def test_published_checkpoint_must_match_its_dvc_file(voc, tmp_path, capsys):
+    import hashlib
+
+    cfg = experiment_config(tmp_path, voc)
+    published = tmp_path / "checkpoints/mmc.pth"
+    published.parent.mkdir()
+    save_in_format(tiny_state(0), "mmc", published)
+    dvc_file = dvc_add(tmp_path, published)  # DVC's own md5 of the file
+    common = ["--config", cfg, "--model", "mmc", "--dataset", "scenes", "--checkpoint", published]
+    assert run_cli("segment", *common, "--out", tmp_path / "ok") == 0
+    capsys.readouterr()
+    recorded = hashlib.md5(published.read_bytes()).hexdigest()
+    stat = published.stat()
+    published.unlink()  # DVC may have linked it to its cache: replace, never write through
+    save_in_format(tiny_state(1), "mmc", published)
+    os.utime(published, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its modification time kept
+    assert run_cli("segment", *common, "--out", tmp_path / "changed") == 2
+    err = capsys.readouterr().err
+    changed = hashlib.md5(published.read_bytes()).hexdigest()
+    assert f"md5 {changed} differs from {recorded} recorded in the DVC file {dvc_file}" in err
+    assert not (tmp_path / "changed").exists()
+
+
+# ----------------------------------------------------------------------------- command-line mistakes
+def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path, capsys):
+    save_in_format(tiny_state(0), "mmc", tmp_path / "w.pth")
+    cfg = write_config(tmp_path, voc, models={"mmc": {"source": "experiment", "experiment": "mmc"},
+                                               "tiny": {"source": "random", "backbone": TINY_ARCH}},
+                       experiments=TINY_EXPERIMENT)  # fmt: skip
+    (tmp_path / "run").mkdir()
+    out = ["--out", tmp_path / "o"]
+    mistakes = [
+        ["segment", "--config", cfg, "--model", "tinyy", "--dataset", "scenes", *out],
+        ["segment", "--config", cfg, "--model", "tiny", "--dataset", "scene", *out],
+        ["similarity", "--config", cfg, "--model", "mmc", "--dataset", "scenes", *out],  # no --checkpoint
+        ["similarity", "--config", cfg, "--model", "mmc", "--dataset", "scenes", "--checkpoint", tmp_path / "w.pt", *out],
+        ["select", "--config", cfg, "--experiment", "mcm", "--checkpoints", tmp_path / "run", "--out", tmp_path / "s.json"],
+        ["select", "--config", cfg, "--experiment", "mmc", "--checkpoints", tmp_path / "runs", "--out", tmp_path / "s.json"],
+        ["tables", "--config", cfg, "--summaries", tmp_path / "nope.json", "--similarity", tmp_path / "nope2.json", *out],
+        ["figures", "--config", cfg, "--summaries", tmp_path / "nope.json", "--objects", tmp_path / "o.parquet",
+         "--similarity", tmp_path / "s.json", *out],
+        ["figures", "--config", cfg, "--summaries", tmp_path / "w.pth", "--objects", tmp_path / "w.pth",
+         "--similarity", tmp_path / "w.pth", "--checkpoint", "tiny", *out],
+        ["report", "--config", cfg, "--selections", tmp_path / "nope.json", "--tables", tmp_path / "w.pth", "--out", tmp_path / "r.md"],
+    ]  # fmt: skip
+    for argv in mistakes:
+        assert run_cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "error:" in err, (argv, err)
+    assert job_records(cfg) == []
+    # and so `mmc track load` finds nothing to load: no parent run appears in MLflow
+    assert run_cli("track", "load", "--config", cfg) == 0
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'results/tracking/mlflow.db'}")
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+    assert runs == []
