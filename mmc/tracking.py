@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mmc.dvc import dvc_md5
-from mmc.files import atomic_path, sha256_file
+from mmc.errors import MMCError
+from mmc.files import WriteError, atomic_path, sha256_file
 from mmc.records import (
     current_invocation,
     default_name,
@@ -216,7 +217,11 @@ def job(
     try:
         yield recorder
     except BaseException as e:
-        recorder.write("FAILED", {"mmc.error": f"{type(e).__name__}: {e}"[:1000]})
+        try:
+            recorder.write("FAILED", {"mmc.error": f"{type(e).__name__}: {e}"[:1000]})
+        except (OSError, MMCError) as unwritten:  # e.g. the disk is full: the job's own error comes first
+            if not isinstance(e, WriteError):
+                print(f"mmc tracking: the FAILED record of {name} was not written ({unwritten})", file=sys.stderr)
         raise
     if not enabled:
         return

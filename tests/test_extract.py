@@ -3,16 +3,15 @@ written; truncated, oversized and lying archives are refused; nothing is written
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import stat
-import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from full_disk import small_file_system
 
 from mmc.data.extract import safe_extract
 from mmc.errors import MMCError
@@ -282,19 +281,6 @@ def test_zip_whose_declared_size_lies_is_refused(tmp_path, declared):
     assert "lying" in str(info.value) or "lies" in str(info.value)
     written = tmp_path / "out/ds/zeros.bin"
     assert not written.exists() or written.stat().st_size <= declared
-
-
-@contextlib.contextmanager
-def small_file_system(folder: Path, size: str):
-    """A tmpfs of ``size`` mounted on ``folder`` (root only); skip where it cannot be mounted."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_archive_larger_than_the_free_space_is_refused_before_writing(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,72 @@ def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path,
     experiments = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in experiments]) if experiments else []
     assert runs == []
+
+
+# ----------------------------------------------------------------------------- disk full
+@pytest.mark.parametrize("full", ["cache", "outputs", "records"])
+def test_segment_on_a_full_disk_is_one_line_naming_the_file(voc, tmp_path, full):
+    """The feature cache ({state_dir}), the outputs (--out) or the job records ({results_dir}) on a
+    full file system: exit 2, one line naming the file and the free space, nothing half-written."""
+    from full_disk import fill, small_file_system
+
+    with small_file_system(tmp_path / "disk", "512k") as disk:
+        places = {"cache": ("state_dir", tmp_path / "out"), "outputs": (None, disk / "out"),
+                  "records": ("results_dir", tmp_path / "out")}  # fmt: skip
+        key, out = places[full]
+        top = {key: str(disk / key)} if key else {}
+        cfg = write_config(tmp_path, voc, **top)
+        fill(disk, leave=4096)
+        done = subprocess.run(
+            [sys.executable, "-m", "mmc", "segment", "--config", str(cfg), "--model", "tiny", "--dataset", "scenes",
+             "--out", str(out)],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-3000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert lines[0].startswith("mmc segment: error: cannot write ") and " MB free on the file system of " in lines[0]
+        assert str(disk) in lines[0]
+        assert "No space left on device" in lines[0] or "torch.save could not write the file" in lines[0]
+        assert not (out / "summary.json").exists()
+        assert [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"] == []
+
+
+@pytest.mark.parametrize("full", ["out", "state"])
+def test_pretrain_disk_full_while_writing_a_checkpoint(tmp_path, full):
+    """The issue's case: a checkpoint does not fit (the resume state's, written with torch.save, or
+    the copy into --out). Exit 2 and one line naming the file and the free space, not a torch
+    traceback; every checkpoint already there is intact."""
+    import shutil
+
+    from full_disk import small_file_system
+    from pretrain_support import env, make_image_folder, pretrain_cmd
+    from pretrain_support import write_config as pretrain_config
+
+    images = make_image_folder(tmp_path / "images", 16, size=40)
+    overrides = {"optim": {"epochs": 2}, "checkpoint": {"save_epochs": [1]}}
+    cfg = pretrain_config(tmp_path, images, overrides, tracking=True)
+    probe = subprocess.run(pretrain_cmd(cfg, tmp_path / "probe"), env=env(), capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    size = (tmp_path / "probe/epoch_0001.pth").stat().st_size
+    shutil.rmtree(tmp_path / "state")  # start afresh, not from the probe's resume state
+    with small_file_system(tmp_path / "disk", f"{(size * 3 // 2) // 1024 + 8}k") as disk:
+        out = disk / "run" if full == "out" else tmp_path / "run"
+        if full == "state":
+            cfg = pretrain_config(tmp_path, images, overrides, tracking=True, state_dir=str(disk / "state"))
+        done = subprocess.run(pretrain_cmd(cfg, out), env=env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and "inline_container" not in done.stderr
+        error = done.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"mmc pretrain: error: cannot write {disk}/\S+\.pth: .* \(\d+\.\d MB free on the file "
+                            rf"system of {disk}\S* when the write failed\); .*", error), error
+        if full == "out":  # the first epoch was copied out whole before the second did not fit
+            assert "epoch_0002.pth: No space left on device" in error
+            assert (out / "epoch_0001.pth").read_bytes() == (tmp_path / "probe/epoch_0001.pth").read_bytes()
+        else:
+            assert "torch.save could not write the file" in error
+        left = list(disk.rglob("*.pth"))
+        assert all(isinstance(torch.load(p, weights_only=True), dict) for p in left)  # none half-written
+        assert not list(disk.rglob(".*tmp-*"))
+    record = json.loads((tmp_path / "results/tracking/jobs/pretrain-experiment=mmc.json").read_text())
+    assert record["status"] == "FAILED" and "cannot write" in record["tags"]["mmc.error"]

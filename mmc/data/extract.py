@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO
 
 from mmc.errors import MMCError
+from mmc.files import describe_free, free_space
 
 # A limit on the bytes one archive may expand to. The largest archive the paper's datasets use
 # (VOC 2012 trainval) expands to about 2 GB; datasets.NAME.max_extracted_bytes raises the limit.
@@ -163,27 +164,10 @@ def _check_members(archive: Path, target: Path, members: list[_Member], limit: i
             f"{archive}: its members declare {total} bytes in all, more than the limit of {limit} bytes "
             "(a decompression bomb, or a larger dataset: raise datasets.NAME.max_extracted_bytes)"
         )
-    free = free_bytes(target)
+    free = free_space(target)
     if free is not None and total > free:
         raise MMCError(f"{archive}: its members declare {total} bytes, but only {free} bytes are free on the "
                        f"file system of {target}; free some space and run again")
-
-
-def free_bytes(path: str | os.PathLike) -> int | None:
-    """Free bytes on the file system holding ``path`` (or its nearest existing parent); None if unknown."""
-    path = Path(os.path.abspath(path))
-    for folder in (path, *path.parents):
-        try:
-            return shutil.disk_usage(folder).free
-        except OSError:
-            continue
-    return None
-
-
-def describe_free(path: str | os.PathLike) -> str:
-    """'N MB free on the file system of PATH', for messages about failed writes."""
-    free = free_bytes(path)
-    return f"{free / 1e6:.1f} MB free on the file system of {path}" if free is not None else "free space unknown"
 
 
 # ----------------------------------------------------------------------------- writing
