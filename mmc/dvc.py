@@ -252,3 +252,209 @@ def dataset_hash(repo_root: str | os.PathLike, dvc_file: str = "data.dvc") -> st
     if not isinstance(md5, str) or not md5.endswith(".dir"):
         raise MMCError(f"{path}: expected one tracked directory with an md5 ending in '.dir', got {md5!r}")
     return md5
+
+
+# ----------------------------------------------------------------------------- the data on disk vs data.dvc
+def _ignore_patterns(root: Path) -> list[str]:
+    """The patterns of the repository's top-level ``.dvcignore`` (always those of :data:`IGNORED`)."""
+    path = root / ".dvcignore"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return sorted(set(patterns) | set(IGNORED))
+
+
+def _ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
+    """gitignore-style matching as DVC applies it, for the patterns this project writes: a pattern
+    without a slash matches a name at any depth; one with a slash matches the path from the root;
+    a trailing slash matches directories only. (Negations (``!``) are not supported.)"""
+    import fnmatch
+
+    name = relpath.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            continue
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(relpath, pattern.lstrip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def tracked_files(root: str | os.PathLike, target: str | os.PathLike) -> dict[str, Path]:
+    """Relative path (under ``target``) -> path of every file ``dvc add target`` tracks: files and
+    followed links, minus what ``.dvcignore`` excludes, minus DVC's own folders."""
+    root, target = Path(root), Path(target)
+    base = target if target.is_absolute() else root / target
+    patterns = _ignore_patterns(root)
+    prefix = os.path.relpath(base, root).replace(os.sep, "/")
+    found: dict[str, Path] = {}
+    for folder, dirs, names in os.walk(base, followlinks=True):
+        rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
+        rel_folder = "" if rel_folder == "." else rel_folder + "/"
+        dirs[:] = sorted(d for d in dirs if d not in (".dvc", ".git")
+                         and not _ignored(f"{prefix}/{rel_folder}{d}", True, patterns))  # fmt: skip
+        for name in names:
+            if not _ignored(f"{prefix}/{rel_folder}{name}", False, patterns):
+                found[rel_folder + name] = Path(folder, name)
+    return found
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """The md5 DVC 3 records for a file: of its bytes as they are."""
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_md5(files: Mapping[str, str]) -> str:
+    """The ``.dir`` md5 ``dvc add`` records for a tree with these ``relative path -> md5``: the md5
+    of DVC's JSON listing (entries sorted by path, keys sorted)."""
+    import hashlib
+    import json
+
+    listing = [{"md5": files[path], "relpath": path} for path in sorted(files)]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode(), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def cache_dir(root: str | os.PathLike) -> Path:
+    """The repository's DVC cache (``cache.dir`` of its config, else ``.dvc/cache``)."""
+    root = Path(root)
+    for name in ("config.local", "config"):
+        configured = _read_config(root / ".dvc" / name).get("cache", {}).get("dir")
+        if configured:
+            return (root / ".dvc" / str(configured)).resolve()
+    return root / ".dvc" / "cache"
+
+
+def cached_listing(root: str | os.PathLike, dir_md5: str) -> dict[str, str] | None:
+    """``relative path -> md5`` of the tree ``dir_md5`` from the DVC cache, or None if not cached."""
+    import json
+
+    value = dir_md5.removesuffix(".dir")
+    path = cache_dir(root) / "files" / "md5" / value[:2] / f"{value[2:]}.dir"
+    try:
+        entries = json.loads(path.read_text())
+        return {e["relpath"]: e["md5"] for e in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def tree_changes(dvc_file: str | os.PathLike) -> list[str]:
+    """How the tree on disk differs from what ``dvc_file`` (``data.dvc``) records; empty if it does not.
+
+    Every file is hashed (md5, as DVC does). With the tree's listing in the DVC cache, each
+    modified, added or removed file is named; without it, only the tree md5 can be compared.
+    """
+    dvc_file = Path(dvc_file).absolute()
+    recorded = dvc_md5(dvc_file)
+    if recorded is None:
+        return [f"{dvc_file}: missing or unreadable"]
+    root = find_root(dvc_file.parent) or dvc_file.parent
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    if not target.is_dir():
+        return [f"{target}: the folder {dvc_file.name} versions is missing"]
+    files = tracked_files(root, target)
+    now = {rel: md5_file(path) for rel, path in files.items()}
+    if tree_md5(now) == recorded:
+        return []
+    listing = cached_listing(root, recorded)
+    if listing is None:
+        return [f"{target}: its tree md5 is {tree_md5(now)}, {dvc_file.name} records {recorded} (the DVC cache "
+                "lacks that version's listing to name the files: `dvc pull` it)"]
+    problems = []
+    for rel in sorted(set(now) | set(listing)):
+        if rel not in listing:
+            problems.append(f"{target / rel}: not in {dvc_file.name} (added since)")
+        elif rel not in now:
+            problems.append(f"{target / rel}: in {dvc_file.name} (md5 {listing[rel]}), missing on disk")
+        elif now[rel] != listing[rel]:
+            problems.append(f"{target / rel}: md5 {now[rel]}, {dvc_file.name} records {listing[rel]}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- a cheap check for the workflow
+LISTING_DIR = ("tmp", "mmc-listing")  # under .dvc/: DVC's own scratch folder, never versioned
+
+
+def _listing_path(root: Path, target: Path) -> Path:
+    name = os.path.relpath(target.absolute(), root).replace(os.sep, "__")
+    return root.joinpath(".dvc", *LISTING_DIR, f"{name}.json")
+
+
+def _stat_listing(root: Path, target: Path) -> dict[str, list[int]]:
+    listing = {}
+    for rel, path in tracked_files(root, target).items():
+        info = path.stat()
+        listing[rel] = [info.st_size, info.st_mtime_ns]
+    return listing
+
+
+def record_listing(dvc_file: str | os.PathLike) -> Path:
+    """After ``dvc add``: note the size and modification time of every tracked file, with the md5
+    ``dvc_file`` records, so that :func:`listing_changes` can tell cheaply whether the data changed."""
+    import json
+
+    from mmc.files import write_text_atomic
+
+    dvc_file = Path(dvc_file).absolute()
+    root = find_root(dvc_file.parent) or dvc_file.parent
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    body = {"dvc_file": str(dvc_file), "md5": dvc_md5(dvc_file), "files": _stat_listing(root, target)}
+    return write_text_atomic(_listing_path(root, target), json.dumps(body, sort_keys=True))
+
+
+def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
+    """Files added, removed or modified (size or modification time) since ``mmc data version`` wrote
+    ``dvc_file``; None when that cannot be told cheaply (no listing recorded for this version of
+    ``dvc_file``). Stats every file, reads none: for the workflow, at every start."""
+    import json
+
+    shown = Path(dvc_file).with_name(Path(dvc_file).name.removesuffix(".dvc"))  # as the caller names it
+    dvc_file = Path(dvc_file).absolute()
+    root = find_root(dvc_file.parent)
+    md5 = dvc_md5(dvc_file)
+    if root is None or md5 is None:
+        return None
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    try:
+        body = json.loads(_listing_path(root, target).read_text())
+    except (OSError, ValueError):
+        return None
+    if body.get("md5") != md5 or not target.is_dir():
+        return None
+    before, now = body.get("files", {}), _stat_listing(root, target)
+    changes = [f"added {shown / rel}" for rel in sorted(set(now) - set(before))]
+    changes += [f"removed {shown / rel}" for rel in sorted(set(before) - set(now))]
+    changes += [f"modified {shown / rel}" for rel in sorted(set(now) & set(before)) if now[rel] != before[rel]]
+    return changes
+
+
+def unversioned_changes(dvc_file: str | os.PathLike, inputs: list[str]) -> list[str]:
+    """For the workflow, at start: the changes to the data since ``mmc data version`` wrote
+    ``dvc_file`` (:func:`listing_changes`), unless the workflow versions the data again anyway
+    before any job reads it (``dvc_file`` absent, or one of its rule's ``inputs`` missing or newer)."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.is_file():
+        return []
+    versioned_at = dvc_file.stat().st_mtime
+    if any(not os.path.exists(p) or os.path.getmtime(p) > versioned_at for p in inputs):
+        return []
+    return listing_changes(dvc_file) or []
+
+
+def unversioned_message(dvc_file: str | os.PathLike, changes: list[str], config_file: str) -> str:
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    return (
+        f"the data changed since `mmc data version` wrote {dvc_file}: {shown}. Nothing that read the old data "
+        f"would be redone: run `mmc data version --config {config_file}` to version the data as it is now "
+        f"(every job that reads it then reruns), or restore the versioned data with `dvc checkout {dvc_file}`"
+    )

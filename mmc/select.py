@@ -193,6 +193,11 @@ def _main(args: argparse.Namespace) -> int:
             rec.consumed(candidate["path"], candidate["sha256"])
             if candidate["score"] is not None:
                 rec.log_metrics({"selection_score": candidate["score"]}, step=candidate["epoch"])
+        if record["selection_dataset"] is not None:
+            from mmc.data.digest import dataset_entry
+
+            name = record["selection_dataset"]
+            rec.read_data(name, dataset_entry(cfg.datasets[name]))
         write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
         rec.produced(args.out)
     print(f"{args.experiment}: {record['checkpoint']} ({record['reason']})")

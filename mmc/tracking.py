@@ -119,6 +119,12 @@ class JobRecorder:
     def produced(self, path: str | Path, sha256: str | None = None) -> None:
         self.record["files"]["produced"][str(path)] = sha256 or sha256_file(path)
 
+    def read_data(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Record the content hash of data the job read (an entry of :mod:`mmc.data.digest`);
+        ``mmc provenance`` hashes it again. Its digest is also tagged ``mmc.data_digest.<name>``."""
+        self.record.setdefault("data", {})[name] = dict(entry)
+        self.record["tags"][f"mmc.data_digest.{name}"] = str(entry["digest"])
+
     def _checkpoint_tags(self) -> dict[str, str]:
         tags = {}
         for direction in ("consumed", "produced"):

@@ -223,6 +223,7 @@ def _version(args: argparse.Namespace) -> int:
     with tracking.job("version_data", cfg, config_path=args.config) as rec, dvc.locked(repo, cfg.dvc) as store:
         target = (repo / data).relative_to(store.root).as_posix()
         dvc_file = dvc.add(store.root, target)
+        dvc.record_listing(dvc_file)  # the workflow compares the data with it at every start
         if not args.no_push:
             dvc.push(store.root, f"{target}.dvc", remote=store.remote)
         digest = dvc.dataset_hash(store.root, f"{target}.dvc")

@@ -30,7 +30,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
 import tarfile
 import time

@@ -64,6 +64,7 @@ class VOCReader:
         ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
         if not ids:
             raise MMCError(f"{list_file}: the split lists no images")
+        self.list_file = list_file
         self.ids = ids[:max_images] if max_images else ids
 
     @classmethod
@@ -73,11 +74,24 @@ class VOCReader:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def paths(self, image_id: str) -> tuple[Path, Path, Path]:
+        """The image, instance map and class map of one image: what :meth:`__getitem__` reads."""
+        return (
+            self.root / "JPEGImages" / f"{image_id}.jpg",
+            self.root / "SegmentationObject" / f"{image_id}.png",
+            self.root / "SegmentationClass" / f"{image_id}.png",
+        )
+
+    def files(self) -> list[Path]:
+        """Every file the reader reads: the split list and each selected image's three files."""
+        return [self.list_file, *(path for image_id in self.ids for path in self.paths(image_id))]
+
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
-        image = read_rgb(self.root / "JPEGImages" / f"{image_id}.jpg")
-        instances = read_indexed_png(self.root / "SegmentationObject" / f"{image_id}.png")
-        classes = read_indexed_png(self.root / "SegmentationClass" / f"{image_id}.png")
+        image_path, instances_path, classes_path = self.paths(image_id)
+        image = read_rgb(image_path)
+        instances = read_indexed_png(instances_path)
+        classes = read_indexed_png(classes_path)
         if instances.shape != classes.shape or instances.shape != image.shape[:2]:
             raise MMCError(
                 f"{self.root}: image {image_id}: sizes differ: image {image.shape[:2]}, "

@@ -162,8 +162,9 @@ def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
 def evaluation_job(
     stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)
 ) -> Iterator[tuple[Any, Any, EvaluatedModel]]:
-    """The config, the tracked job (params, tags, the checkpoint consumed) and the model of one
-    evaluation command run with :func:`add_evaluation_arguments`. Yields ``(cfg, recorder, model)``."""
+    """The config, the tracked job (params, tags, the checkpoint consumed, the data read) and the
+    model of one evaluation command run with :func:`add_evaluation_arguments`. Yields
+    ``(cfg, recorder, model)``."""
     from mmc import config, tracking
     from mmc.models import check_model_request
 
@@ -192,3 +193,7 @@ def evaluation_job(
         if loaded.path is not None:
             rec.consumed(loaded.path, loaded.sha256)
         yield cfg, rec, model
+        # the images and labels the job read, hashed file by file: `mmc provenance` checks them again
+        from mmc.data.digest import dataset_entry
+
+        rec.read_data(args.dataset, dataset_entry(cfg.datasets[args.dataset]))

@@ -16,6 +16,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mmc import config as mmc_config
+from mmc import dvc as mmc_dvc
 from mmc.errors import MMCError
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
@@ -134,7 +135,8 @@ def pretrain_inputs(wildcards):
 
 
 def versioned_data():
-    """What `data.dvc` versions: every dataset the run reads, complete on disk."""
+    """What `data.dvc` versions: every dataset the run reads, complete on disk, and the
+    checkpoints fetched into data_dir."""
     names = list(CFG.evaluation.datasets)
     if CFG.selection.policy != "last":
         names.append(CFG.selection.dataset)
@@ -144,6 +146,12 @@ def versioned_data():
         for e in CFG.experiments.values()
         if _inside(e.data.path, SYNTHETIC_DIR)
     }
+    if CFG.evaluation.datasets:
+        ready |= {
+            f"{DATA}/checkpoints/{name}.pth"
+            for name, model in CFG.models.items()
+            if model.source == "url"
+        }
     return sorted(ready)
 
 
@@ -289,3 +297,15 @@ def final_targets():
 # ----------------------------------------------------------------------------- tracking hooks
 def run_hook(command):
     shell(f"{command} --config {CONFIG_FILE}")
+
+
+# ----------------------------------------------------------------------------- the data on disk
+# Snakemake sees modification times, not the data: a file of data_dir changed by hand since
+# `mmc data version` would leave every job that read it as it was. Checked once, by the main
+# process (cluster jobs parse this file too), from file sizes and times (docs/workflow.md).
+if workflow.is_main_process:
+    _changes = mmc_dvc.unversioned_changes(DATA_VERSION, versioned_data())
+    if _changes:
+        raise WorkflowError(
+            mmc_dvc.unversioned_message(DATA_VERSION, _changes, CONFIG_FILE)
+        )

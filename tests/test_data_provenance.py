@@ -1,0 +1,107 @@
+"""The data a job read is part of its provenance: one evaluation image changed after the run is
+named by `mmc provenance` (against the job's record and against data.dvc), the workflow refuses
+to start until the data is versioned again, and then reruns the evaluation that read it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, snakemake_env, write_config
+
+from mmc import dvc
+
+pytestmark = pytest.mark.slow
+SUMMARY = "results/test/segment/random/synthetic_val/summary.json"
+TINY = {
+    "synthetic": {"images": 8, "unlabelled_images": 4, "size": 64},
+    "evaluation": {"resolution": 64},
+    "selection": {"policy": "last", "dataset": None},
+}
+
+
+def mmc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "python"), "-m", "mmc", *args], cwd=workdir, env=snakemake_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def replace_image(path: Path) -> None:
+    """What a user editing an image does: a new file written, then renamed over the old one."""
+    pixels = Image.open(path).convert("RGB")
+    pixels.putpixel((3, 3), (255, 0, 255))
+    edited = path.with_name("edited.jpg")
+    pixels.save(edited, quality=95)
+    os.replace(edited, path)
+
+
+def test_a_changed_evaluation_image_is_named_refused_then_rerun(tmp_path):
+    raw = config_with(**TINY)
+    raw["models"] = {"random": raw["models"]["random"]}
+    write_config(tmp_path / "tiny.yaml", raw)
+    snakemake(tmp_path, "--configfile", "tiny.yaml", "--cores", "2", SUMMARY, timeout=600)
+    record = json.loads((tmp_path / "results/test/tracking/jobs/segment-model=random-dataset=synthetic_val.json").read_text())
+    entry = record["data"]["synthetic_val"]
+    image = "JPEGImages/" + sorted(p for p in entry["files"] if p.startswith("JPEGImages/"))[1].split("/", 1)[1]
+    assert entry["kind"] == "dataset" and record["tags"]["mmc.data_digest.synthetic_val"] == entry["digest"]
+    assert "ImageSets/Segmentation/val.txt" in entry["files"] and len(entry["files"]) == 1 + 3 * 4
+    clean = mmc(tmp_path, "provenance", SUMMARY)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "and the data read (2 dataset version(s)) is unchanged" in clean.stdout
+
+    path = tmp_path / "data/synthetic/VOCdevkit/VOC2012" / image
+    replace_image(path)
+
+    audit = mmc(tmp_path, "provenance", SUMMARY)
+    assert audit.returncode == 1, audit.stdout + audit.stderr
+    relative = f"data/synthetic/VOCdevkit/VOC2012/{image}"
+    assert f"CHANGED {tmp_path}/{relative}: sha256 " in audit.stdout  # against the job's record
+    assert f"{tmp_path}/{relative}: md5 " in audit.stdout and "data.dvc records" in audit.stdout  # against DVC
+    assert f"mmc provenance: data changed: {tmp_path}/{relative}" in audit.stderr
+
+    refused = snakemake(tmp_path, "--configfile", "tiny.yaml", "-n", SUMMARY, check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert f"the data changed since `mmc data version` wrote data.dvc: modified {relative}" in said
+    assert "run `mmc data version --config tiny.yaml`" in said
+
+    assert mmc(tmp_path, "data", "version", "--config", "tiny.yaml", "--no-push").returncode == 0
+    plan = snakemake(tmp_path, "--configfile", "tiny.yaml", "-n", SUMMARY)
+    assert job_counts(plan.stdout) == {"segment": 1}  # the evaluation that read the data, nothing else
+    snakemake(tmp_path, "--configfile", "tiny.yaml", "--cores", "2", SUMMARY, timeout=600)
+    again = mmc(tmp_path, "provenance", SUMMARY)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Nothing to be done" in snakemake(tmp_path, "--configfile", "tiny.yaml", "-n", SUMMARY).stdout
+
+
+def test_the_cheap_listing_sees_added_removed_and_modified_files(tmp_path):
+    """`mmc data version`'s listing (sizes and times, read by the workflow at every start)."""
+    repo = tmp_path
+    data = repo / "data"
+    (data / "a").mkdir(parents=True)
+    for name in ("x.jpg", "y.jpg"):
+        (data / "a" / name).write_bytes(os.urandom(100))
+    (data / "a/partial.part").write_bytes(b"ignored")  # .dvcignore'd, as DVC ignores it
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})  # fmt: skip
+    dvc.setup(repo, type("D", (), {"cache_type": "copy", "hardlink_lock": False, "remote": ".remote"})())
+    dvc_file = dvc.add(repo, "data")
+    dvc.record_listing(dvc_file)
+    assert dvc.listing_changes(dvc_file) == [] and dvc.tree_changes(dvc_file) == []
+    (data / "a/partial.part").write_bytes(b"still ignored")
+    (data / "a/z.jpg").write_bytes(b"new")
+    (data / "a/y.jpg").unlink()
+    (data / "a/x.jpg").write_bytes(os.urandom(100))
+    os.utime(data / "a/x.jpg", ns=(1, 1))
+    assert dvc.listing_changes(dvc_file) == [f"added {data}/a/z.jpg", f"removed {data}/a/y.jpg", f"modified {data}/a/x.jpg"]
+    problems = dvc.tree_changes(dvc_file)
+    assert [p.split(":")[0] for p in problems] == [f"{data}/a/x.jpg", f"{data}/a/y.jpg", f"{data}/a/z.jpg"]
+    assert "not in data.dvc (added since)" in problems[2] and "missing on disk" in problems[1]
+    # the tree md5 of mmc.dvc is DVC's own: the same files give the md5 `dvc add` writes
+    dvc.add(repo, "data")
+    assert dvc.tree_md5({r: dvc.md5_file(p) for r, p in dvc.tracked_files(repo, "data").items()}) == dvc.dvc_md5(dvc_file)
+    assert REPO.is_dir()
