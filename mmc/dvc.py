@@ -292,6 +292,8 @@ def tracked_files(root: str | os.PathLike, target: str | os.PathLike) -> dict[st
     base = target if target.is_absolute() else root / target
     patterns = _ignore_patterns(root)
     prefix = os.path.relpath(base, root).replace(os.sep, "/")
+    if base.is_file():  # a single tracked file (a published checkpoint)
+        return {"": base}
     found: dict[str, Path] = {}
     for folder, dirs, names in os.walk(base, followlinks=True):
         rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
@@ -391,11 +393,21 @@ def _listing_path(root: Path, target: Path) -> Path:
 
 
 def _stat_listing(root: Path, target: Path) -> dict[str, list[int]]:
+    """Size, modification time, change time and inode of every tracked file. The last two cannot be
+    set by hand: a file rewritten with its old modification time put back still shows."""
     listing = {}
     for rel, path in tracked_files(root, target).items():
         info = path.stat()
-        listing[rel] = [info.st_size, info.st_mtime_ns]
+        listing[rel] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
     return listing
+
+
+def _recorded_md5s(root: Path, dvc_md5_value: str) -> dict[str, str] | None:
+    """``relative path -> md5`` as ``dvc add`` recorded it (a tree's listing from the cache, or a
+    single file's md5 under the key ``""``); None when the cache lacks the listing."""
+    if dvc_md5_value.endswith(".dir"):
+        return cached_listing(root, dvc_md5_value)
+    return {"": dvc_md5_value}
 
 
 def record_listing(dvc_file: str | os.PathLike) -> Path:
@@ -413,9 +425,12 @@ def record_listing(dvc_file: str | os.PathLike) -> Path:
 
 
 def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
-    """Files added, removed or modified (size or modification time) since ``mmc data version`` wrote
-    ``dvc_file``; None when that cannot be told cheaply (no listing recorded for this version of
-    ``dvc_file``). Stats every file, reads none: for the workflow, at every start."""
+    """Files added, removed or modified since ``dvc_file`` was written (``mmc data version``,
+    ``mmc publish``); None when that cannot be told cheaply (no listing recorded for this version of
+    ``dvc_file``). For the workflow, at every start: it stats every file and reads only those whose
+    size and modification time are unchanged but whose change time or inode is not (rewritten with
+    the old time put back, or merely copied with the project): their md5 is compared with DVC's,
+    and when all of them match, the listing is brought up to date (so copies cost one pass)."""
     import json
 
     shown = Path(dvc_file).with_name(Path(dvc_file).name.removesuffix(".dvc"))  # as the caller names it
@@ -429,12 +444,26 @@ def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
         body = json.loads(_listing_path(root, target).read_text())
     except (OSError, ValueError):
         return None
-    if body.get("md5") != md5 or not target.is_dir():
+    if body.get("md5") != md5 or not target.exists():
         return None
     before, now = body.get("files", {}), _stat_listing(root, target)
     changes = [f"added {shown / rel}" for rel in sorted(set(now) - set(before))]
     changes += [f"removed {shown / rel}" for rel in sorted(set(before) - set(now))]
-    changes += [f"modified {shown / rel}" for rel in sorted(set(now) & set(before)) if now[rel] != before[rel]]
+    common = sorted(set(now) & set(before))
+    changes += [f"modified {shown / rel}" for rel in common if now[rel][:2] != before[rel][:2]]
+    suspects = [rel for rel in common if now[rel][:2] == before[rel][:2] and now[rel][2:] != before[rel][2:]]
+    if suspects:
+        reference = _recorded_md5s(root, md5) or {}
+        base = target if target.is_dir() else target.parent
+        differ = [rel for rel in suspects if rel in reference
+                  and md5_file(base / rel if rel else target) != reference[rel]]  # fmt: skip
+        changes += [f"modified {shown / rel} (its modification time was kept)" for rel in differ]
+        if not changes:  # only copies or relinks: same bytes, new inodes
+            from mmc.files import write_text_atomic
+
+            body["files"] = now
+            with contextlib.suppress(OSError):
+                write_text_atomic(_listing_path(root, target), json.dumps(body, sort_keys=True))
     return changes
 
 
@@ -451,10 +480,22 @@ def unversioned_changes(dvc_file: str | os.PathLike, inputs: list[str]) -> list[
     return listing_changes(dvc_file) or []
 
 
+def _some(changes: list[str]) -> str:
+    return "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+
+
 def unversioned_message(dvc_file: str | os.PathLike, changes: list[str], config_file: str) -> str:
-    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
     return (
-        f"the data changed since `mmc data version` wrote {dvc_file}: {shown}. Nothing that read the old data "
-        f"would be redone: run `mmc data version --config {config_file}` to version the data as it is now "
-        f"(every job that reads it then reruns), or restore the versioned data with `dvc checkout {dvc_file}`"
+        f"the data changed since `mmc data version` wrote {dvc_file}: {_some(changes)}. Nothing that read the "
+        f"old data would be redone: run `mmc data version --config {config_file}` to version the data as it is "
+        f"now (every job that reads it then reruns), or restore the versioned data with `dvc checkout {dvc_file}`"
+    )
+
+
+def republish_message(dvc_file: str | os.PathLike, changes: list[str]) -> str:
+    checkpoint = str(dvc_file).removesuffix(".dvc")
+    return (
+        f"a published checkpoint changed since `mmc publish` wrote {dvc_file}: {_some(changes)}. The results "
+        f"evaluated from it would stand: restore it with `dvc checkout {dvc_file}`, or delete {checkpoint} and "
+        "the workflow publishes the selected checkpoint again"
     )

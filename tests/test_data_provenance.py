@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, snakemake_env, write_config
+from workflow_helpers import BIN, config_with, job_counts, snakemake, snakemake_env, write_config
 
 from mmc import dvc
 
@@ -104,4 +105,39 @@ def test_the_cheap_listing_sees_added_removed_and_modified_files(tmp_path):
     # the tree md5 of mmc.dvc is DVC's own: the same files give the md5 `dvc add` writes
     dvc.add(repo, "data")
     assert dvc.tree_md5({r: dvc.md5_file(p) for r, p in dvc.tracked_files(repo, "data").items()}) == dvc.dvc_md5(dvc_file)
-    assert REPO.is_dir()
+    dvc.record_listing(dvc_file)
+    # rewritten with its modification time put back: the change time shows it, the md5 confirms it
+    before = (data / "a/x.jpg").stat()
+    (data / "a/x.jpg").write_bytes(os.urandom(100))
+    os.utime(data / "a/x.jpg", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert dvc.listing_changes(dvc_file) == [f"modified {data}/a/x.jpg (its modification time was kept)"]
+    os.utime(data / "a/x.jpg")  # (DVC's own state, keyed by inode, size and time, would miss it too)
+    dvc.add(repo, "data")
+    dvc.record_listing(dvc_file)
+    # the project copied elsewhere (new inodes, same bytes and times): no change, and the listing follows
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(repo, copy, copy_function=shutil.copy2)
+    assert dvc.listing_changes(copy / "data.dvc") == []
+    listing = json.loads(next((copy / ".dvc/tmp/mmc-listing").glob("*.json")).read_text())
+    assert listing["files"]["a/x.jpg"][3] == (copy / "data/a/x.jpg").stat().st_ino  # brought up to date
+
+
+def test_a_published_checkpoint_rewritten_with_its_old_time_is_found(tmp_path):
+    """What `mmc publish` notes of the file it publishes; the workflow checks it at every start."""
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})  # fmt: skip
+    checkpoint = tmp_path / "checkpoints/mmc.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(os.urandom(5000))
+    dvc_file = dvc.add(tmp_path, "checkpoints/mmc.pth")
+    dvc.record_listing(dvc_file)
+    assert dvc.unversioned_changes(dvc_file, []) == []
+    before = checkpoint.stat()
+    replacement = checkpoint.with_name("other.pth")
+    replacement.write_bytes(os.urandom(5000))  # another checkpoint of the same size
+    os.replace(replacement, checkpoint)
+    os.utime(checkpoint, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changes = dvc.unversioned_changes(dvc_file, [])
+    assert changes == [f"modified {checkpoint} (its modification time was kept)"]
+    message = dvc.republish_message(dvc_file, changes)
+    assert f"dvc checkout {dvc_file}" in message and f"delete {checkpoint}" in message
