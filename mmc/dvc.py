@@ -427,10 +427,11 @@ def record_listing(dvc_file: str | os.PathLike) -> Path:
 def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
     """Files added, removed or modified since ``dvc_file`` was written (``mmc data version``,
     ``mmc publish``); None when that cannot be told cheaply (no listing recorded for this version of
-    ``dvc_file``). For the workflow, at every start: it stats every file and reads only those whose
-    size and modification time are unchanged but whose change time or inode is not (rewritten with
-    the old time put back, or merely copied with the project): their md5 is compared with DVC's,
-    and when all of them match, the listing is brought up to date (so copies cost one pass)."""
+    ``dvc_file``). For the workflow, at every start: it stats every file and reads only those of
+    the same size whose modification time, change time or inode differ (edited, touched as
+    Snakemake touches a job's outputs, rewritten with the old time put back, or copied with the
+    project): their md5 is compared with DVC's record, and when all match, the listing is brought up
+    to date, so such files are read once."""
     import json
 
     shown = Path(dvc_file).with_name(Path(dvc_file).name.removesuffix(".dvc"))  # as the caller names it
@@ -450,15 +451,18 @@ def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
     changes = [f"added {shown / rel}" for rel in sorted(set(now) - set(before))]
     changes += [f"removed {shown / rel}" for rel in sorted(set(before) - set(now))]
     common = sorted(set(now) & set(before))
-    changes += [f"modified {shown / rel}" for rel in common if now[rel][:2] != before[rel][:2]]
-    suspects = [rel for rel in common if now[rel][:2] == before[rel][:2] and now[rel][2:] != before[rel][2:]]
+    changes += [f"modified {shown / rel}" for rel in common if now[rel][0] != before[rel][0]]
+    suspects = [rel for rel in common if now[rel][0] == before[rel][0] and now[rel][1:] != before[rel][1:]]
     if suspects:
         reference = _recorded_md5s(root, md5) or {}
-        base = target if target.is_dir() else target.parent
-        differ = [rel for rel in suspects if rel in reference
-                  and md5_file(base / rel if rel else target) != reference[rel]]  # fmt: skip
-        changes += [f"modified {shown / rel} (its modification time was kept)" for rel in differ]
-        if not changes:  # only copies or relinks: same bytes, new inodes
+        for rel in suspects:
+            time_kept = now[rel][1] == before[rel][1]
+            if rel not in reference:  # nothing to compare with: a new time is a change, a new inode alone a copy
+                if not time_kept:
+                    changes.append(f"modified {shown / rel}")
+            elif md5_file(target / rel if rel else target) != reference[rel]:
+                changes.append(f"modified {shown / rel}" + (" (its modification time was kept)" if time_kept else ""))
+        if not changes:  # touched, copied or relinked: the same bytes
             from mmc.files import write_text_atomic
 
             body["files"] = now
