@@ -47,7 +47,7 @@ def case_config(case: str, precision: str, batch: int, device: str = "cpu"):
     if case == "test":
         raw = config.load_raw(REPO / "config" / "test.yaml")
         pretrain = raw.get("pretrain", {})
-    else:  # ViT-S/16 at 224 px with the spec's default heads
+    else:  # ViT-S/16 at 224 px with the schema's default heads
         pretrain = {"backbone": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "img_size": 224}}
     pretrain = config.deep_merge(pretrain, {"precision": precision, "optim": {"batch_size": batch}, "compile": False})
     return config.freeze(config.resolve({"run_name": "bench", "device": device, "tracking": {"enabled": False},

@@ -1,8 +1,13 @@
 """The ``mmc`` command line: one subcommand per pipeline stage.
 
-Each stage module defines ``add_arguments(parser)`` (which sets ``func``) and keeps heavy imports
-(torch, timm, mlflow) inside the functions that need them, so ``mmc --help`` stays fast: only the
-module of the chosen subcommand is imported.
+One way to wire a command: :data:`COMMANDS` names the module that defines
+``add_arguments(parser)``; it sets ``func`` to the module's ``_main(args)`` (or, for a command with
+actions such as ``mmc data synthetic``, one subparser per action with ``func=_<action>``). That module
+is the stage's own (``mmc.select``, ``mmc.evaluation.segment``), or a ``cli`` module beside a library
+that other stages import (``mmc.config_cli``, ``mmc.track_cli``, ``mmc.data.cli``,
+``mmc.pretrain.cli``) so that importing the library never imports argparse wiring. Heavy imports
+(torch, timm, mlflow) stay inside the handlers, so ``mmc --help`` stays fast: only the module of
+the chosen subcommand is imported.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_voc_reader_errors(voc, tmp_path):
         VOCReader(tmp_path / "devkit", "val")
     bad = make_voc(tmp_path / "bad" / "VOC2012", n_images=1)
     Image.new("RGB", (64, 48)).save(bad / "SegmentationObject" / "2007_000000.png")
-    with pytest.raises(MMCError, match=r"2007_000000.png: expected an indexed \(palette\) PNG"):
+    with pytest.raises(MMCError, match=r"2007_000000.png: expected an indexed \(palette\) or greyscale PNG label map"):
         VOCReader(bad)[0]
     Image.new("P", (60, 48)).save(bad / "SegmentationObject" / "2007_000000.png")
     with pytest.raises(MMCError, match="sizes differ"):

@@ -36,7 +36,7 @@ OBJECT_COLUMNS = ["image_id", "object_id", "class_id", "area", "prompt_y", "prom
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_main)
 
 
 # ----------------------------------------------------------------------------- per image
@@ -182,7 +182,7 @@ def evaluate_checkpoint(
 
 
 # ----------------------------------------------------------------------------- command
-def run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mmc.files import atomic_path

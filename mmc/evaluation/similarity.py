@@ -26,7 +26,7 @@ from mmc.evaluation.summary import SimilarityResult
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_main)
 
 
 def label_map(sample: Sample) -> np.ndarray:
@@ -137,7 +137,7 @@ def plot(result: SimilarityResult, title: str, base: Path) -> list[Path]:
     return save_figure(fig, base, ("png", "svg"), crop=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     from mmc.files import atomic_path
 
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""The three MMC losses (SPEC §1) as pure functions of tensors.
+"""The three MMC losses (docs/method.md#losses) as pure functions of tensors.
 
 Shapes: V views, B images of this rank, N patch tokens, K prototypes, P pixels per patch (p*p*3).
 Normalisations that depend on counts (masked tokens, images with masked tokens) use the count over

@@ -1,4 +1,4 @@
-"""The MMC pretraining loop (SPEC §1): one process, or DDP under ``torchrun``.
+"""The MMC pretraining loop (docs/method.md#pretraining): one process, or DDP under ``torchrun``.
 
 Exit codes: 0 done; 2 a user error (bad config, missing data, non-finite loss); 75 (EX_TEMPFAIL)
 stopped by SIGTERM after writing a resume checkpoint at the next step boundary, so a scheduler
