@@ -123,6 +123,29 @@ def test_record_carries_provenance_tags(tmp_path, monkeypatch):
     assert Path(record["config"]["snapshot"]).read_text() == config.dump(cfg)
 
 
+def test_record_says_whether_the_job_ran_deterministically(tmp_path, monkeypatch):
+    import torch
+
+    cfg = config.load(_write_config(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "on"}):
+            torch.use_deterministic_algorithms(True)
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "off"}):
+            torch.use_deterministic_algorithms(False)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    on, off = (json.loads((records.record_dir(cfg) / f"pretrain-experiment={e}.json").read_text())["tags"]
+               for e in ("on", "off"))
+    assert on["mmc.deterministic"] == on["mmc.deterministic_algorithms"] == "true"  # on CPU: the flag suffices
+    assert off["mmc.deterministic"] == off["mmc.deterministic_algorithms"] == "false"
+    assert on["mmc.num_threads"] == str(torch.get_num_threads())
+    assert on["mmc.env.OMP_NUM_THREADS"] == "1" and on["mmc.env.CUBLAS_WORKSPACE_CONFIG"] == "unset"
+    assert set(versions.REPRODUCIBILITY_ENV) <= {k.removeprefix("mmc.env.") for k in on if k.startswith("mmc.env.")}
+
+
 def test_failed_job_is_recorded_as_failed(tmp_path):
     cfg = config.load(_write_config(tmp_path))
     with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
