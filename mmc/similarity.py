@@ -115,6 +115,7 @@ def plot(result: dict, title: str, png: Path, svg: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "mmc"  # stable SVG ids: same data, same bytes
     import matplotlib.pyplot as plt
 
     edges = np.asarray(result["bins"])
@@ -142,8 +143,9 @@ def plot(result: dict, title: str, png: Path, svg: Path) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, format="png", dpi=120)
-    fig.savefig(svg, format="svg")
+    # Fixed metadata (no date, no software version): the same data gives byte-identical files.
+    fig.savefig(png, format="png", dpi=120, metadata={"Software": None})
+    fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
 
 
