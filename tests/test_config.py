@@ -152,7 +152,7 @@ def test_without_absent_makes_an_old_snapshot_loadable(tmp_path):
     cfg = config.load(REPO / "config" / "test.yaml")
     old = config.to_dict(cfg)  # what snapshots held before: every field, absent ones as null
     assert old["models"]["mmc"]["path"] is None
-    with pytest.raises(ConfigError, match="models.mmc.path: null has the wrong type"):
+    with pytest.raises(ConfigError, match=r"models\.mmc\.path: null has the wrong type"):
         config.load(write(tmp_path, yaml.safe_dump(old)))
     fixed = config.load(write(tmp_path, yaml.safe_dump(config.without_absent(old))))
     assert config.config_hash(fixed) == config.config_hash(cfg)
