@@ -36,12 +36,14 @@ def git_state(root: Path = CODE_ROOT) -> dict[str, str]:
     """``{"commit": sha, "dirty": "true"|"false"}`` of the checkout holding the code, or "unknown".
 
     The code's own checkout, not the working directory's: that is the code that ran. Dirty means a
-    tracked file differs from the commit (untracked files, e.g. results, do not count).
+    tracked file differs from the commit (untracked files, e.g. results, do not count), except DVC
+    pointer files (``*.dvc``): a run rewrites ``data.dvc`` and published ``E.pth.dvc`` itself, and
+    every record carries their md5s, so they would mark a clean checkout dirty for no code change.
     """
     commit = _git("rev-parse", "HEAD", cwd=root)
     if commit is None:
         return {"commit": "unknown", "dirty": "unknown"}
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude,glob)**/*.dvc", cwd=root)
     return {"commit": commit, "dirty": "unknown" if status is None else str(bool(status)).lower()}
 
 

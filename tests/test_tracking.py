@@ -367,3 +367,20 @@ def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs
     for child in children1 + children2:
         assert not [t for t in wanted if t not in child.data.tags], child.data.tags
         assert child.data.tags["mlflow.parentRunId"] in (parent1.info.run_id, parent2.info.run_id)
+
+
+def test_dvc_pointer_files_do_not_make_the_code_dirty(tmp_path):
+    # a run rewrites data.dvc (mmc data version) and E.pth.dvc (mmc publish) in a clean checkout
+    repo = tmp_path / "project"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "data.dvc").write_text("outs:\n- md5: 0.dir\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *args], cwd=repo, check=True)
+    state = versions.git_state.__wrapped__  # uncached
+    (repo / "data.dvc").write_text("outs:\n- md5: 1.dir\n")
+    assert state(repo / "pkg")["dirty"] == "false"
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert state(repo / "pkg") == {"commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                                            text=True).stdout.strip(), "dirty": "true"}
