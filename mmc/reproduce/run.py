@@ -205,15 +205,15 @@ class Audit:
         job_dir.mkdir(parents=True)
         result.sandbox = str(job_dir)
         argv = self._place_config(record, command, raw, job_dir, worktree)
-        for path in record.consumed:
-            relative = _within(path, base)
-            if relative is not None:
-                place_link(job_dir, relative, Path(record.resolve(path)))
-        if data_link is not None:
+        if data_link is not None:  # first: inputs under data_dir (manifests, fetched checkpoints) are in it
             place_link(job_dir, *data_link)
             dvc_file = base / f"{os.path.normpath(data_link[0])}.dvc"
             if dvc_file.is_file():
                 place_link(job_dir, f"{os.path.normpath(data_link[0])}.dvc", dvc_file)
+        for path in record.consumed:
+            relative = _within(path, base)
+            if relative is not None:
+                place_link(job_dir, relative, Path(record.resolve(path)))
         argv = [sys.executable, "-m", "mmc", *(self._rebase(a, base, job_dir) for a in argv[1:])]
         self._execute(record, result, job_dir, argv, worktree)
         if result.verdict == FAILED:
@@ -398,6 +398,7 @@ class Report:
     seed: int
     sample: int | None
     stages: list[str]
+    requested: list[str]  # --jobs
     jobs: list[JobResult]
     repositories: list[str]
     wall_seconds: float = 0.0
@@ -464,7 +465,7 @@ def reproduce(options: Options, argv: list[str] | None = None) -> Report:
     report = Report(
         reproduction_id=reproduction_id, run_dir=str(options.run_dir),
         started=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), command=list(argv or sys.argv),
-        seed=options.seed, sample=options.sample, stages=list(options.stages), jobs=[],
+        seed=options.seed, sample=options.sample, stages=list(options.stages), requested=list(options.jobs), jobs=[],
         repositories=[str(r) for r in repositories], scratch=str(scratch) if options.keep else None,
     )
     try:
@@ -573,9 +574,10 @@ def render_markdown(report: Report) -> str:
         "",
         f"Audit `{report.reproduction_id}` started {report.started}: `{' '.join(report.command)}`.",
         f"Jobs: {summary or 'none'}. Result: **{'PASSED' if report.passed else 'FAILED'}**.",
-        f"Sample: {report.sample if report.sample is not None else 'one job per stage'} (seed {report.seed}"
-        + (f", stages {', '.join(report.stages)}" if report.stages else "") + "). "
-        f"Code from: {', '.join(report.repositories) or '-'}.",
+        (f"Jobs named: {', '.join(report.requested)}. " if report.requested else
+         f"Sample: {report.sample if report.sample is not None else 'one job per stage'} (seed {report.seed}"
+         + (f", stages {', '.join(report.stages)}" if report.stages else "") + "). ")
+        + f"Code from: {', '.join(report.repositories) or '-'}.",
         "",
         "| job | stage | verdict | recorded | re-executed | note |",
         "|---|---|---|---|---|---|",
