@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
     "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
     "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
+    "reproduce": ("mmc.reproduce.cli", "re-execute a sample of a run's recorded jobs; compare with the recorded outputs"),
 }
 
 

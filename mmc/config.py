@@ -673,5 +673,47 @@ def section_defaults(name: str) -> Any:
     return _freeze(value, node, (name,))
 
 
+def _allows_null(node: Mapping) -> bool:
+    node = _resolve_ref(node)
+    types = node.get("type")
+    if types == "null" or (isinstance(types, list) and "null" in types):
+        return True
+    if None in node.get("enum", ()) or ("const" in node and node["const"] is None):
+        return True
+    return any(_allows_null(option) for option in (*node.get("anyOf", ()), *node.get("oneOf", ())))
+
+
+def without_absent(data: Any, node: Mapping | None = None) -> Any:
+    """Plain config data without the null values that stand for absent keys.
+
+    A frozen config has every field of the schema; an optional key without a default that the
+    file did not set reads as None (``models.M.path`` of a model with ``source: experiment``).
+    Written out as ``null``, the schema would refuse it: dropping those keys makes a dumped
+    config (a job record's snapshot, ``mmc config show``) a file ``load`` accepts, with the same
+    :func:`config_hash`. Nulls the schema allows are kept.
+    """
+    node = _resolve_ref(schema() if node is None else node)
+    if isinstance(data, Mapping):
+        properties = node.get("properties")
+        if properties is not None:
+            kept = {}
+            for key, value in data.items():
+                sub = properties.get(key, {})
+                if value is None and key in properties and not _allows_null(sub):
+                    continue
+                if node is schema() and key == "experiments":  # resolved: full pretraining configs
+                    kept[key] = {k: without_absent(v, schema()["$defs"]["pretrain"]) for k, v in value.items()}
+                else:
+                    kept[key] = without_absent(value, sub)
+            return kept
+        item = node.get("additionalProperties")
+        item = item if isinstance(item, Mapping) else {}
+        return {key: without_absent(value, item) for key, value in data.items()}
+    if isinstance(data, list):
+        return [without_absent(value, node.get("items", {})) for value in data]
+    return data
+
+
 def dump(value: Any) -> str:
-    return yaml.safe_dump(to_dict(value), sort_keys=False, default_flow_style=None)
+    """YAML of a (frozen) config that :func:`load` reads back to the same config and hash."""
+    return yaml.safe_dump(without_absent(to_dict(value)), sort_keys=False, default_flow_style=None)

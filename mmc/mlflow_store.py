@@ -270,3 +270,35 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
         report.parents = parents
     return report
 
+
+
+# ----------------------------------------------------------------------------- audits
+REPRODUCTION_ROLE = "reproduction"
+
+
+def log_reproduction(cfg: Any, *, name: str, invocations: Iterable[str], tags: Mapping[str, str],
+                     params: Mapping[str, str], metrics: Mapping[str, float], artifacts: Iterable[Path]) -> str:
+    """One run for one ``mmc reproduce`` audit, beside the audited run's own (single writer).
+
+    Tagged ``mmc.role=reproduction`` and ``mmc.reproduces_invocation`` (the audited jobs'
+    invocation ids, comma-separated); ``mmc.reproduces_run_id`` names their parent runs where they
+    are in the store. Not a child of them: an invocation's children are its jobs.
+    """
+    invocations = sorted(set(invocations))
+    with _single_writer(cfg):
+        client = _client(store_uri(cfg))
+        experiment_id = _experiment_id(client, cfg)
+        parents = [r.info.run_id for r in _all_runs(client, experiment_id)
+                   if r.data.tags.get("mmc.role") == PARENT_ROLE and r.data.tags.get("mmc.invocation_id") in invocations]
+        all_tags = {**tags, "mmc.role": REPRODUCTION_ROLE, "mmc.reproduces_invocation": ",".join(invocations)}
+        if parents:
+            all_tags["mmc.reproduces_run_id"] = ",".join(parents)
+        run = client.create_run(experiment_id, tags={"mmc.role": REPRODUCTION_ROLE}, run_name=name)
+        run_id = run.info.run_id
+        stamp = int(time.time() * 1000)
+        _log_batch(client, run_id, params=params, tags=all_tags,
+                   metrics=[{"key": k, "value": float(v), "step": 0, "timestamp": stamp} for k, v in metrics.items()])
+        for path in artifacts:
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, status="FINISHED")
+    return run_id

@@ -191,3 +191,24 @@ def test_dvc_md5_is_tolerant_and_follows_changes(tmp_path):
     path.write_text("outs: [")
     os.utime(path, ns=(1, 1))  # a different mtime, even on a coarse-grained file system
     assert dvc.dvc_md5(path) is None
+
+
+def test_tree_md5_is_the_md5_dvc_add_records(tmp_path):
+    # `mmc reproduce` verifies the data a job read against the recorded DVC md5 without DVC
+    repo = git_repo(tmp_path / "repo")
+    data = repo / "data"
+    (data / "synthetic/VOCdevkit").mkdir(parents=True)
+    (data / "synthetic/VOCdevkit/a.png").write_bytes(bytes(range(256)) * 7)
+    (data / "synthetic/classes.json").write_text('{"1": "disc"}\n')
+    (data / "synthetic/empty.txt").write_bytes(b"")
+    (data / "coco.zip.part").write_bytes(b"half a download")  # ignored by the .dvcignore setup writes
+    cfg = config.freeze(config.resolve({"run_name": "t", "dvc": {"remote": "../remote", "cache_type": "copy"}}))
+    dvc.setup(repo, cfg.dvc)
+    recorded = yaml.safe_load(dvc.add(repo, "data").read_text())["outs"][0]["md5"]
+    patterns = dvc.ignore_patterns(repo)
+    assert "*.part" in patterns
+    assert dvc.tree_md5(data, patterns) == recorded
+    (data / "synthetic/classes.json").write_text('{"1": "disk"}\n')
+    assert dvc.tree_md5(data, patterns) != recorded
+    with pytest.raises(MMCError, match="not a folder"):
+        dvc.tree_md5(data / "missing")

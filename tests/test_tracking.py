@@ -123,6 +123,29 @@ def test_record_carries_provenance_tags(tmp_path, monkeypatch):
     assert Path(record["config"]["snapshot"]).read_text() == config.dump(cfg)
 
 
+def test_record_says_whether_the_job_ran_deterministically(tmp_path, monkeypatch):
+    import torch
+
+    cfg = config.load(_write_config(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "on"}):
+            torch.use_deterministic_algorithms(True)
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "off"}):
+            torch.use_deterministic_algorithms(False)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    on, off = (json.loads((records.record_dir(cfg) / f"pretrain-experiment={e}.json").read_text())["tags"]
+               for e in ("on", "off"))
+    assert on["mmc.deterministic"] == on["mmc.deterministic_algorithms"] == "true"  # on CPU: the flag suffices
+    assert off["mmc.deterministic"] == off["mmc.deterministic_algorithms"] == "false"
+    assert on["mmc.num_threads"] == str(torch.get_num_threads())
+    assert on["mmc.env.OMP_NUM_THREADS"] == "1" and on["mmc.env.CUBLAS_WORKSPACE_CONFIG"] == "unset"
+    assert set(versions.REPRODUCIBILITY_ENV) <= {k.removeprefix("mmc.env.") for k in on if k.startswith("mmc.env.")}
+
+
 def test_failed_job_is_recorded_as_failed(tmp_path):
     cfg = config.load(_write_config(tmp_path))
     with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
@@ -344,3 +367,20 @@ def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs
     for child in children1 + children2:
         assert not [t for t in wanted if t not in child.data.tags], child.data.tags
         assert child.data.tags["mlflow.parentRunId"] in (parent1.info.run_id, parent2.info.run_id)
+
+
+def test_dvc_pointer_files_do_not_make_the_code_dirty(tmp_path):
+    # a run rewrites data.dvc (mmc data version) and E.pth.dvc (mmc publish) in a clean checkout
+    repo = tmp_path / "project"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "data.dvc").write_text("outs:\n- md5: 0.dir\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *args], cwd=repo, check=True)
+    state = versions.git_state.__wrapped__  # uncached
+    (repo / "data.dvc").write_text("outs:\n- md5: 1.dir\n")
+    assert state(repo / "pkg")["dirty"] == "false"
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert state(repo / "pkg") == {"commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                                            text=True).stdout.strip(), "dirty": "true"}

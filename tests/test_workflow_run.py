@@ -27,25 +27,15 @@ from workflow_helpers import (
     BIN,
     REPO,
     SNAKEFILE,
-    config_with,
     job_counts,
     snakemake,
     snakemake_env,
+    tiny_config,
     write_config,
 )
 
 pytestmark = pytest.mark.slow
 RESULTS = "results/test"
-# Small enough for 2 CPU cores, large enough that pretraining takes several resume checkpoints.
-TINY = {
-    "synthetic": {"images": 24, "unlabelled_images": 64, "size": 64},
-    "pretrain": {
-        "optim": {"epochs": 3, "batch_size": 16, "warmup_epochs": 1},
-        "checkpoint": {"every_steps": 2, "save_epochs": [2]},
-    },
-    "evaluation": {"resolution": 64},
-    "datasets": {"synthetic_select": {"max_images": 8}},
-}
 COMPARED = [
     "tables/segmentation.csv",
     "tables/similarity.csv",
@@ -57,9 +47,7 @@ PUBLISHED = ["checkpoints/test/mmc.pth", "checkpoints/test/mim_only.pth"]  # dvc
 
 def make_workdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    raw = config_with(**TINY)
-    raw["models"] = {name: raw["models"][name] for name in ("mmc", "mim_only")}  # two rows suffice
-    write_config(path / "tiny.yaml", raw)
+    write_config(path / "tiny.yaml", tiny_config())
     return path
 
 
@@ -79,13 +67,9 @@ def assert_same_results(workdir: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """One uninterrupted local run; its wall time is the test workflow's end-to-end time."""
-    workdir = make_workdir(tmp_path_factory.mktemp("reference"))
-    start = time.perf_counter()
-    snakemake(workdir, *run_args(), timeout=600)
-    print(f"\nend-to-end local run of the tiny test workflow: {time.perf_counter() - start:.1f} s")
-    return workdir
+def reference(demo_run) -> Path:
+    """One uninterrupted local run (conftest's demo project, shared with tests/test_reproduce.py)."""
+    return demo_run
 
 
 def test_local_run_and_noop_rerun(reference):
@@ -104,10 +88,10 @@ def test_local_run_and_noop_rerun(reference):
     for record in readers:
         assert json.loads(record.read_text())["tags"]["mmc.dataset_dvc_md5"] == data_md5, record.name
     start = time.perf_counter()
-    done = snakemake(reference, *run_args())
+    done = snakemake(reference, *run_args(), code=reference)
     print(f"\nno-op rerun of the finished test workflow: {time.perf_counter() - start:.1f} s")
     assert "Nothing to be done" in done.stdout + done.stderr
-    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html")
+    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html", code=reference)
     html = (reference / "report.html").read_text()
     for name in ("segmentation.csv", "similarity.csv", "qualitative_synthetic_val.png", "summary.md"):
         assert name in html, f"{name} is missing from the HTML report"
