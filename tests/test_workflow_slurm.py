@@ -206,29 +206,63 @@ def free_port() -> int:
 
 
 def test_two_node_torchrun_c10d_launch_as_the_multinode_profile_renders_it(tmp_path):
-    """The `torchrun` that srun starts on each node (mmc.pretrain.launch), here twice on 127.0.0.1."""
+    """The `torchrun` that srun starts on each node (mmc.pretrain.launch), here twice on 127.0.0.1.
+
+    First stopped as SLURM stops a step (SIGTERM to every process of both "nodes"): the ranks agree
+    on a step, rank 0 writes a resume checkpoint, every rank exits 75. Then the same launch again:
+    it resumes and both ranks end with identical weights.
+    """
     from tests.pretrain_support import write_config as write_pretrain_config
 
-    images = make_image_folder(tmp_path / "syn", 16)
+    images = make_image_folder(tmp_path / "syn", 64)  # 8 steps per epoch, 16 steps
     # drop-path differs per rank by design and batch norm sees each rank's half: both off
-    ddp_safe = {"optim": {"epochs": 1, "batch_size": 8}, "backbone": {"drop_path": 0.0}, "contrast": {"head_norm": "layer"}}
+    ddp_safe = {
+        "optim": {"epochs": 2, "batch_size": 8}, "backbone": {"drop_path": 0.0}, "contrast": {"head_norm": "layer"},
+        "checkpoint": {"every_steps": 2, "keep_last": 8},
+    }  # fmt: skip
     config = write_pretrain_config(tmp_path, images, ddp_safe)
-    launch = launcher(nodes=2, gpus_per_node=1, multinode=True, rdzv_host="127.0.0.1", rdzv_port=free_port(), rdzv_id="mmc-test")
-    assert launch.srun[:4] == ("srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1")
-    assert launch.program[0] == "torchrun"
-    program = [str(BIN / "torchrun"), *launch.program[1:]]
+    state = tmp_path / "state" / "pretrain" / "mmc"
     args = ["pretrain", "--config", str(config), "--experiment", "mmc", "--out", str(tmp_path / "out")]
     env = {**snakemake_env(), "OMP_NUM_THREADS": "1"}
-    nodes = [
-        subprocess.Popen([*program, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(2)
-    ]
-    try:
-        outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    both = "\n".join(outputs)
-    assert re.search(r"weights identical on 2 ranks: sha256 [0-9a-f]{64}", both), both[-3000:]
-    assert (tmp_path / "out" / "epoch_0001.pth").exists()
+
+    def start_nodes() -> list[subprocess.Popen]:
+        launch = launcher(nodes=2, gpus_per_node=1, multinode=True, rdzv_host="127.0.0.1", rdzv_port=free_port(), rdzv_id="mmc-test")
+        assert launch.srun[:4] == ("srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1")
+        assert launch.program[0] == "torchrun"
+        program = [str(BIN / "torchrun"), *launch.program[1:]]
+        return [
+            subprocess.Popen(
+                [*program, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,
+            )
+            for _ in range(2)
+        ]
+
+    def finish(nodes: list[subprocess.Popen]) -> str:
+        try:
+            outputs = [node.communicate(timeout=300)[0] for node in nodes]
+        finally:
+            for node in nodes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
+        return "\n".join(outputs)
+
+    nodes = start_nodes()
+    deadline = time.monotonic() + 300
+    while not list(state.glob("step_*.pth")):
+        assert all(n.poll() is None for n in nodes) and time.monotonic() < deadline, finish(nodes)[-3000:]
+        time.sleep(0.05)
+    for node in nodes:  # what slurmstepd does to a step: every process of it
+        os.killpg(node.pid, signal.SIGTERM)
+    stopped = finish(nodes)
+    assert all(node.returncode != 0 for node in nodes), stopped[-3000:]
+    assert "SIGTERM: resume checkpoint written" in stopped, stopped[-3000:]
+    assert len(re.findall(r"exiting with 75", stopped)) == 1  # rank 0 logs
+    assert not (tmp_path / "out").exists()
+
+    nodes = start_nodes()
+    resumed = finish(nodes)
+    assert [node.returncode for node in nodes] == [0, 0], resumed[-3000:]
+    assert re.search(r"resuming from \S+ \(step [1-9]\d* of 16\)", resumed), resumed[-3000:]
+    assert re.search(r"weights identical on 2 ranks: sha256 [0-9a-f]{64}", resumed), resumed[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_0002.pth"]
