@@ -23,6 +23,7 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "plan": ("mmc.plan", "estimate a config's pretraining: FLOPs, GPU-hours, wall time, GPU memory, loader cores"),
     "pretrain": ("mmc.pretrain.cli", "pretrain a ViT with MMC (masked modelling, self-distillation, contrast)"),
     "select": ("mmc.select", "choose the checkpoint of an MMC experiment to evaluate"),
     "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E.pth, dvc add and push it"),

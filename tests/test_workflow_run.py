@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from slurm_support import SLURM_CI_ARGS, ci_profile, require_slurm
 from workflow_helpers import (
     BIN,
-    REPO,
     SNAKEFILE,
     job_counts,
     snakemake,
@@ -98,53 +97,21 @@ def test_local_run_and_noop_rerun(reference):
 
 
 # ----------------------------------------------------------------------------- SLURM
-def slurm_cluster_up() -> str | None:
-    """None when a SLURM controller answers with an idle node, else why not."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "the SLURM client (sbatch, sinfo) is not installed"
-    try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer in 15 s"
-    if state.returncode != 0 or not state.stdout.strip():
-        return f"no SLURM controller answers: {state.stderr.strip()[:200]}"
-    if "idle" not in state.stdout and "mix" not in state.stdout:
-        return f"no idle SLURM node (states: {state.stdout.split()})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm():
-    why = slurm_cluster_up()
-    if why is not None:
-        if os.environ.get("MMC_REQUIRE_SLURM"):
-            pytest.fail(f"MMC_REQUIRE_SLURM is set but SLURM is unusable: {why} (start it with .ci/slurm.sh)")
-        pytest.skip(f"SLURM tests need a running cluster (.ci/run starts one): {why}")
+    require_slurm()
 
 
-# CI-only settings on top of workflow/profiles/slurm: a 2-CPU node, no slurmdbd (squeue status),
-# fast status checks. --set-resources replaces the profile's mapping, so it is given whole.
-SLURM_CI = [
-    "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "2",
-    "--seconds-between-status-checks", "2",
-    "--jobs", "4",
-    "--default-resources", "mem_mb=1000", "runtime=30", "cpus_per_task=1",
-    "--set-resources",
-    *[f"{rule}:{key}={value}" for rule in ("pretrain", "segment", "similarity")
-      for key, value in (("gpu", 1), ("cpus_per_gpu", 1), ("mem_mb", 2000))],
-    "select:mem_mb=2000",
-    "figures:mem_mb=2000",
-]  # fmt: skip
 GPU_RULES = ("pretrain", "segment", "similarity")
 CLUSTER_RULES = (*GPU_RULES, "select", "figures")
 
 
 def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
     workdir = make_workdir(tmp_path / "slurm")
+    # the repository's profile with its node-size numbers scaled to the 2-CPU CI node
+    profile = ci_profile(tmp_path / "profile")
     start = time.perf_counter()
-    done = snakemake(workdir, "--configfile", "tiny.yaml", *SLURM_CI, timeout=900)
+    done = snakemake(workdir, "--configfile", "tiny.yaml", "--profile", str(profile), *SLURM_CI_ARGS, timeout=900)
     print(f"\nend-to-end run through SLURM: {time.perf_counter() - start:.1f} s")
     run_logs = "".join(p.read_text() for p in (workdir / ".snakemake" / "log").glob("*.snakemake.log"))
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", done.stdout + done.stderr + run_logs)
@@ -157,11 +124,13 @@ def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
     assert len(cluster_logs) == 4 * 2 + 1, sorted(map(str, cluster_logs))
     assert len(submitted) >= len(cluster_logs)
     for path, text in cluster_logs.items():
-        info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+)", text)
+        info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+) cpus=(\S+)", text)
         assert info, f"{path}: no job line"
         assert info.group(1) in submitted, f"{path} ran outside SLURM: {info.group(0)}"
+        # the job step got what the profile asks for: one GPU and cpus_per_gpu (scaled to 1) per GPU
+        assert info.group(3) == "1", f"{path}: CPUs of the step: {info.group(0)}"
         if path.parts[0].removesuffix(".log") in GPU_RULES:
-            assert re.fullmatch(r"\d+(,\d+)*", info.group(2)), f"{path}: no GPU allocated: {info.group(0)}"
+            assert re.fullmatch(r"\d+", info.group(2)), f"{path}: not one GPU: {info.group(0)}"
         else:
             assert info.group(2) == "unset", f"{path}: a GPU was allocated to a CPU rule"
     assert_same_results(workdir, reference)

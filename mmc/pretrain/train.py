@@ -290,6 +290,11 @@ class Trainer:
                 last = now
                 self._after_step(row, epoch, bar, metrics_file)
                 if row["stop"]:
+                    if self.world > 1:
+                        # no rank leaves before rank 0 has written the resume checkpoint: the
+                        # launchers stop every process once one exits (torchrun; srun
+                        # --kill-on-bad-exit on several nodes), which would cut the write short
+                        torch.distributed.barrier()
                     raise Preempted()  # _after_step wrote the resume checkpoint
         finally:
             bar.close()

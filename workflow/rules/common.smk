@@ -17,6 +17,7 @@ from snakemake.utils import validate
 
 from mmc import config as mmc_config
 from mmc.errors import MMCError
+from mmc.pretrain.launch import slurm_launcher
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 # Without --configfile, the paper run. With it, that file alone: Snakemake would otherwise merge
@@ -76,10 +77,10 @@ wildcard_constraints:
 
 
 # One line at the top of every compute job's log: where it ran and what it was given. The SLURM
-# tests read `slurm_job_id` and `CUDA_VISIBLE_DEVICES` from it.
+# tests read `slurm_job_id`, `CUDA_VISIBLE_DEVICES` and `cpus` (the job step's CPUs) from it.
 JOB_INFO = (
     'echo "job: host=$(hostname) slurm_job_id=${SLURM_JOB_ID:-none} '
-    'CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"'
+    'CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset} cpus=${SLURM_CPUS_ON_NODE:-unset}"'
 )
 
 
@@ -147,33 +148,14 @@ def versioned_data():
     return sorted(ready)
 
 
-def gpus_per_node(resources):
-    """GPUs of one node: `gpu` (single node) or the count in `gres: gpu[:model]:N`."""
-    gres = str(resources.get("gres", "") or "")
-    for part in gres.split(","):
-        if part.strip().startswith("gpu"):
-            return int(part.strip().split(":")[-1])
-    return int(resources.get("gpu", 0) or 0)
-
-
 def pretrain_launcher(wildcards, resources):
-    """How `mmc pretrain` is started: one process, or torchrun inside ONE task per node.
-
-    Never a SLURM task per GPU (`tasks`): torchrun starts and supervises one process per GPU.
-    Several nodes (opt-in profile): srun starts one torchrun per node; they meet at the job's
-    first node through the c10d rendezvous.
+    """How `mmc pretrain` is started: `mmc`, `torchrun --standalone` in ONE task on one node, or
+    (profile slurm-multinode, resource `mpi`) srun + one torchrun per node; see mmc.pretrain.launch.
     """
-    gpus = gpus_per_node(resources)
-    nodes = int(resources.get("nodes", 1) or 1)
-    if nodes > 1:
-        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
-        return (
-            f"srun --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc-per-node={max(gpus, 1)} "
-            f"--rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d --rdzv-endpoint={head}:29500 -m mmc"
-        )
-    return (
-        "mmc" if gpus <= 1 else f"torchrun --standalone --nproc-per-node={gpus} -m mmc"
-    )
+    try:
+        return slurm_launcher(resources).shell
+    except ValueError as error:
+        raise WorkflowError(f"pretrain resources: {error}") from None
 
 
 def select_inputs(wildcards):
