@@ -242,10 +242,11 @@ def plan_config(cfg, *, images: int, gpus: int, gpu: str, mfu: float, memory_gb:
 
 
 # ----------------------------------------------------------------------------- data-dependent inputs
-def count_images(path: str) -> int:
-    from mmc.data.image_folder import ImageFolder
+def count_images(path: str, data_format: str = "auto") -> int:
+    """Images of a pretraining source (an image folder or tar shards), read as pretraining reads it."""
+    from mmc.pretrain.data import open_source
 
-    return len(ImageFolder(path))
+    return len(open_source(path, data_format))
 
 
 def measure_loader_rate(pcfg, folder: str, seconds: float) -> float:
@@ -301,8 +302,8 @@ def _run(args: argparse.Namespace) -> int:
         loader_rate = measure_loader_rate(first, args.measure_loader, args.measure_seconds)
     images = args.images
     if images is None:
-        paths = {pcfg.data.path for pcfg in cfg.experiments.values() if not pcfg.init_checkpoint}
-        counts = {p: count_images(p) for p in sorted(paths)}  # MMCError naming the folder if missing
+        sources = {(pcfg.data.path, pcfg.data.format) for pcfg in cfg.experiments.values() if not pcfg.init_checkpoint}
+        counts = {p: count_images(p, f) for p, f in sorted(sources)}  # MMCError naming the folder if missing
         if len(set(counts.values())) > 1:
             from mmc.errors import MMCError
 

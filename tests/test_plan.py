@@ -170,8 +170,9 @@ def test_cli_table_and_json_for_the_paper_config():
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    missing = mmc("plan", "--config", str(PAPER))  # /path/to/imagenet/train does not exist here
-    assert missing.returncode == 2 and "/path/to/imagenet/train" in missing.stderr
+    missing = mmc("plan", "--config", str(PAPER), cwd=tmp_path)  # no data/imagenet/train here
+    assert missing.returncode == 2 and "data/imagenet/train" in missing.stderr
+    assert "mmc data prepare imagenet" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     v100 = mmc("plan", "--config", str(PAPER), "--images", "1000", "--gpu", "v100")
     assert v100.returncode == 2 and "no bfloat16 tensor cores" in v100.stderr

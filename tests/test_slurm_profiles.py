@@ -28,8 +28,18 @@ LOCAL = {"all", "download", "fetch_checkpoint", "publish", "report", "tables", "
 GPU_RULES = {"pretrain", "segment", "similarity"}
 
 
-def render(profile: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "tests" / "slurm_render.py"), "--profile", str(profile)]
+def paper_config(folder: Path) -> Path:
+    """config/config.yaml with its ImageNet path pointed at a folder that exists (the dry run checks it)."""
+    (folder / "imagenet").mkdir()
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["pretrain"]["data"]["path"] = str(folder / "imagenet")
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / "config.yaml"
+
+
+def render(profile: Path, configfile: Path) -> dict:
+    cmd = [sys.executable, str(REPO / "tests" / "slurm_render.py"), "--profile", str(profile),
+           "--configfile", str(configfile)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -37,9 +47,10 @@ def render(profile: Path) -> dict:
 
 
 @pytest.fixture(scope="module", params=["slurm", "slurm-multinode"])
-def profile(request):
+def profile(request, tmp_path_factory):
     path = PROFILES / request.param
-    return request.param, yaml.safe_load((path / "config.yaml").read_text()), render(path)
+    configfile = paper_config(tmp_path_factory.mktemp(request.param))
+    return request.param, yaml.safe_load((path / "config.yaml").read_text()), render(path, configfile)
 
 
 def sbatch_options(call: str) -> dict[str, str]:
@@ -139,8 +150,9 @@ def test_the_partition_and_account_placeholders_work_once_uncommented(tmp_path):
     lines = re.findall(r"^\s*# (slurm_partition|slurm_account): .*$", text, flags=re.M)
     assert lines.count("slurm_partition") >= 4 and lines.count("slurm_account") == 1
     uncommented = re.sub(r"^(\s*)# (slurm_partition|slurm_account): ", r"\1\2: ", text, flags=re.M)
-    (tmp_path / "config.yaml").write_text(uncommented)
-    for job in render(tmp_path)["jobs"]:
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(uncommented)
+    for job in render(tmp_path / "profile", paper_config(tmp_path))["jobs"]:
         options = sbatch_options(job["sbatch"])
         assert options["-A"] == "myproject", job["sbatch"]
         assert options["-p"] == ("gpu" if job["rule"] in GPU_RULES else "cpu"), job["sbatch"]
