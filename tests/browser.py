@@ -130,10 +130,11 @@ class Browser:
         """Run ``script``; it calls ``arguments[arguments.length - 1](value)`` when done."""
         return self._session("POST", "/execute/async", {"script": script, "args": list(args)})
 
-    def wait_for(self, script: str, timeout: float = 60.0) -> Any:
+    def wait_for(self, script: str, *args: Any, timeout: float = 60.0) -> Any:
+        """The first truthy value of ``script`` (run every 0.1 s), or an error after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.run(script)
+            value = self.run(script, *args)
             if value:
                 return value
             time.sleep(0.1)

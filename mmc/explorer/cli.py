@@ -96,6 +96,22 @@ def encoded_model(cfg: Any, name: str, checkpoint: str | None, dataset: str, sam
     return encoded
 
 
+def feature_share(max_mb: float, images: Sequence[dict], common: dict, n_models: int, dataset: str) -> int:
+    """Bytes of the page each model's features may take: the budget (``report.explorer_max_mb``)
+    less everything else (template, images, annotations, an upper bound of each model's JSON),
+    shared equally. Raises when nothing is left."""
+    from mmc.explorer.page import page_data, render
+
+    fixed = len(render(page_data(images=images, models=[], **common)).encode()) + MODEL_OVERHEAD * n_models
+    share = (int(max_mb * MB) - fixed) // max(n_models, 1)
+    if share <= 0:
+        raise MMCError(
+            f"report.explorer_max_mb: {max_mb} MB cannot hold the {len(images)} images of {dataset!r} "
+            f"({fixed} bytes without features): expected a larger budget or fewer report.explorer_images"
+        )
+    return share
+
+
 def make_explorer(
     cfg: Any,
     dataset: str,
@@ -131,21 +147,14 @@ def make_explorer(
         "thresholds": thresholds_of(cfg.evaluation),
         "demo_tau": float(cfg.evaluation.demo_threshold),
     }
-    budget = int(cfg.report.explorer_max_mb * MB)
-    fixed = len(render(page_data(images=images, models=[], **common)).encode()) + MODEL_OVERHEAD * len(models)
-    share = (budget - fixed) // max(len(models), 1)
-    if share <= 0:
-        raise MMCError(
-            f"report.explorer_max_mb: {cfg.report.explorer_max_mb} MB cannot hold the "
-            f"{len(samples)} images of {dataset!r} ({fixed} bytes without features): expected a larger "
-            "budget or fewer report.explorer_images"
-        )
+    share = feature_share(cfg.report.explorer_max_mb, images, common, len(models), dataset)
     page_models = [
         PageModel(name, best.get(name), encoded_model(cfg, name, checkpoints.get(name), dataset, samples, share))
         for name in models
     ]
     html = render(page_data(images=images, models=page_models, **common))
     size = len(html.encode())
+    budget = int(cfg.report.explorer_max_mb * MB)
     if size > budget:
         raise MMCError(f"explorer page of {dataset!r}: {size} bytes exceed report.explorer_max_mb ({budget} bytes)")
     write_text_atomic(out, html)

@@ -17,7 +17,6 @@ rule explorer:
             f"{RESULTS}/explorer/{{dataset}}.html",
             caption="../report/explorer.rst",
             category="{dataset}",
-            subcategory="Prompt explorer",
             labels={"result": "prompt explorer (interactive)"},
         ),
     log:
