@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similarity": ("mmc.evaluation.similarity", "intra/inter-object similarity of one model on one dataset"),
     "tables": ("mmc.tables", "paper-style comparison tables (CSV, Markdown, LaTeX)"),
     "figures": ("mmc.figures", "mIoU-vs-threshold curves, similarity histograms, qualitative overlays"),
+    "explorer": ("mmc.explorer.cli", "an interactive prompt explorer page per evaluation dataset (HTML)"),
     "report": ("mmc.report", "the one-page summary of a run (selected checkpoints and tables)"),
     "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
     "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),

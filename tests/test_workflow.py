@@ -25,6 +25,7 @@ STAGES = [
     "similarity",
     "tables",
     "figures",
+    "explorer",
     "report",
     "all",
 ]

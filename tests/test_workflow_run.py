@@ -230,3 +230,86 @@ def test_resume_after_sigkill_of_training(reference, tmp_path):
     assert process.wait(timeout=300) != 0  # the job failed; snakemake finished the others and stopped
     # Snakemake stops the other running jobs when one fails: those resume too (not asserted).
     rerun_and_check(workdir, reference, resumed=["mmc"])
+
+
+# ----------------------------------------------------------------------------- the report in a browser
+def click_text(browser, text: str) -> None:
+    """A real click on the innermost visible element whose text is ``text``."""
+    browser.wait_for(
+        "return Array.from(document.querySelectorAll('body *')).some(e => e.textContent.trim() === arguments[0]"
+        " && e.getClientRects().length)",
+        text,
+    )
+    rect = browser.run(
+        "const all = Array.from(document.querySelectorAll('body *')).filter(e =>"
+        " e.textContent.trim() === arguments[0] && e.getClientRects().length);"
+        "const e = all[all.length - 1]; e.scrollIntoView({block: 'center'});"
+        "const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+        text,
+    )
+    browser.click(*rect)
+
+
+def click_view(browser, label: str) -> None:
+    """A real click on the "view" (eye) button of the report's result labelled ``label``."""
+    browser.wait_for(
+        "return Array.from(document.querySelectorAll('td')).some(e => e.textContent.trim() === arguments[0])", label
+    )
+    rect = browser.run(
+        "const td = Array.from(document.querySelectorAll('td')).find(e => e.textContent.trim() === arguments[0]);"
+        "const a = td.closest('tr').querySelector('a'); a.scrollIntoView({block: 'center'});"
+        "const r = a.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+        label,
+    )
+    browser.click(*rect)
+
+
+def test_the_report_shows_numbers_figures_and_the_explorer(reference, tmp_path):
+    """Headless Chromium on the HTML report: the dataset's tables are on screen (the CSV's numbers),
+    and the prompt explorer opens and draws its maps. Screenshots go to the test's tmp_path."""
+    import pandas as pd
+    from browser import Browser, browser_or_skip
+
+    from mmc.report import format_cell
+
+    browser_or_skip()
+    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html")
+    segmentation = pd.read_csv(reference / RESULTS / "tables" / "segmentation.csv")
+    with Browser(tmp_path / "chromium", width=1500, height=1000) as browser:
+        browser.open(reference / "report.html")
+        browser.wait_for("return typeof app !== 'undefined' && app !== undefined")
+        shots = [browser.screenshot(tmp_path / "report_landing.png")]
+        click_text(browser, "synthetic_val")  # the dataset's category in the menu
+        click_view(browser, "tables: segmentation and similarity")
+        browser.wait_for("return document.querySelectorAll('iframe').length === 1")
+        browser.switch_to_frame(0)
+        cells = browser.wait_for(
+            "return document.querySelectorAll('td').length && Array.from(document.querySelectorAll('td'),"
+            " e => e.textContent)"
+        )
+        for row in segmentation.itertuples():
+            assert row.model in cells
+            for value in (row.best_miou, row.oracle_miou, row.miou_at_demo_tau, row.n_objects):
+                assert format_cell(value) in cells, (row.model, value)
+        browser.switch_to_frame(None)
+        shots.append(browser.screenshot(tmp_path / "report_tables.png"))
+
+        browser.run("app.setView({content: 'rulegraph'})")
+        click_text(browser, "prompt explorer of synthetic_val")
+        deadline = time.monotonic() + 30
+        while len(handles := browser._session("GET", "/window/handles")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(handles) == 2, "the explorer did not open in a new tab"
+        browser._session("POST", "/window", {"handle": handles[-1]})
+        browser.wait_for("return document.body && document.body.dataset.rendered")
+        models = browser.run("return explorer.data.models.map(m => m.name)")
+        assert models == ["mmc", "mim_only"]
+        for model in models:
+            drawn = browser.run(
+                "const c = document.querySelector(`canvas.similarity[data-model='${arguments[0]}']`);"
+                "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).some(v => v > 0);",
+                model,
+            )
+            assert drawn, f"no similarity map drawn for {model}"
+        shots.append(browser.screenshot(tmp_path / "report_explorer.png"))
+    print("\nreport screenshots: " + ", ".join(map(str, shots)))

@@ -259,12 +259,21 @@ def figure_files():
     )
 
 
+def report_files():
+    pages = [f"{RESULTS}/report/tables_{d}.html" for d in CFG.evaluation.datasets]
+    return [f"{RESULTS}/report/summary.md", f"{RESULTS}/report/summary.html", *pages]
+
+
+def explorer_files():
+    return [f"{RESULTS}/explorer/{d}.html" for d in CFG.evaluation.datasets]
+
+
 def final_targets():
     # Every experiment is trained, selected and published; `models` says which are evaluated.
     targets = [selection_file(e) for e in CFG.experiments]
     targets += [published_checkpoint(e) for e in CFG.experiments]
     if CFG.evaluation.datasets and CFG.models:
-        targets += table_files() + figure_files() + [f"{RESULTS}/report/summary.md"]
+        targets += table_files() + figure_files() + report_files() + explorer_files()
     return targets
 
 
