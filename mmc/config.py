@@ -219,6 +219,14 @@ def _check_references(data: dict, where: str) -> None:
                 f"evaluation.resolution: {data['evaluation']['resolution']} is not a multiple of "
                 f"the patch size of model {name} ({patch})"
             )
+    for name, experiment in data["experiments"].items():
+        optim = experiment["optim"]
+        micro = optim.get("micro_batch_size")
+        if micro is not None and optim["batch_size"] % micro:
+            problems.append(
+                f"experiments.{name}.optim.micro_batch_size: {micro} does not divide optim.batch_size "
+                f"{optim['batch_size']} (the global batch is split into whole micro-batches)"
+            )
     selection = data["selection"]
     if selection["policy"] != "last":
         split = selection["dataset"]
