@@ -79,7 +79,7 @@ def main() -> int:
         trainer._train_step(forward, data, 0)
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps
-    flops = step_flops(trainer.pcfg, args.batch)["step"]
+    flops = step_flops(trainer.pcfg, args.batch, masked_tokens=int(data[2].sum()))["step"]
     peak = datasheet_peak(name)
     matmul = measured_matmul_peak()
     result = {
