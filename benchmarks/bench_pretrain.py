@@ -57,7 +57,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def case_config(case: str, precision: str, batch: int, device: str = "cpu"):
+def case_config(case: str, precision: str, batch: int, device: str = "cpu", extra: dict | None = None):
     from mmc import config
 
     if case == "test":
@@ -66,6 +66,7 @@ def case_config(case: str, precision: str, batch: int, device: str = "cpu"):
     else:  # ViT-S/16 at 224 px with the default heads
         pretrain = {"backbone": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "img_size": 224}}
     pretrain = config.deep_merge(pretrain, {"precision": precision, "optim": {"batch_size": batch}, "compile": False})
+    pretrain = config.deep_merge(pretrain, extra or {})
     return config.freeze(config.resolve({"run_name": "bench", "device": device, "tracking": {"enabled": False},
                                          "pretrain": pretrain}))  # fmt: skip
 
@@ -148,6 +149,13 @@ class PeerStep:
 
         views, _, masks = data
         v, b = views.shape[:2]
+        try:  # the MMC step's kernel choice, so that the comparison isolates the rest of the step
+            from mmc.pretrain.model import use_fused_attention
+
+            for net in (self.student, self.teacher):
+                use_fused_attention(net, self.amp_dtype is None)
+        except ImportError:
+            pass
         flat = views.flatten(0, 1)
         flat_masks = masks.flatten(0, 1) if self.patches else None
         dtype = self.amp_dtype or torch.float32
@@ -202,7 +210,9 @@ def worker(code: str, model: str, batch: int, threads: int, names: list[str], co
     cfg = case_config(model, "float32", batch)
     cases = {}
     for name in names:
-        if name in ("mmc", "mmc-baseline"):
+        if name in ("mmc", "mmc-baseline", "mmc-diagnostics"):
+            if name == "mmc-diagnostics":  # every step: per-term gradient norms and entropies
+                cfg = case_config(model, "float32", batch, extra={"diagnostics": {"every_steps": 1}, "log_every_steps": 1})
             with tempfile.TemporaryDirectory() as tmp:
                 trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
             data = synthetic_batch(trainer.pcfg, batch, "cpu")
@@ -255,6 +265,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--baseline-rev", help="also time the mmc step of this git revision (e.g. main)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also time the mmc step with the per-term gradient diagnostics on (every step)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds (a smoke test)")
     args = parser.parse_args()
     if args.quick:
@@ -265,7 +277,7 @@ def main() -> int:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)", flush=True)  # fmt: skip
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        groups = {str(REPO): ["mmc", "dino-style", "ibot-style"]}
+        groups = {str(REPO): ["mmc", "dino-style", "ibot-style"] + (["mmc-diagnostics"] if args.diagnostics else [])}
         if args.baseline_rev:
             groups[str(unpack_revision(args.baseline_rev, Path(tmp)))] = ["mmc-baseline"]
         owner, flops = {}, {}
@@ -309,6 +321,12 @@ def main() -> int:
                      "vs_ibot_style": relative["ibot-style"]})  # fmt: skip
         print(f"{name:13s} {precision:9s} {flops[name] / 1e9:10.1f} {t[0]:6.2f}/{t[1]:6.2f}/{t[2]:6.2f} "
               f"{q[0]:8.1%}/{q[1]:7.1%}/{q[2]:7.1%}   {relative['dino-style']:11.2f}x {relative['ibot-style']:11.2f}x")  # fmt: skip
+    for precision in args.precisions if args.diagnostics else []:
+        per_round = [a / b for a, b in zip(times[("mmc-diagnostics", precision)], times[("mmc", precision)], strict=True)]
+        every = case_config(args.model, precision, args.batch).experiments["mmc"].diagnostics.every_steps
+        overhead = statistics.median(per_round) - 1.0
+        print(f"diagnostics {precision}: a step with them takes {overhead:+.1%} (median over rounds); "
+              f"at the default every {every} steps that is {overhead / every:+.2%} of the training time")
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(json.dumps({"threads": args.threads, "model": args.model, "batch": args.batch, "rounds": args.rounds,
                       "baseline_rev": args.baseline_rev, "cases": rows}))  # fmt: skip

@@ -32,7 +32,7 @@ from mmc.pretrain.diagnostics import CollapseWatch
 from mmc.pretrain.distributed import all_gather_cat
 from mmc.pretrain.gradients import clip_
 from mmc.pretrain.losses import GlobalCounts, center_from_sum, mmc_loss, patchify
-from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups
+from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups, use_fused_attention
 from mmc.pretrain.schedules import pretrain_schedules
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the rerun resumes from the checkpoint
@@ -194,11 +194,12 @@ class Trainer:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
+        self._fused_attention = True  # timm's default; see _choose_attention
         k = pcfg.distill.out_dim
         self.centers = {"cls": torch.zeros(k, device=device), "patch": torch.zeros(k, device=device)}
         # fused AdamW: one kernel per parameter group instead of ~6 per tensor (CPU and CUDA)
         self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0, fused=True)
-        self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=pcfg.precision == "float16")
         self.step = 0
         self.stop_requested = False
@@ -438,6 +439,15 @@ class Trainer:
         local_views = [v.to(self.device, non_blocking=True) for v in local_views] if use_locals else []
         return global_views, local_views, masks
 
+    def _choose_attention(self) -> None:
+        """PyTorch's CPU flash-attention kernel is slow in 16-bit floats: use the explicit form there."""
+        fused = not (self.device.type == "cpu" and self.amp_dtype is not None)
+        if fused != self._fused_attention:
+            for network in (self.student, self.teacher):
+                if network is not None:
+                    use_fused_attention(network, fused)
+            self._fused_attention = fused
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
@@ -454,6 +464,7 @@ class Trainer:
             if group["apply_wd"]:
                 group["weight_decay"] = sched["wd"]
         torch.manual_seed(_step_seed(self.seed, step, self.rank))
+        self._choose_attention()
         views, local_views, masks = self._to_device(batch)
         counts = GlobalCounts.of_masks(masks)
         micros = [slice(a * self.micro_batch, (a + 1) * self.micro_batch) for a in range(views.shape[1] // self.micro_batch)]
