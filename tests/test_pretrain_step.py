@@ -45,7 +45,7 @@ def run_steps(trainer: train.Trainer, steps: int, epoch: int = 0) -> list[dict]:
     for i in range(steps):
         trainer.step = i
         row = trainer._train_step(trainer.student, batch(i), epoch)
-        rows.append(trainer._host_values(row, i, epoch))
+        rows.append(trainer._host_values(row))
     return rows
 
 
@@ -177,7 +177,7 @@ def test_term_gradients_add_up_to_the_backbone_gradient(tmp_path):
 
     trainer._term_gradients = capture
     trainer.step = 0
-    row = trainer._host_values(trainer._train_step(trainer.student, batch(0), 0), 0, 0)
+    row = trainer._host_values(trainer._train_step(trainer.student, batch(0), 0))
     assert set(captured) == {"mim", "distill_cls", "distill_patch", "contrast"}
     params = [p for p in trainer.student.backbone.parameters()]
     total = [sum(captured[k][i] for k in captured) for i in range(len(params))]

@@ -357,7 +357,7 @@ class Trainer:
         save = epoch_end or (every and step % every == 0) or row["stop"]
         logged = self._logged(step - 1)
         if logged or save:  # the only host reads of the step's values
-            values = self._host_values(row, step - 1, epoch)
+            values = self._host_values(row)
             now = time.perf_counter()
             values["images_per_s"] = self.batch_size * (step - self._since[1]) / max(now - self._since[0], 1e-9)
             self._since = (now, step)
@@ -378,7 +378,7 @@ class Trainer:
         if save:
             self._save_resume()
 
-    def _host_values(self, row: dict, step: int, epoch: int) -> dict:
+    def _host_values(self, row: dict) -> dict:
         """Reduce the step's device values over ranks, read them in one transfer, stop on a non-finite loss.
 
         Loss terms are each rank's share of the global-batch loss (summed, then / world); entropies
