@@ -186,7 +186,7 @@ class PeerStep:
         self.centers["cls"] = updated_center(self.centers["cls"], t_out[:, :, 0], 0.9)
         if self.patches:
             self.centers["patch"] = updated_center(self.centers["patch"], t_out[:, :, 1:], 0.9)
-        float(loss)
+        float(loss.detach())
 
     def flops(self) -> int:
         from mmc.pretrain.flops import vit_forward_flops

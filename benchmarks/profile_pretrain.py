@@ -7,6 +7,10 @@ time, plus the host synchronisations (``aten::item``, ``aten::_local_scalar_dens
 
     PYTHONPATH=$PWD python benchmarks/profile_pretrain.py [--precision bfloat16] [--case test] [--trace t.json]
 
+``--attention`` instead times one attention layer's forward and backward at the step's shapes with
+PyTorch's fused kernel and with the explicit q @ k^T, softmax, @ v (best of 5, fp32 and bf16): the
+measurement behind the step's choice of the explicit form on CPU under 16-bit autocast.
+
 ``--code DIR`` profiles another checkout's ``mmc`` (e.g. ``git archive main mmc workflow/schemas``
 unpacked in DIR) with this script, to compare before and after a change.
 """
@@ -22,6 +26,33 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
+    """Fused vs explicit attention, forward + backward, ViT-S/16 at 224 px (2 views x batch, 6 heads)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(2 * batch, 6, 197, 64, dtype=dtype, requires_grad=True) for _ in range(3))
+
+        def fused(q=q, k=k, v=v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+        def explicit(q=q, k=k, v=v):
+            return ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+        best = {}
+        for _ in range(repeats):  # interleaved
+            for name, fn in (("fused", fused), ("explicit", explicit)):
+                start = time.perf_counter()
+                fn().sum().backward()
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+        print(f"attention {str(dtype).removeprefix('torch.'):9s} fused {best['fused'] * 1e3:7.1f} ms, explicit "
+              f"{best['explicit'] * 1e3:7.1f} ms: fused / explicit = {best['fused'] / best['explicit']:.2f}")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=["test", "vits16"], default="vits16")
@@ -33,9 +64,14 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--trace", type=Path, help="write a Chrome trace here")
+    parser.add_argument("--attention", action="store_true", help="only time fused vs explicit attention")
     parser.add_argument("--shapes", action="store_true", help="also group the operators by input shape")
     parser.add_argument("--code", type=Path, help="the checkout whose mmc package is profiled (default: this one)")
     args = parser.parse_args()
+    if args.attention:
+        print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+        attention_times(args.threads, args.batch)
+        return 0
     sys.path.insert(0, str(HERE))
     from bench_pretrain import case_config, make_trainer, synthetic_batch  # puts this checkout on sys.path
 

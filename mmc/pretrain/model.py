@@ -175,13 +175,13 @@ class MMCNetwork(nn.Module):
             # the centre is the mean of the teacher's output over all its patch tokens: the last
             # layer is linear, so it is the prototypes applied to the float32 sum of the normalised
             # bottleneck features; the K-way logits are only needed at the masked tokens
-            features = head.bottleneck(torch.cat([cls, patches.flatten(0, 2)]))
-            cls_features, patch_features = features.split([cls.shape[0], features.shape[0] - cls.shape[0]])
+            features = head.bottleneck(tokens)  # (V, B, 1+N, bottleneck): every token
+            patch_features = features[:, :, 1:]
             weight = head.prototype_weight()
-            masked = patch_features.unflatten(0, masks.shape)[masks]
-            logits = F.linear(torch.cat([cls_features, masked]), weight)
+            masked = patch_features[masks]
+            logits = F.linear(torch.cat([features[:, :, 0].flatten(0, 1), masked]), weight)
             with torch.autocast(tokens.device.type, enabled=False):
-                patch_sum = F.linear(patch_features.sum(dim=0, dtype=torch.float32), weight.float())
+                patch_sum = F.linear(patch_features.sum(dim=(0, 1, 2), dtype=torch.float32), weight.float())
             dino_cls, dino_patch = logits.split([cls.shape[0], masked.shape[0]])
             return {"dino_cls": dino_cls.unflatten(0, (views, batch)), "dino_patch": dino_patch, "dino_patch_sum": patch_sum}
         parts = [cls]
@@ -239,9 +239,9 @@ def param_groups(model: nn.Module) -> list[dict]:
 def use_fused_attention(module: nn.Module, enabled: bool) -> None:
     """Switch timm's attention layers between PyTorch's fused kernel and the explicit q @ k^T, softmax, @ v.
 
-    Same maths, different kernels: on CPU under bfloat16 autocast the explicit form runs ViT-S's
-    attention (forward and backward) about 3x faster than PyTorch's CPU flash-attention kernel
-    (measured with benchmarks/profile_pretrain.py); on CUDA the fused kernel is the fast one.
+    Same maths, different kernels: on CPU under 16-bit autocast the explicit form runs ViT-S's
+    attention (forward and backward) several times faster than PyTorch's CPU flash-attention
+    kernel (measured: docs/pretrain.md); on CUDA the fused kernel is the fast one.
     """
     for layer in module.modules():
         if hasattr(layer, "fused_attn"):
