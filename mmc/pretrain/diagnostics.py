@@ -2,7 +2,8 @@
 
 Pure functions of tensors (entropies) and a small host-side watcher that warns when a distribution
 stays near uniform, the collapse mode of self-distillation where the teacher's targets carry no
-information (DINO, arXiv 2104.14294, section 5.3: "uniform" collapse, entropy -> log K).
+information ("Emerging Properties in Self-Supervised Vision Transformers", DINO, arXiv 2104.14294,
+"Avoiding collapse": the uniform collapse, entropy -> log K).
 """
 
 from __future__ import annotations

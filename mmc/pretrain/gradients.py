@@ -5,13 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """sqrt(sum of squared entries) over all tensors, in float32."""
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
-
-
 def clip_per_param_(params, max_norm: float) -> torch.Tensor:
     """DINO/iBOT clipping: each parameter's gradient is scaled to norm <= ``max_norm`` on its own.
 
