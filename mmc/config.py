@@ -334,6 +334,13 @@ def _experiment_problems(name: str, exp: Mapping, override: Mapping) -> list[str
         where = key(*(f"loss.{w}" for w in LOSS_WEIGHTS))
         weights = ", ".join(f"{w}={exp['loss'][w]:g}" for w in LOSS_WEIGHTS)
         problems.append(f"{where}.loss: {weights}: expected at least one loss weight > 0")
+    batch, micro = exp["optim"]["batch_size"], exp["optim"]["micro_batch_size"]
+    if micro is not None and batch % micro:
+        where = key("optim.micro_batch_size", "optim.batch_size")
+        problems.append(
+            f"{where}.optim.micro_batch_size: {micro} does not divide {where}.optim.batch_size ({batch}): "
+            "expected a divisor (the global batch is split into whole micro-batches)"
+        )
     epochs, saved = exp["optim"]["epochs"], exp["checkpoint"]["save_epochs"]
     late = [e for e in saved if e > epochs]
     if late:
