@@ -102,15 +102,19 @@ def precision_bytes(precision: str) -> int:
     return 4 if precision == "float32" else 2
 
 
-def activation_bytes(pcfg, precision: str) -> dict[str, float]:
-    """Bytes one image adds to a training step: ``saved`` for backward, ``outputs`` alive until its end."""
+def activation_bytes(pcfg, precision: str, masked_fraction: float | None = None) -> dict[str, float]:
+    """Bytes one image adds to a training step: ``saved`` for backward, ``outputs`` alive until its end.
+
+    ``masked_fraction``: of a view's patches (default: the mean of ``mask.ratio``); the heads run on
+    the masked patches.
+    """
     b, w, s = pcfg.backbone, pcfg.loss, precision_bytes(precision)
     r = b.mlp_ratio
     grid = pcfg.data.global_crop_size // b.patch_size
     patches = grid * grid
     tokens = patches + 1
     views = 2
-    masked = pcfg.mask.ratio[0] / 2 + pcfg.mask.ratio[1] / 2  # mean masked fraction of a view
+    masked = pcfg.mask.ratio[0] / 2 + pcfg.mask.ratio[1] / 2 if masked_fraction is None else masked_fraction
 
     def backbone(t: int, side: int) -> float:
         block = t * b.embed_dim * (8 + s * (7 + 2 * r)) + 4 * b.num_heads * t
@@ -118,20 +122,20 @@ def activation_bytes(pcfg, precision: str) -> dict[str, float]:
 
     saved = views * backbone(tokens, pcfg.data.global_crop_size)
     outputs = 0.0
-    if w.w_mim > 0:
+    if w.w_mim > 0:  # the reconstruction head runs on the masked patches only
         pixels = 3 * b.patch_size**2
-        saved += views * (s * patches * b.embed_dim + 4 * masked * patches * pixels)  # head input, L1 on masked
-        outputs += views * s * patches * pixels
+        saved += views * masked * patches * (s * b.embed_dim + 4 * pixels)  # head input, L1 on masked
+        outputs += views * s * masked * patches * pixels
     if w.w_distill > 0:
         d = pcfg.distill
         head_in = s * (b.embed_dim + 4 * d.hidden_dim) + (4 + s) * d.bottleneck_dim  # MLP, normalised bottleneck
-        saved += views * tokens * head_in
-        # fp32 log-probabilities of the scored student tokens and the teacher targets they meet: [CLS]
-        # and the masked patches (patch mode); [CLS] and every patch against the teacher's [CLS]
+        # the student's head runs on what a loss scores: [CLS] and the masked patches (patch mode), or
+        # [CLS] and every patch (cls_to_patch); each scored token keeps its log-probabilities (autocast
+        # dtype) and meets a float32 teacher target: [CLS] and masked patches, or the teacher's [CLS]
         scored, targets = (1 + masked * patches, 1 + masked * patches) if d.mode == "patch" else (1 + patches, 1)
-        saved += views * (scored + targets) * d.out_dim * 4
-        teacher_tokens = tokens if d.mode == "patch" else 1
-        outputs += views * (tokens + teacher_tokens) * d.out_dim * s  # student and teacher logits
+        saved += views * scored * head_in
+        saved += views * (scored * s + targets * 4) * d.out_dim
+        outputs += views * (scored + targets) * d.out_dim * s  # student and teacher logits
         local = pcfg.data.local_crops
         if local:
             lside = pcfg.data.local_crop_size

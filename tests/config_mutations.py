@@ -124,6 +124,7 @@ MUTATIONS = [
     Mutation("reversed range", "aspect-ratio", merged({"pretrain": {"mask": {"aspect_ratio": [3.0, 0.3]}}}), r"pretrain\.mask\.aspect_ratio: \[3\.0, 0\.3\] is reversed", workflow=None),
     Mutation("reversed range", "objects", merged({"synthetic": {"objects": [4, 1]}}), r"synthetic\.objects: \[4, 1\] is reversed", workflow=None),
     Mutation("all loss weights 0", "ablation", merged({"experiments": {"mim_only": {"loss": {"w_mim": 0.0}}}}), r"experiments\.mim_only\.loss: w_mim=0, w_distill=0, w_contrast=0: expected at least one loss weight > 0"),
+    Mutation("micro-batch not dividing the batch", "3-of-32", merged({"pretrain": {"optim": {"micro_batch_size": 3}}}), r"pretrain\.optim\.micro_batch_size: 3 does not divide pretrain\.optim\.batch_size \(32\): expected a divisor"),
     Mutation("save_epochs beyond epochs", "99", merged({"pretrain": {"checkpoint": {"save_epochs": [2, 99]}}}), r"pretrain\.checkpoint\.save_epochs: \[99\] exceed pretrain\.optim\.epochs \(4\): expected epochs within the run"),
     Mutation("save_epochs beyond epochs", "shorter-ablation", merged({"experiments": {"mim_only": {"optim": {"epochs": 1}}}}), r"experiments\.mim_only\.checkpoint\.save_epochs: \[2\] exceed experiments\.mim_only\.optim\.epochs \(1\)", workflow=None),
     Mutation("state_dir inside a declared output", "results_dir", merged({"state_dir": "results/test"}), r"state_dir: 'results/test' is inside results_dir \('results/test'\): expected a folder outside every declared output"),

@@ -87,12 +87,14 @@ def test_parameter_counts_equal_the_model():
         assert model_params(pcfg) == (count(student), count(teacher)), name
 
 
-def saved_bytes_per_image(pcfg, amp: bool) -> tuple[float, float]:
-    """(bytes torch saves for backward, bytes of the heads' outputs) per image: the slope from 1 to 2 images.
+def saved_bytes_per_image(pcfg, amp: bool) -> tuple[float, float, float]:
+    """(bytes torch saves for backward, bytes of the heads' outputs, masked fraction of its patches)
+    per image: the slope from 1 to 2 images.
 
-    The forward and loss of one training step as mmc.pretrain.train runs it, on the CPU; saved tensors
-    are counted once per storage, parameters (and their autocast copies, a per-step constant that
-    the slope cancels) excluded.
+    The forward and loss of one training step as mmc.pretrain.train runs it, on the CPU; tensors are
+    counted once per storage, parameters (and their autocast copies, a per-step constant that the
+    slope cancels) excluded. The heads run on the masked patches, so the second image's masked
+    fraction (a random draw) is returned for the estimate to use.
     """
     from mmc.pretrain.losses import mmc_loss, patchify
     from mmc.pretrain.masking import view_masks
@@ -112,7 +114,7 @@ def saved_bytes_per_image(pcfg, amp: bool) -> tuple[float, float]:
             [view_masks(2, (size // patch,) * 2, tuple(m.ratio), m.min_block_patches, tuple(m.aspect_ratio), generator) for _ in range(batch)],
             dim=1,
         )
-        targets = patchify(views.flatten(0, 1), patch).unflatten(0, views.shape[:2])
+        targets = patchify(views.flatten(0, 1), patch).unflatten(0, views.shape[:2])[masks]  # masked patches
         centers = {"cls": torch.zeros(pcfg.distill.out_dim), "patch": torch.zeros(pcfg.distill.out_dim)}
         storages: dict[int, int] = {}
 
@@ -126,13 +128,15 @@ def saved_bytes_per_image(pcfg, amp: bool) -> tuple[float, float]:
             t_out = None
             if teacher is not None:
                 with torch.no_grad():
-                    t_out = teacher(views)
+                    t_out = teacher(views, masks)
             mmc_loss(s_out, t_out, targets, masks, centers, 0.04, pcfg)
-        outputs = sum(v.untyped_storage().nbytes() for out in (s_out, t_out) if out for k, v in out.items() if k in ("recon", "dino"))
-        return sum(storages.values()), outputs
+        kept = ("recon", "dino_cls", "dino_patch", "dino_local")  # split outputs share a storage
+        outputs = {v.untyped_storage().data_ptr(): v.untyped_storage().nbytes()
+                   for out in (s_out, t_out) if out for k, v in out.items() if k in kept}  # fmt: skip
+        return sum(storages.values()), sum(outputs.values()), masks[:, -1].float().mean().item()
 
-    (s1, o1), (s2, o2) = measure(1), measure(2)
-    return s2 - s1, o2 - o1
+    (s1, o1, _), (s2, o2, masked) = measure(1), measure(2)
+    return s2 - s1, o2 - o1, masked
 
 
 @pytest.mark.parametrize(
@@ -144,8 +148,8 @@ def saved_bytes_per_image(pcfg, amp: bool) -> tuple[float, float]:
 def test_activation_estimate_against_what_torch_saves(experiment, extra, precision):
     torch.set_num_threads(1)
     pcfg = paper_with(deep_merge(SMALL, extra)).experiments[experiment]
-    saved, outputs = saved_bytes_per_image(pcfg, amp=precision == "bfloat16")
-    estimate = activation_bytes(pcfg, precision)
+    saved, outputs, masked = saved_bytes_per_image(pcfg, amp=precision == "bfloat16")
+    estimate = activation_bytes(pcfg, precision, masked_fraction=masked)
     assert estimate["saved"] == pytest.approx(saved, rel=0.1), (estimate["saved"], saved)
     assert estimate["outputs"] == pytest.approx(outputs, rel=0.05, abs=1e3), (estimate["outputs"], outputs)
 

@@ -92,7 +92,7 @@ def test_accumulated_micro_batches_give_the_update_of_one_big_batch(tmp_path, mi
 
 
 def test_micro_batch_must_divide_the_per_process_batch(tmp_path):
-    with pytest.raises(config.ConfigError, match=r"micro_batch_size: 3 does not divide optim\.batch_size 8"):
+    with pytest.raises(config.ConfigError, match=r"pretrain\.optim\.micro_batch_size: 3 does not divide pretrain\.optim\.batch_size \(8\): expected a divisor"):
         make_trainer(tmp_path, {"optim": {"micro_batch_size": 3}})
     assert train.micro_batching(16, 2, 4) == (4, 2)
     assert train.micro_batching(16, 2, None) == (8, 1)
