@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# the whole pipeline on config/test.yaml (synthetic data, CPU), then its HTML report
+# the whole pipeline on config/test.yaml (synthetic data, CPU); its hooks render the HTML report,
+# write pipeline_info and version the run folder with DVC (results/test.dvc)
 demo: $(STAMP)
 	$(RUN) snakemake --configfile config/test.yaml
-	$(RUN) snakemake --configfile config/test.yaml --report results/test/report.html
-	@echo "report: results/test/report.html   MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/test/tracking/mlflow.db"
+	@echo "report: results/test/report.html"
+	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/test/tracking/mlflow.db (the runs: see the last 'mmc:' line above)"
+	@echo "audit:  $(BIN)/mmc provenance results/test/tables/segmentation.csv"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

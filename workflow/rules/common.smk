@@ -107,7 +107,7 @@ def pretrain_inputs(wildcards):
 
 
 def versioned_data():
-    """What `data.dvc` versions: every dataset the run reads, complete on disk."""
+    """What `data.dvc` versions: every dataset and fetched checkpoint the run reads, complete on disk."""
     names = list(CFG.evaluation.datasets)
     if CFG.selection.policy != "last":
         names.append(CFG.selection.dataset)
@@ -116,6 +116,10 @@ def versioned_data():
         SYNTHETIC_MARKER
         for e in CFG.experiments.values()
         if _inside(e.data.path, SYNTHETIC_DIR)
+    }
+    # checkpoints fetched under data_dir too: data.dvc is made after every write under data/
+    ready |= {
+        model_checkpoint(m) for m, model in CFG.models.items() if model.source == "url"
     }
     return sorted(ready)
 
@@ -262,3 +266,27 @@ def final_targets():
 # ----------------------------------------------------------------------------- tracking hooks
 def run_hook(command):
     shell(f"{command} --config {CONFIG_FILE}")
+
+
+# The HTML report, rendered by the onsuccess hook (a second snakemake reading this run's metadata).
+REPORT_HTML = f"{RESULTS}/report.html"
+REPORT_COMMAND = (
+    f"snakemake --snakefile {workflow.main_snakefile} --configfile {CONFIG_FILE}"
+)
+
+
+def _check_results_versioning():
+    # dvc.version_results versions results_dir with DVC: it must lie inside the repository (the
+    # working directory). Checked when the workflow is parsed, not at the end of the run.
+    results = os.path.abspath(RESULTS)
+    if not CFG.dvc.version_results:
+        return
+    if not results.startswith(os.getcwd() + os.sep) or results == os.path.abspath("results"):
+        raise WorkflowError(
+            f"{CONFIG_FILE}: results_dir: {RESULTS!r}: dvc.version_results: true needs the run's "
+            f"own folder inside the repository ({os.getcwd()}), e.g. results/<run_name>: "
+            "change results_dir or set dvc.version_results: false"
+        )
+
+
+_check_results_versioning()
