@@ -344,6 +344,37 @@ def _all_runs(client, experiment_id: str) -> list:
             return runs
 
 
+def _invocation_of(invocation_id: str, on_disk: list[JobRecord], cfg: Any) -> dict[str, Any]:
+    """What the records of an earlier invocation (its invocation.json since replaced) say about it."""
+    own = [r for r in on_disk if (r.invocation_id or UNATTRIBUTED) == invocation_id]
+    first = min(own, key=lambda r: r.start_time or 0)
+    tags = first.tags
+    return {"invocation_id": invocation_id, "run_name": cfg.run_name, "start_time": first.start_time,
+            "config_path": first.config["path"], "git_commit": tags.get("mmc.git_commit"),
+            "git_dirty": tags.get("mmc.git_dirty"), "host": tags.get("mmc.host"), "user": tags.get("mmc.user")}
+
+
+def _close_parents(client, parents: Mapping[str, str], parent_runs: Mapping[str, Any], on_disk: list[JobRecord],
+                   invocation: Mapping[str, Any]) -> None:
+    """End every open parent run this results folder knows the outcome of (see :func:`load_records`)."""
+    current = invocation.get("invocation_id")
+    children: dict[str, list[JobRecord]] = {}
+    for record in on_disk:
+        children.setdefault(record.invocation_id or UNATTRIBUTED, []).append(record)
+    for invocation_id, run_id in parents.items():
+        if invocation_id == current:
+            if invocation.get("status"):  # else still running: the onsuccess/onerror hook closes it
+                client.set_terminated(run_id, status=invocation["status"], end_time=invocation.get("end_time"))
+            continue
+        known = parent_runs.get(invocation_id)
+        if (known is not None and known.info.status != "RUNNING") or not children.get(invocation_id):
+            continue  # closed already, or not this results folder's invocation
+        ended = children[invocation_id]
+        failed = any(r.status != "FINISHED" for r in ended)
+        end = max((r.end_time or 0 for r in ended), default=0) or None
+        client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
+
+
 def load_records(cfg: Any, status: str | None = None) -> LoadReport:
     """Load every record not yet in the store; ``status`` also closes this invocation's parent.
 
@@ -393,34 +424,3 @@ def load_records(cfg: Any, status: str | None = None) -> LoadReport:
         _close_parents(client, parents, parent_runs, on_disk, invocation)
         report.parents = parents
     return report
-
-
-def _invocation_of(invocation_id: str, on_disk: list[JobRecord], cfg: Any) -> dict[str, Any]:
-    """What the records of an earlier invocation (its invocation.json since replaced) say about it."""
-    own = [r for r in on_disk if (r.invocation_id or UNATTRIBUTED) == invocation_id]
-    first = min(own, key=lambda r: r.start_time or 0)
-    tags = first.tags
-    return {"invocation_id": invocation_id, "run_name": cfg.run_name, "start_time": first.start_time,
-            "config_path": first.config["path"], "git_commit": tags.get("mmc.git_commit"),
-            "git_dirty": tags.get("mmc.git_dirty"), "host": tags.get("mmc.host"), "user": tags.get("mmc.user")}
-
-
-def _close_parents(client, parents: Mapping[str, str], parent_runs: Mapping[str, Any], on_disk: list[JobRecord],
-                   invocation: Mapping[str, Any]) -> None:
-    """End every open parent run this results folder knows the outcome of (see :func:`load_records`)."""
-    current = invocation.get("invocation_id")
-    children: dict[str, list[JobRecord]] = {}
-    for record in on_disk:
-        children.setdefault(record.invocation_id or UNATTRIBUTED, []).append(record)
-    for invocation_id, run_id in parents.items():
-        if invocation_id == current:
-            if invocation.get("status"):  # else still running: the onsuccess/onerror hook closes it
-                client.set_terminated(run_id, status=invocation["status"], end_time=invocation.get("end_time"))
-            continue
-        known = parent_runs.get(invocation_id)
-        if (known is not None and known.info.status != "RUNNING") or not children.get(invocation_id):
-            continue  # closed already, or not this results folder's invocation
-        ended = children[invocation_id]
-        failed = any(r.status != "FINISHED" for r in ended)
-        end = max((r.end_time or 0 for r in ended), default=0) or None
-        client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
