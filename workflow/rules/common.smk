@@ -281,7 +281,8 @@ def _check_results_versioning():
     results = os.path.abspath(RESULTS)
     if not CFG.dvc.version_results:
         return
-    if not results.startswith(os.getcwd() + os.sep) or results == os.path.abspath("results"):
+    every_run = os.path.abspath("results")  # holds README.md and results/<run>.dvc
+    if not results.startswith(os.getcwd() + os.sep) or results == every_run:
         raise WorkflowError(
             f"{CONFIG_FILE}: results_dir: {RESULTS!r}: dvc.version_results: true needs the run's "
             f"own folder inside the repository ({os.getcwd()}), e.g. results/<run_name>: "
