@@ -11,7 +11,8 @@ Files under ``{results_dir}/tracking/``:
   Snakemake wildcards (:func:`default_name`), or the name a stage gives, made file-safe;
 - ``invocation.json``: the current workflow invocation, written by ``mmc track start``
   (``{"invocation_id": hex, "run_name", "start_time": ms, "config_path", "config_hash",
-  "git_commit", "git_dirty", "host", "tracking_uri", "parent_run_id"}``, the last only with a server);
+  "git_commit", "git_dirty", "host", "user", "tracking_uri", "parent_run_id"}``, the last only with
+  a server; ``"status"`` and ``"end_time"`` are added when ``mmc track load --status`` closes it);
 - ``configs/<hash>.yaml``: snapshots of the resolved configs the records name.
 
 The record format (version 2; version 1 had no record_id/rule/wildcards/invocation/config/command)::

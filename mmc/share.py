@@ -38,6 +38,19 @@ def results_folder(cfg: Any, repo: Path) -> Path:
     return results
 
 
+def _modification_times(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {path: (stat.st_atime_ns, stat.st_mtime_ns) for path in folder.rglob("*")
+            if path.is_file() and not path.is_symlink() and (stat := path.stat())}
+
+
+def _restore_modification_times(times: dict[Path, tuple[int, int]]) -> None:
+    """``dvc add`` (copy cache) and ``dvc unprotect`` rewrite files: give them back their times, or a
+    table copied before its input would look older than it and the next run would redo it."""
+    for path, (atime, mtime) in times.items():
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(atime, mtime))
+
+
 def share(cfg: Any, repo: Path | None = None, push: bool = True) -> dict[str, Any]:
     """``dvc add`` the results folder (leaving out :data:`NOT_VERSIONED`) and push the run's data."""
     from mmc import dvc
@@ -49,9 +62,11 @@ def share(cfg: Any, repo: Path | None = None, push: bool = True) -> dict[str, An
         dvc.ensure_ignored(store.root, [f"{base}/{pattern}" for pattern in NOT_VERSIONED],
                            f"mmc share: not versioned with the run {base} (results/README.md)")
         target = Path(os.path.abspath(results)).relative_to(store.root).as_posix()
+        times = _modification_times(results)
         dvc_file = dvc.add(store.root, target)
         if cfg.dvc.cache_type.strip() != "copy":  # the next run writes logs, records... into the folder
             dvc.unprotect(store.root, target)
+        _restore_modification_times(times)  # Snakemake reruns a job whose output is older than its input
         pushed = [f"{target}.dvc"]
         data = Path(os.path.abspath(cfg.data_dir))
         data_file = data.parent / f"{data.name}.dvc"

@@ -91,6 +91,9 @@ def test_push_a_run_then_pull_and_audit_it_in_another_clone(tmp_path):
     segment = json.loads(next((first / RUN / "tracking" / "jobs").glob("segment-model=mmc-*.json")).read_text())
     assert segment["tags"]["mmc.dataset_dvc_md5"] == data_md5
 
+    # versioning the folder changed no file's time: a rerun has nothing to do
+    again = _run([sys.executable, "-m", "snakemake", "-n", "--configfile", "share.yaml"], first)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
     _run([*GIT, "add", "-A"], first)
     staged = set(_run([*GIT, "diff", "--cached", "--name-only"], first).stdout.split())
     assert {f"{RUN}.dvc", "data.dvc", "checkpoints/test/mmc.pth.dvc", ".dvc/config"} <= staged, staged
