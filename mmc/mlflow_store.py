@@ -10,7 +10,8 @@ Only three places write to a store:
   in the store. A file lock makes it the single writer of the embedded SQLite store.
 
 MLflow's own fields are filled besides the ``mmc.*`` tags (:func:`standard_tags`): the experiment's
-kind (``mlflow.experimentKind``: model training, so the UI opens it on its runs), each run's name,
+kind (``mlflow.experimentKind``: model training) and the address of its runs page (:func:`runs_url`),
+each run's name,
 ``mlflow.user``, ``mlflow.source.name``/``type`` and ``mlflow.source.git.commit``, and every dataset
 a job read as an MLflow dataset input (:func:`dataset_inputs`) whose digest is the DVC hash of the
 data the job saw. Every parent run ends FINISHED or FAILED: the hooks close the current one, and the
@@ -46,7 +47,8 @@ PARENT_ROLE = "invocation"
 UNATTRIBUTED = "unattributed"  # records written with no `mmc track start` before them
 MAX_TAG_CHARS = 5000  # MLflow accepts 8000 in 3.x; stay below older servers' 5000
 # The experiment kind MLflow's UI reads (the tag its own kind selector writes): "custom_model_development"
-# is its "Machine learning" kind, which opens an experiment on its runs, not on the GenAI overview.
+# is its "Machine learning" kind. MLflow 3.17's UI still opens a bare experiment address on the GenAI
+# overview (its GenAI / Model training switch is kept per browser): runs_url() adds the switch.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Which stage reads which kind of data: the `context` of the MLflow dataset input.

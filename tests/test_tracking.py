@@ -205,7 +205,7 @@ def test_store_holds_mlflows_own_fields(tmp_path):
     client = mlflow_store._client(mlflow_store.store_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in loaded
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training kind
     # MLflow makes an artefact location absolute: where it is, docs/sharing.md says
     assert experiment.artifact_location == (tmp_path / "results" / "tracking" / "artifacts").as_uri()
 
