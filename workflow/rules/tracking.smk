@@ -13,7 +13,12 @@ onstart:
 onsuccess:
     if CFG.tracking.enabled:
         run_hook("mmc track load --status finished")
-    shell(f"{REPORT_COMMAND} --report {REPORT_HTML}")
+    if all(os.path.exists(path) for path in final_targets()):
+        shell(f"{REPORT_COMMAND} --report {REPORT_HTML}")
+    else:  # a run asked for some targets only: the report needs the tables and figures
+        print(
+            f"mmc: {REPORT_HTML} not rendered: the final targets are not all made yet"
+        )
     run_hook(
         f"mmc pipeline-info --snakefile {workflow.main_snakefile} --report {REPORT_HTML}"
     )
