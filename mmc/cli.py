@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("mmc.report", "the one-page summary of a run (selected checkpoints and tables)"),
     "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
     "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
+    "share": ("mmc.share", "version the run's results folder with DVC and push it with its data and checkpoints"),
     "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
     "reproduce": ("mmc.reproduce.cli", "re-execute a sample of a run's recorded jobs; compare with the recorded outputs"),
 }

@@ -211,6 +211,8 @@ def resolve(raw: Mapping, where: str = "<config>", *, check_inputs: bool = False
         merged = deep_merge(pretrain_base, override)
         experiments[name] = _validate(merged, schema()["$defs"]["pretrain"], where, prefix=f"experiments.{name}.")
     data["experiments"] = experiments
+    if data["results_dir"] is None:  # the schema's default: each run its own folder
+        data["results_dir"] = f"results/{data['run_name']}"
     _raise_problems(where, rule_problems(data, raw, check_inputs=check_inputs))
     return data
 
@@ -452,6 +454,16 @@ def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[st
             too_wide.add(key)
             where = "the file system root" if folder == os.sep else "the repository root (the working directory) or above it"
             problems.append(f"{key}: {data[key]!r} is {where}: expected a folder of its own, e.g. {key.split('_')[0]}/NAME")
+    if check_inputs and data["dvc"]["version_results"] and "results_dir" not in too_wide:
+        # `mmc share` (run by the workflow) versions results_dir with DVC: the run's own folder
+        # inside the repository; a single stage run elsewhere does not share
+        results = os.path.abspath(data["results_dir"])
+        if not _inside(results, os.getcwd()) or results == os.path.abspath("results"):
+            problems.append(
+                f"results_dir: {data['results_dir']!r} is not a run's own folder inside the repository "
+                f"({os.getcwd()}): expected e.g. results/<run_name> (dvc.version_results versions it "
+                "with DVC), or set dvc.version_results: false"
+            )
     for key, folder in produced.items():
         if key not in too_wide and _inside(data["state_dir"], folder):
             problems.append(

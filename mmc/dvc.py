@@ -23,11 +23,12 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from mmc.errors import MMCError
+from mmc.files import atomic_path
 
 REMOTE_NAME = "storage"
 LOCK_NAME = "mmc-dvc.lock"
@@ -134,7 +135,7 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
         if value is None or value.lower() != wanted.lower():
             run(root, "config", *level, f"{section}.{key}", wanted)
 
-    url = dvc_cfg.remote if _is_url(dvc_cfg.remote) else str((start / dvc_cfg.remote).resolve())
+    url = remote_url(start, dvc_cfg.remote)
     remotes = {**_remotes(shared, root), **_remotes(local, root)}
     matching = [name for name, where in remotes.items() if where == url]
     name = REMOTE_NAME if REMOTE_NAME in matching or not matching else matching[0]
@@ -143,7 +144,7 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
         level = ["--local"] if f'remote "{name}"' in local else []
         make_default = default != name and level == default_level
         run(root, "remote", "add", "--force", *level, *(["--default"] if make_default else []), name,
-            url if _is_url(url) else os.path.relpath(url, root))  # DVC resolves it against its cwd
+            _as_configured(dvc_cfg.remote, url, root))
         default = name if make_default else default
     if default != name:
         run(root, "remote", "default", *default_level, name)
@@ -152,6 +153,23 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
 
 def _is_url(remote: str) -> bool:
     return "://" in remote
+
+
+def remote_url(start: str | os.PathLike, remote: str) -> str:
+    """Where ``dvc.remote`` points: a URL as given; a local path made absolute (``~`` expanded, a
+    relative one taken from ``start``, the working directory)."""
+    if _is_url(remote):
+        return remote
+    return str((Path(start).absolute() / Path(remote).expanduser()).resolve())
+
+
+def _as_configured(remote: str, url: str, root: Path) -> str:
+    """What ``dvc remote add`` is given: a relative local path stays relative (DVC resolves it against
+    its working directory, the repository root, and stores it relative to ``.dvc/``, so clones side
+    by side share it); an absolute or ``~`` path stays absolute, so a clone at any depth finds it."""
+    if _is_url(url) or Path(remote).expanduser().is_absolute():
+        return url
+    return os.path.relpath(url, root)
 
 
 def _read_config(path: Path) -> Mapping[str, Any]:
@@ -176,17 +194,39 @@ def _remotes(config: Mapping[str, Any], root: Path) -> dict[str, str]:
 
 
 def _ensure_ignored(path: Path) -> None:
+    ensure_ignored(path.parent, IGNORED, "mmc data download: partial downloads, locks and temporary directories")
+
+
+def ensure_ignored(root: str | os.PathLike, patterns: Iterable[str], why: str) -> bool:
+    """Add the ``patterns`` missing from ``root/.dvcignore`` (under a ``# why`` comment); True if any was.
+
+    Files a pattern matches are left out of every tracked directory (``dvc add`` of a folder)."""
+    path = Path(root) / ".dvcignore"
     lines = path.read_text().splitlines() if path.exists() else []
-    missing = [pattern for pattern in IGNORED if pattern not in lines]
+    missing = [pattern for pattern in patterns if pattern not in lines]
     if missing:
-        header = ["# mmc data download: partial downloads, locks and temporary directories"]
-        path.write_text("\n".join([*lines, *header, *missing]) + "\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join([*lines, f"# {why}", *missing]) + "\n")
+    return bool(missing)
+
+
+def anchored(root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """A ``.dvcignore`` pattern for ``path`` (a folder or file inside the repository) alone, not for
+    every file of that name: relative to the repository root with a leading ``/``."""
+    relative = Path(os.path.abspath(path)).relative_to(Path(root).absolute()).as_posix()
+    return f"/{relative}"
 
 
 def add(repo: str | os.PathLike, path: str = "data") -> Path:
     """``dvc add PATH`` (relative to ``repo``): track the file or whole tree; returns ``PATH.dvc``."""
     run(repo, "add", "--quiet", path)
     return Path(repo) / f"{path.rstrip('/')}.dvc"
+
+
+def unprotect(repo: str | os.PathLike, *targets: str) -> None:
+    """Replace the links ``dvc add`` made into the cache by copies: for folders the workflow keeps
+    writing into (a log rewritten through a hardlink would change the cached version)."""
+    run(repo, "unprotect", *targets)
 
 
 def push(repo: str | os.PathLike, *targets: str, remote: str = REMOTE_NAME) -> None:

@@ -165,6 +165,7 @@ def _start_tags(cfg: Any, stage: str, rule: str, wildcards: Mapping[str, Any], i
         "mmc.git_commit": git["commit"],
         "mmc.git_dirty": git["dirty"],
         "mmc.host": versions.host(),
+        "mmc.user": versions.user(),
         "mmc.requested_device": str(getattr(cfg, "device", "auto")),
     }
     if wildcards:

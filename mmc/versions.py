@@ -58,6 +58,16 @@ def host() -> str:
     return socket.gethostname()
 
 
+def user() -> str:
+    """The account running the code (MLflow's ``mlflow.user``); "unknown" where the uid has no name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def torch_state(requested_device: str | None = None) -> dict[str, str]:
     """torch/CUDA/timm versions and the device, only if this process already imported torch."""
     torch = sys.modules.get("torch")

@@ -131,6 +131,7 @@ MUTATIONS = [
     Mutation("state_dir inside a declared output", "checkpoint_dir", merged({"state_dir": "checkpoints/test/state"}), r"state_dir: 'checkpoints/test/state' is inside dvc\.checkpoint_dir", workflow=None),
     Mutation("results_dir is / or the repository", "root", merged({"results_dir": "/"}), r"invalid configuration: results_dir: '/' is the file system root: expected a folder of its own"),
     Mutation("results_dir is / or the repository", "repository", merged({"results_dir": "."}), r"invalid configuration: results_dir: '\.' is the repository root \(the working directory\) or above it", workflow=None),
+    Mutation("versioned run folder not the run's own", "results", merged({"results_dir": "results"}), r"results_dir: 'results' is not a run's own folder inside the repository \(.*\): expected e\.g\. results/<run_name>"),
     Mutation("missing external input", "pretrain-data", merged({"pretrain": {"data": {"path": MISSING}}}), re.escape(f"pretrain.data.path: '{MISSING}' does not exist: expected an existing folder (no rule of the workflow makes it)")),
     Mutation("missing external input", "init_checkpoint", merged({"experiments": {"mmc": {"init_checkpoint": MISSING + ".pth"}}}), re.escape(f"experiments.mmc.init_checkpoint: '{MISSING}.pth' does not exist: expected an existing file"), workflow=None),
     Mutation("missing external input", "model-file", merged({"models": {"given": {"source": "file", "path": MISSING + ".pth"}}}), re.escape(f"models.given.path: '{MISSING}.pth' does not exist: expected an existing file"), workflow=None),

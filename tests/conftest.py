@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MMC = [sys.executable, "-m", "mmc"]
+# Quiet tests: no progress bars or lines (mmc.progress) from the commands they run; the tests of
+# progress itself set their own mode.
+os.environ.setdefault("MMC_PROGRESS", "off")
 
 
 @pytest.fixture(scope="session")

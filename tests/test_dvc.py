@@ -138,7 +138,22 @@ def test_setup_of_the_projects_own_dvc_config_is_a_no_op(tmp_path, monkeypatch):
     defaults = config.freeze(config.resolve({"run_name": "t"})).dvc
     calls = count_dvc_calls(monkeypatch)
     store = dvc.setup(repo, defaults)
-    assert calls == [] and store.remote == "storage" and store.url == str(repo / ".dvc-remote")
+    # the default remote is a folder beside the repository: outside it, shared by clones side by side
+    assert calls == [] and store.remote == "storage" and store.url == str(tmp_path / "mmc-repro-dvc-remote")
+
+
+def test_an_absolute_remote_is_stored_absolute_a_relative_one_relative(tmp_path, monkeypatch):
+    """A clone at another depth must still find an absolute remote; clones side by side share a relative one."""
+    repo = git_repo(tmp_path / "repo")
+    store = dvc.setup(repo, dvc_settings(repo, remote=str(tmp_path / "shared" / "remote")))
+    assert store.url == str(tmp_path / "shared" / "remote")
+    assert f"url = {tmp_path / 'shared' / 'remote'}" in (repo / ".dvc" / "config").read_text()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    store = dvc.setup(repo, dvc_settings(repo, remote="~/dvc-remote"))
+    assert store.url == str(tmp_path / "home" / "dvc-remote")
+    assert f"url = {tmp_path / 'home' / 'dvc-remote'}" in (repo / ".dvc" / "config").read_text()
+    dvc.setup(repo, dvc_settings(repo, remote="../beside"))
+    assert "url = ../../beside" in (repo / ".dvc" / "config").read_text()
 
 
 def test_setup_reuses_a_remote_pointing_there_and_follows_config_local(tmp_path):

@@ -358,10 +358,13 @@ def test_segment_runs_as_a_process(voc, tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        # as in a job's log: a progress line per image (interval 0), then a last one
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MMC_PROGRESS_INTERVAL": "0"},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("segment tiny on scenes: ")]
+    assert lines[0].startswith("segment tiny on scenes: 1/") and "done in" in lines[-1], result.stderr
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["thresholds"] == [0.2, 0.625, 0.9]  # the demo tau is always evaluated
     assert summary["settings"]["upsample"] == "bilinear" and summary["settings"]["prompt"] == "random"

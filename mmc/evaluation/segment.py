@@ -95,10 +95,12 @@ def evaluate_image(
 
 
 # ----------------------------------------------------------------------------- a dataset
-def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str):
-    """(per-object DataFrame, number skipped, feature stats) for one model on one dataset."""
+def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str, label: str | None = None):
+    """(per-object DataFrame, number skipped, feature stats) for one model on one dataset; progress
+    per image (:mod:`mmc.progress`) under ``label``."""
     import pandas as pd
 
+    from mmc import progress
     from mmc.data.readers import open_reader
     from mmc.evaluation.features import dataset_features
 
@@ -107,7 +109,9 @@ def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str):
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     rows, skipped = [], 0
-    for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
+    label = label or f"segment {model.name or 'checkpoint'} on {dataset_name}"
+    features = dataset_features(cfg, model, reader, dataset_name, stats)
+    for sample, feats in progress.track(features, label, total=len(reader)):
         image_rows, image_skipped = evaluate_image(
             feats.numpy(),
             sample,
@@ -170,14 +174,14 @@ def summarize(
 
 
 def evaluate_checkpoint(
-    cfg: Any, checkpoint_path: str | Path, dataset_name: str, fmt: str = "mmc"
+    cfg: Any, checkpoint_path: str | Path, dataset_name: str, fmt: str = "mmc", label: str | None = None
 ) -> SegmentationSummary:
     """Summary (model ``"selection"``) of one checkpoint on one dataset, writing nothing and not
     touching the feature cache: the ``select`` stage scores candidate checkpoints with it."""
     if dataset_name not in cfg.datasets:
         raise MMCError(f"dataset {dataset_name!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     model = checkpoint_model(checkpoint_path, fmt)
-    table, skipped, _ = evaluate(cfg, model, dataset_name)
+    table, skipped, _ = evaluate(cfg, model, dataset_name, label=label or f"score {Path(checkpoint_path).name} on {dataset_name}")
     return summarize(cfg, table, skipped, model, "selection", dataset_name)
 
 

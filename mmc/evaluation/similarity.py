@@ -96,13 +96,16 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
 
 def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
     """Pooled (intra, inter) similarities of one model on one dataset, and the feature counts."""
+    from mmc import progress
     from mmc.data.readers import open_reader
     from mmc.evaluation.features import dataset_features
 
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     intra, inter = [], []
-    for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
+    features = dataset_features(cfg, model, reader, dataset_name, stats)
+    label = f"similarity {model.name or 'checkpoint'} on {dataset_name}"
+    for sample, feats in progress.track(features, label, total=len(reader)):
         a, b = image_similarities(
             feats.numpy(),
             sample,

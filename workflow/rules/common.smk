@@ -135,7 +135,7 @@ def pretrain_inputs(wildcards):
 
 
 def versioned_data():
-    """What `data.dvc` versions: every dataset the run reads, complete on disk."""
+    """What `data.dvc` versions: every dataset and fetched checkpoint the run reads, complete on disk."""
     names = list(CFG.evaluation.datasets)
     if CFG.selection.policy != "last":
         names.append(CFG.selection.dataset)
@@ -144,6 +144,10 @@ def versioned_data():
         SYNTHETIC_MARKER
         for e in CFG.experiments.values()
         if _inside(e.data.path, SYNTHETIC_DIR)
+    }
+    # checkpoints fetched under data_dir too: data.dvc is made after every write under data/
+    ready |= {
+        model_checkpoint(m) for m, model in CFG.models.items() if model.source == "url"
     }
     return sorted(ready)
 
@@ -280,3 +284,10 @@ def final_targets():
 # ----------------------------------------------------------------------------- tracking hooks
 def run_hook(command):
     shell(f"{command} --config {CONFIG_FILE}")
+
+
+# The HTML report, rendered by the onsuccess hook (a second snakemake reading this run's metadata).
+REPORT_HTML = f"{RESULTS}/report.html"
+REPORT_COMMAND = (
+    f"snakemake --snakefile {workflow.main_snakefile} --configfile {CONFIG_FILE}"
+)
