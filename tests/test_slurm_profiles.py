@@ -23,7 +23,7 @@ from mmc.pretrain.launch import launcher, slurm_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "workflow" / "profiles"
-SUBMITTED = {"pretrain", "select", "segment", "similarity", "figures"}
+SUBMITTED = {"pretrain", "select", "segment", "similarity", "figures", "explorer"}
 LOCAL = {"all", "download", "fetch_checkpoint", "publish", "report", "tables", "version_data"}
 GPU_RULES = {"pretrain", "segment", "similarity"}
 

@@ -100,6 +100,9 @@ STAGES: dict[str, StagePolicy] = {
     # pure functions of verified JSON inputs, without torch: always exact
     "tables": StagePolicy(),
     "figures": StagePolicy(reads_data=True, tolerance=_GPU_METRICS),  # qualitative overlays run the models
+    # the prompt explorer embeds the evaluation's features (a self-contained HTML page, compared
+    # bitwise: on another GPU its last bits may differ, which the audit reports as a difference)
+    "explorer": StagePolicy(reads_data=True, tolerance=_GPU_METRICS),
     "report": StagePolicy(),
     "publish": StagePolicy(not_reexecutable=(
         "runs `dvc add` and `dvc push` (writes the DVC cache, the remote and E.pth.dvc); its output is "
