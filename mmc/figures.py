@@ -165,7 +165,9 @@ def predicted_masks(
         tokens = [(int(r), int(c)) for r, c in zip(rows["prompt_row"], rows["prompt_col"], strict=True)]
         sims = prompt_similarities(features.numpy(), tokens)
         for k, object_id in enumerate(rows["object_id"]):
-            mask = predicted_mask(sims[..., k], sample.void.shape, tau, cfg.evaluation.upsample)
+            mask = predicted_mask(
+                sims[..., k], sample.void.shape, tau, cfg.evaluation.upsample, cfg.evaluation.pixel_to_patch
+            )
             masks[(str(sample.image_id), int(object_id))] = mask
     return masks
 
