@@ -1,15 +1,18 @@
 """How much does the zero-shot evaluation cost beyond the backbone forward pass?
 
-Part 1, end to end (the headline): ``mmc segment`` run as the workflow runs it (in this process,
-after one untimed warm-up run: config, model, tracking record, VOC files read and decoded, features,
-feature cache, protocol, parquet/CSV/JSON outputs) on ``--images`` VOC-sized scenes (500 x 375 JPEG +
-label PNGs written here), against the pure backbone forward (``patch_features``) on the same images,
-preprocessed beforehand, in batches of ``evaluation.batch_size``. Cases, interleaved (the order
-rotates each repeat): ``forward``, ``segment, cache on`` (empty cache: every entry is written),
-``segment, cache off``. Each case: min / median / max seconds over ``--repeats``; ratios of medians
-(and of minima) to ``forward``. Then, measured once each (indicative), what one image costs outside
-the forward: reading and decoding, preprocessing, the protocol, writing its cache entry
-(synchronously), reading it back; and the cache entry's size.
+Part 1, end to end (the headline): ``mmc segment`` (config, model loaded from a checkpoint file in
+timm's layout holding random ViT-S/16 weights, tracking record, VOC files read and decoded, features,
+feature cache, protocol, parquet/CSV/JSON outputs) on ``--images`` VOC-sized scenes (500 x 375 JPEG
++ label PNGs written here), against the pure backbone forward (``patch_features``) on the same
+images, preprocessed beforehand, in batches of ``evaluation.batch_size``. Cases, interleaved (the
+order rotates each repeat): ``forward``; ``segment, cache on`` (empty cache: every entry is written)
+and ``segment, cache off``, the command run in this process after one untimed warm-up run (imports
+done); ``process, cache on``, the command as the workflow runs it (``python -m mmc segment``:
+interpreter start and imports included). Each case: min / median / max seconds over ``--repeats``;
+ratios of medians (and of minima) to ``forward``. Then, measured once each (indicative): the
+interpreter start and imports of the command, and per image outside the forward: reading and
+decoding, preprocessing, the protocol, writing its cache entry (synchronously), reading it back;
+and the cache entry's size.
 
 Part 2 (``--protocol``): on a randomly initialised ViT-S/16 at the evaluation resolution
   (a) the backbone forward (``patch_features``), seconds per image;
@@ -33,6 +36,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,14 +173,18 @@ def write_voc(root: Path, n_images: int) -> Path:
 
 
 def write_config(path: Path, work: Path, voc: Path, resolution: int, batch_size: int, workers: int, cache: bool):
+    """A config evaluating ``work/vits.pth`` (a ViT-S/16 in timm's layout, as a downloaded file)."""
     import yaml
 
+    weights = work / "vits.pth"
+    if not weights.exists():
+        torch.save(random_backbone(VIT_S16, 0).state_dict(), weights)
     cfg = {
         "run_name": "bench",
         "results_dir": str(work / "results"),
         "state_dir": str(work / "state"),
         "device": "cpu",
-        "models": {"vits": {"source": "random", "backbone": VIT_S16, "seed": 0}},
+        "models": {"vits": {"source": "file", "path": str(weights), "format": "timm", "backbone": VIT_S16}},
         "datasets": {"voc": {"format": "voc", "root": str(voc), "split": "val"}},
         "evaluation": {
             "resolution": resolution,
@@ -257,44 +265,84 @@ def end_to_end(args) -> None:
             for start in range(0, len(inputs), args.batch_size):
                 patch_features(model, inputs[start : start + args.batch_size])
 
+        def measured(fn):
+            """(wall seconds, CPU seconds of this process and its children) of one call."""
+            usage = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+            start = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - start
+            after = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+            cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(usage, after, strict=True))
+            return wall, cpu
+
         def segment(cache: bool):
             def run():
-                shutil.rmtree(work / "state" / "features", ignore_errors=True)  # untimed below
-                start = time.perf_counter()
+                shutil.rmtree(work / "state" / "features", ignore_errors=True)  # untimed
                 code = mmc_main(["segment", "--config", str(configs[cache]), "--model", "vits",
                                  "--dataset", "voc", "--out", str(work / f"out-{cache}")])  # fmt: skip
                 assert code == 0
-                return time.perf_counter() - start
 
-            return run
+            return lambda: measured(run)
+
+        def process(cache: bool, code_dir: str | None = None):
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            if code_dir is not None:
+                env["PYTHONPATH"] = code_dir
+
+            def run():
+                subprocess.run([sys.executable, "-m", "mmc", "segment", "--config", str(configs[cache]), "--model",
+                                "vits", "--dataset", "voc", "--out", str(work / "out-process")],
+                               check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+
+            def clean_then_run():
+                shutil.rmtree(work / "state" / "features", ignore_errors=True)
+                return measured(run)
+
+            return clean_then_run
 
         cases = {
-            "forward": lambda: timed(forward)[0],
+            "forward": lambda: measured(forward),
             "segment, cache on": segment(True),
-            "segment, cache off": segment(False),
+            "process, cache on": process(True),
+            "process, cache off": process(False),
         }
+        if args.baseline:
+            cases["baseline process, cache on"] = process(True, args.baseline)
+            cases["baseline process, cache off"] = process(False, args.baseline)
         print(f"\n== part 1: mmc segment end to end vs the backbone forward, {args.images} images "
               f"({n_objects} objects), batch {args.batch_size}, {args.workers} reading threads")  # fmt: skip
+        if args.baseline:
+            print(f"baseline: the code under {args.baseline}")
         print(f"load average at start (1, 5, 15 min): {load_average()}")
         forward_once = timed(forward)[0]  # warm-up, and the first segment run creates the tracking store
         segment(True)()
         print(f"warm-up done (forward {forward_once:.1f} s); {args.repeats} interleaved repeats")
-        seconds: dict[str, list[float]] = {name: [] for name in cases}
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         names = list(cases)
         for r in range(args.repeats):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                seconds[name].append(cases[name]())
-        base_median, base_min = float(np.median(seconds["forward"])), min(seconds["forward"])
-        print("\ncase               |   min s | median s |   max s | median s/img | median / forward | min / forward")
-        for name, runs in seconds.items():
-            median = float(np.median(runs))
-            print(f"{name:18s} | {min(runs):7.2f} | {median:8.2f} | {max(runs):7.2f} | {median / args.images:12.3f} |"
-                  f" {median / base_median:16.3f} | {min(runs) / base_min:13.3f}")  # fmt: skip
+                runs[name].append(cases[name]())
+        wall = {name: [w for w, _ in values] for name, values in runs.items()}
+        cpu = {name: [c for _, c in values] for name, values in runs.items()}
+        base_median, base_min = float(np.median(wall["forward"])), min(wall["forward"])
+        base_cpu = float(np.median(cpu["forward"]))
+        print("\nwall-clock seconds, and CPU seconds (all threads and child processes):")
+        print(f"{'case':28s} |   min s | median s |   max s | median / forward | min / forward | median CPU s"
+              " | CPU / forward CPU")  # fmt: skip
+        for name in cases:
+            median = float(np.median(wall[name]))
+            cpu_median = float(np.median(cpu[name]))
+            print(f"{name:28s} | {min(wall[name]):7.2f} | {median:8.2f} | {max(wall[name]):7.2f} |"
+                  f" {median / base_median:16.3f} | {min(wall[name]) / base_min:13.3f} | {cpu_median:12.2f} |"
+                  f" {cpu_median / base_cpu:17.3f}")  # fmt: skip
         print(f"load average at the end of part 1: {load_average()}")
 
+        imports = "import torch, timm.models.vision_transformer, pandas, pyarrow.parquet, mmc.evaluation.segment"
+        t_start = min(timed(lambda: subprocess.run([sys.executable, "-c", imports], check=True))[0] for _ in range(3))
+        print(f"interpreter start + imports of mmc segment (best of 3): {t_start:.2f} s")
         costs = stage_costs(configs[True], work, args.images)
         entry_bytes = costs.pop("_entry_bytes")
-        print(f"\nper image outside the forward (measured once each, 1 pass; forward median "
+        print(f"\nper image outside the forward (measured once each, 1 pass, wall-clock; forward median "
               f"{base_median / args.images * 1000:.1f} ms/img):")  # fmt: skip
         for name, value in costs.items():
             print(f"  {name:40s} {value * 1000:8.2f} ms")
@@ -358,6 +406,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each case (interleaved)")
     parser.add_argument("--resolution", type=int, default=480)
     parser.add_argument("--protocol", action="store_true", help="also run part 2")
+    parser.add_argument(
+        "--baseline", help="part 1: also run `mmc segment` (as a process) from the code in this directory"
+    )
     parser.add_argument("--protocol-images", type=int, default=2, help="part 2: images per objects-per-image setting")
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 8], help="part 2: objects per image")
     parser.add_argument("--throughput-batch", type=int, default=4)

@@ -27,6 +27,7 @@ import os
 import queue
 import shutil
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -201,8 +202,9 @@ ENTRY_MAGIC = b"MMCFEAT\n"
 def encode_entry(header: dict, features) -> bytes:
     """One cache file: magic, header length (uint32 LE), JSON header, raw C-order feature bytes.
 
-    The header holds the caller's fields plus ``dtype``, ``shape``, ``nbytes`` and the ``crc32`` of
-    the feature bytes, so a truncated or corrupted file is recognised without an fsync per file.
+    The header holds the caller's fields plus ``dtype``, ``shape``, ``byteorder``, ``nbytes`` and the
+    ``crc32`` of the feature bytes, so a truncated or corrupted file is recognised without an fsync
+    per file.
     """
     import torch
 
@@ -212,6 +214,7 @@ def encode_entry(header: dict, features) -> bytes:
         **header,
         "dtype": str(tensor.dtype).removeprefix("torch."),
         "shape": list(tensor.shape),
+        "byteorder": sys.byteorder,
         "nbytes": len(raw),
         "crc32": zlib.crc32(raw),
     }
@@ -230,11 +233,13 @@ def decode_entry(data: bytes | bytearray) -> tuple[dict, Any]:
     try:
         meta = json.loads(bytes(data[head : head + length]))
         dtype = _torch_dtype(meta["dtype"])
-        shape, nbytes = [int(n) for n in meta["shape"]], int(meta["nbytes"])
+        shape, nbytes, crc = [int(n) for n in meta["shape"]], int(meta["nbytes"]), int(meta["crc32"])
     except (ValueError, KeyError, TypeError, MMCError) as e:
         raise ValueError(f"unreadable header ({e})") from None
+    if meta.get("byteorder") != sys.byteorder:
+        raise ValueError(f"written on a {meta.get('byteorder')}-endian machine")
     payload = memoryview(data)[head + length :]
-    if len(payload) != nbytes or zlib.crc32(payload) != meta["crc32"]:
+    if len(payload) != nbytes or zlib.crc32(payload) != crc:
         raise ValueError(f"{len(payload)} feature bytes do not match the header ({nbytes}, crc32)")
     buffer = bytearray(payload)
     features = torch.frombuffer(buffer, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
