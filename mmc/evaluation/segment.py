@@ -49,19 +49,29 @@ def evaluate_image(
     upsample: str = "nearest",
     min_patches: float = 3,
     seed: int = 0,
+    pixel_to_patch: str = "center",
+    prompt_border: str = "outside",
 ) -> tuple[list[dict], int]:
     """Rows (one per evaluated object) and the number of skipped objects, for one image."""
     check_upsample(upsample)
     grid_h, grid_w, _ = features.shape
     h, w = sample.void.shape
-    kept, skipped = object_prompts(sample, (grid_h, grid_w), prompt, min_patches, seed)
+    kept, skipped = object_prompts(
+        sample,
+        (grid_h, grid_w),
+        prompt,
+        min_patches,
+        seed,
+        pixel_to_patch=pixel_to_patch,
+        prompt_border=prompt_border,
+    )
     if not kept:
         return [], skipped
     sims = prompt_similarities(features, [token for _, _, token in kept])  # (gh, gw, objects)
     valid = ~sample.void
     if upsample == "nearest":
         # Thresholding then nearest upsampling = weighting each token by its pixels.
-        pid = metrics.patch_ids((h, w), (grid_h, grid_w))
+        pid = metrics.patch_ids((h, w), (grid_h, grid_w), pixel_to_patch)
         valid_per_token = np.bincount(pid[valid], minlength=grid_h * grid_w)
     rows = []
     for k, (obj, (y, x), (r, c)) in enumerate(kept):
@@ -120,6 +130,8 @@ def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str, label: str | No
             upsample=evaluation.upsample,
             min_patches=evaluation.min_object_patches,
             seed=cfg.seed,
+            pixel_to_patch=evaluation.pixel_to_patch,
+            prompt_border=evaluation.prompt_border,
         )
         rows.extend(image_rows)
         skipped += image_skipped
@@ -167,6 +179,8 @@ def summarize(
             "prompt": evaluation.prompt,
             "upsample": evaluation.upsample,
             "min_object_patches": float(evaluation.min_object_patches),
+            "pixel_to_patch": evaluation.pixel_to_patch,
+            "prompt_border": evaluation.prompt_border,
             "seed": int(cfg.seed),
         },
         features=features,
