@@ -17,7 +17,7 @@ RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 # torch and torchvision go first, pinned to the lock (timm needs a torchvision that matches torch)
 TORCH  := $(shell grep -E '^(torch|torchvision)==' requirements.lock)
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the inner loop: everything but the tests marked slow (whole workflow runs, DDP, SLURM, browser)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -106,6 +106,7 @@ GPU_RULES = ("pretrain", "segment", "similarity")
 CLUSTER_RULES = (*GPU_RULES, "select", "figures")
 
 
+@pytest.mark.slurm
 def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
     workdir = make_workdir(tmp_path / "slurm")
     # the repository's profile with its node-size numbers scaled to the 2-CPU CI node

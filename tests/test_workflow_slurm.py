@@ -34,7 +34,7 @@ from mmc.config import deep_merge
 from mmc.pretrain.launch import launcher
 from tests.pretrain_support import TINY_PRETRAIN, make_image_folder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 EXPERIMENT = "mmc"
 TARGET = f"results/test/pretrain/{EXPERIMENT}"
 # 64 images / batch 8 = 8 steps per epoch, 16 steps, a resume checkpoint every 2 steps. The image
