@@ -104,7 +104,7 @@ def test_the_cheap_listing_sees_added_removed_and_modified_files(tmp_path):
     assert "not in data.dvc (added since)" in problems[2] and "missing on disk" in problems[1]
     # the tree md5 of mmc.dvc is DVC's own: the same files give the md5 `dvc add` writes
     dvc.add(repo, "data")
-    assert dvc.tree_md5({r: dvc.md5_file(p) for r, p in dvc.tracked_files(repo, "data").items()}) == dvc.dvc_md5(dvc_file)
+    assert dvc.listing_md5({r: dvc.md5_file(p) for r, p in dvc.tracked_files(repo, "data").items()}) == dvc.dvc_md5(dvc_file)
     dvc.record_listing(dvc_file)
     # rewritten with its modification time put back: the change time shows it, the md5 confirms it
     before = (data / "a/x.jpg").stat()

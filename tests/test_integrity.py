@@ -181,24 +181,19 @@ def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path,
 
 
 # ----------------------------------------------------------------------------- disk full
-@pytest.mark.parametrize("full", ["cache", "outputs", "records"])
+@pytest.mark.parametrize("full", ["outputs", "records"])
 def test_segment_on_a_full_disk_is_one_line_naming_the_file(voc, tmp_path, full):
-    """The feature cache ({state_dir}), the outputs (--out) or the job records ({results_dir}) on a
-    full file system: exit 2, one line naming the file and the free space, nothing half-written."""
+    """The outputs (--out) or the job records ({results_dir}) on a full file system: exit 2, one
+    line naming the file and the free space, nothing half-written."""
     from full_disk import fill, small_file_system
 
     with small_file_system(tmp_path / "disk", "512k") as disk:
-        places = {"cache": ("state_dir", tmp_path / "out"), "outputs": (None, disk / "out"),
-                  "records": ("results_dir", tmp_path / "out")}  # fmt: skip
+        places = {"outputs": (None, disk / "out"), "records": ("results_dir", tmp_path / "out")}
         key, out = places[full]
         top = {key: str(disk / key)} if key else {}
         cfg = write_config(tmp_path, voc, **top)
         fill(disk, leave=4096)
-        done = subprocess.run(
-            [sys.executable, "-m", "mmc", "segment", "--config", str(cfg), "--model", "tiny", "--dataset", "scenes",
-             "--out", str(out)],
-            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        done = run_segment(cfg, out)
         assert done.returncode == 2, done.stderr[-3000:]
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -207,6 +202,34 @@ def test_segment_on_a_full_disk_is_one_line_naming_the_file(voc, tmp_path, full)
         assert "No space left on device" in lines[0] or "torch.save could not write the file" in lines[0]
         assert not (out / "summary.json").exists()
         assert [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"] == []
+
+
+def test_segment_with_the_feature_cache_on_a_full_disk_goes_on_without_it(voc, tmp_path):
+    """The feature cache ({state_dir}) is only a cache (written by a background thread): on a full
+    file system the job still publishes its results (exit 0), the warning names the cache folder and
+    the free space, and no half-written cache entry is left behind."""
+    from full_disk import fill, small_file_system
+
+    with small_file_system(tmp_path / "disk", "512k") as disk:
+        cfg = write_config(tmp_path, voc, state_dir=str(disk / "state_dir"))
+        fill(disk, leave=4096)
+        out = tmp_path / "out"
+        done = run_segment(cfg, out)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr, done.stderr
+        warning = next(line for line in done.stderr.splitlines() if "could not cache the features of " in line)
+        assert str(disk / "state_dir") in warning and "No space left on device" in warning, warning
+        assert " MB free on the file system of " in warning, warning
+        assert (out / "summary.json").is_file()
+        assert [p.name for p in disk.rglob("*") if p.is_file() and p.name != "filler"] == []
+
+
+def run_segment(cfg: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mmc", "segment", "--config", str(cfg), "--model", "tiny", "--dataset", "scenes",
+         "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("full", ["out", "state"])

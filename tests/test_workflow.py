@@ -25,6 +25,7 @@ STAGES = [
     "similarity",
     "tables",
     "figures",
+    "explorer",
     "report",
     "all",
 ]
@@ -97,6 +98,16 @@ def test_bad_config_fails_at_parse_time(tmp_path):
     typo = write_config(tmp_path / "typo.yaml", config_with(selection={"policy": "best:accuracy"}))
     done = snakemake(tmp_path, "-n", "--configfile", str(typo), check=False)
     assert done.returncode != 0 and "best:accuracy" in done.stderr + done.stdout
+
+
+def test_a_versioned_run_folder_must_be_the_runs_own_folder_in_the_repository(tmp_path):
+    """dvc.version_results (default true) needs results_dir inside the repository, not results/ itself."""
+    for results_dir in (str(tmp_path.parent / "elsewhere"), "results"):
+        bad = write_config(tmp_path / "bad.yaml", config_with(results_dir=results_dir))
+        done = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+        assert done.returncode != 0 and "dvc.version_results" in done.stderr + done.stdout, results_dir
+    off = write_config(tmp_path / "off.yaml", config_with(results_dir="results", dvc={"version_results": False}))
+    assert "Job stats" in snakemake(tmp_path, "-n", "--configfile", str(off)).stdout
 
 
 def test_only_one_config_file_and_no_overrides(tmp_path):

@@ -19,37 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mmc.data.imageio import load_labels, load_rgb
 from mmc.data.readers import Sample, SegObject
 from mmc.errors import MMCError
 
 VOID = 255
-
-
-def read_indexed_png(path: Path) -> np.ndarray:
-    """The palette indices of an indexed (or greyscale) PNG; an RGB label image is refused."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise MMCError(f"{path}: expected an indexed (palette) PNG label map, got mode {img.mode}")
-            return np.array(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise MMCError(f"{path}: label file not found") from None
-    except OSError as e:
-        raise MMCError(f"{path}: cannot read label image ({e})") from None
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except FileNotFoundError:
-        raise MMCError(f"{path}: image file not found") from None
-    except OSError as e:
-        raise MMCError(f"{path}: cannot read image ({e})") from None
 
 
 class VOCReader:
@@ -89,9 +63,9 @@ class VOCReader:
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         image_path, instances_path, classes_path = self.paths(image_id)
-        image = read_rgb(image_path)
-        instances = read_indexed_png(instances_path)
-        classes = read_indexed_png(classes_path)
+        image = load_rgb(image_path)
+        instances = load_labels(instances_path)
+        classes = load_labels(classes_path)
         if instances.shape != classes.shape or instances.shape != image.shape[:2]:
             raise MMCError(
                 f"{self.root}: image {image_id}: sizes differ: image {image.shape[:2]}, "

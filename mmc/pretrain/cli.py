@@ -15,10 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resume state directory (default {state_dir}/pretrain/EXPERIMENT; never inside --out)",
     )
     parser.epilog = "Exit status 75 means SIGTERM stopped the run after a resume checkpoint: rerun to resume."
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_main)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     from mmc import config
     from mmc.pretrain.train import run
 

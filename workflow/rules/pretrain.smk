@@ -1,6 +1,11 @@
 # The declared output holds only the kept epoch checkpoints. Rolling resume state lives in
 # {state_dir}/pretrain/<experiment>, outside every declared output, because Snakemake deletes a
 # job's outputs before it reruns: an interrupted run resumes from there.
+#
+# `exec`: the shell becomes the launcher, so no shell sits between Snakemake and `mmc pretrain`.
+# SLURM's walltime warning and `scancel --signal=TERM` signal every process of the job step; a
+# shell would die of it at once, and the step would end (killing the trainer mid-checkpoint)
+# instead of waiting for `mmc pretrain` to write its resume checkpoint and exit 75.
 
 
 rule pretrain:
@@ -22,4 +27,4 @@ rule pretrain:
         config_hash=lambda wc: section_hash(experiment_config(wc.experiment), CFG.seed),
         launcher=pretrain_launcher,
     shell:
-        "({params.job_info} && {params.launcher} pretrain --config {params.config} --experiment {wildcards.experiment} --out {output}) > {log} 2>&1"
+        "exec > {log} 2>&1; {params.job_info}; exec {params.launcher} pretrain --config {params.config} --experiment {wildcards.experiment} --out {output}"

@@ -1,0 +1,40 @@
+# The prompt explorer: one self-contained HTML page per evaluation dataset, shown in the report.
+# Its features come through the evaluation's own path (the feature cache that segment filled).
+
+
+rule explorer:
+    input:
+        summaries=lambda wc: [
+            f"{RESULTS}/segment/{m}/{wc.dataset}/summary.json" for m in CFG.models
+        ],
+        objects=lambda wc: [
+            f"{RESULTS}/segment/{m}/{wc.dataset}/objects.parquet" for m in CFG.models
+        ],
+        dataset=lambda wc: dataset_ready(wc.dataset),
+        checkpoints=[path for path in map(model_checkpoint, CFG.models) if path],
+    output:
+        report(
+            f"{RESULTS}/explorer/{{dataset}}.html",
+            caption="../report/explorer.rst",
+            category="{dataset}",
+            labels={"result": "prompt explorer (interactive)"},
+        ),
+    log:
+        f"{RESULTS}/logs/explorer/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/explorer/{{dataset}}.jsonl"
+    conda:
+        "../envs/mmc.yaml"
+    params:
+        config=CONFIG_FILE,
+        job_info=JOB_INFO,
+        checkpoints=" ".join(
+            f"--checkpoint {model}={path}"
+            for model in CFG.models
+            if (path := model_checkpoint(model))
+        ),
+        config_hash=lambda wc: section_hash(
+            CFG.models, dataset_config(wc.dataset), CFG.evaluation, CFG.report
+        ),
+    shell:
+        "({params.job_info} && mmc explorer --config {params.config} --dataset {wildcards.dataset} --summaries {input.summaries} --objects {input.objects} {params.checkpoints} --out {output}) > {log} 2>&1"
