@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format, write_config
 
 from mmc import records
@@ -150,6 +151,10 @@ def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path,
                                                "tiny": {"source": "random", "backbone": TINY_ARCH}},
                        experiments=TINY_EXPERIMENT)  # fmt: skip
     (tmp_path / "run").mkdir()
+    explorer_cfg = tmp_path / "explorer.yaml"  # the same run, with scenes as an evaluation dataset
+    raw = yaml.safe_load(cfg.read_text())
+    raw["evaluation"]["datasets"] = ["scenes"]
+    explorer_cfg.write_text(yaml.safe_dump(raw))
     out = ["--out", tmp_path / "o"]
     mistakes = [
         ["segment", "--config", cfg, "--model", "tinyy", "--dataset", "scenes", *out],
@@ -164,6 +169,14 @@ def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path,
         ["figures", "--config", cfg, "--summaries", tmp_path / "w.pth", "--objects", tmp_path / "w.pth",
          "--similarity", tmp_path / "w.pth", "--checkpoint", "tiny", *out],
         ["report", "--config", cfg, "--selections", tmp_path / "nope.json", "--tables", tmp_path / "w.pth", "--out", tmp_path / "r.md"],
+        ["explorer", "--config", cfg, "--dataset", "scene", "--summaries", tmp_path / "w.pth", "--objects",
+         tmp_path / "w.pth", "--checkpoint", f"mmc={tmp_path / 'w.pth'}", "--out", tmp_path / "e.html"],
+        ["explorer", "--config", explorer_cfg, "--dataset", "scenes", "--summaries", tmp_path / "nope.json",
+         "--objects", tmp_path / "w.pth", "--checkpoint", f"mmc={tmp_path / 'w.pth'}", "--out", tmp_path / "e.html"],
+        ["explorer", "--config", explorer_cfg, "--dataset", "scenes", "--summaries", tmp_path / "w.pth",
+         "--objects", tmp_path / "w.pth", "--checkpoint", f"mmc={tmp_path / 'w.pt'}", "--out", tmp_path / "e.html"],
+        ["explorer", "--config", explorer_cfg, "--dataset", "scenes", "--summaries", tmp_path / "w.pth",
+         "--objects", tmp_path / "w.pth", "--checkpoint", f"mcm={tmp_path / 'w.pth'}", "--out", tmp_path / "e.html"],
     ]  # fmt: skip
     for argv in mistakes:
         assert run_cli(*argv) == 2, argv
