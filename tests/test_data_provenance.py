@@ -4,6 +4,7 @@ to start until the data is versioned again, and then reruns the evaluation that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -141,3 +142,38 @@ def test_a_published_checkpoint_rewritten_with_its_old_time_is_found(tmp_path):
     assert changes == [f"modified {checkpoint} (its modification time was kept)"]
     message = dvc.republish_message(dvc_file, changes)
     assert f"dvc checkout {dvc_file}" in message and f"delete {checkpoint}" in message
+
+
+def test_pretraining_data_entries_name_what_changed(tmp_path):
+    """The pretraining job's data entry: a listing hash of an image folder (paths and sizes), the
+    manifest's sha256 of shards; checked again as `mmc provenance` does, naming what changed."""
+    from mmc.data.digest import check_entry, pretrain_entry
+    from mmc.data.shards import folder_items, write_shards
+
+    folder = tmp_path / "images"
+    for c in ("n01", "n02"):
+        (folder / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16 + i, 12), (40 * i, 10, 200)).save(folder / c / f"{c}_{i}.JPEG")
+    entry = pretrain_entry(folder, "folder")
+    assert entry["kind"] == "folder" and entry["files"] == 6 and check_entry(entry, tmp_path) == []
+    (folder / "n02/n02_9.JPEG").write_bytes((folder / "n02/n02_0.JPEG").read_bytes())
+    now = entry["bytes"] + (folder / "n02/n02_0.JPEG").stat().st_size
+    assert check_entry(entry, tmp_path) == [
+        f"{folder}: the listing (paths and sizes) changed: now 7 files, {now} bytes; recorded 6 files, {entry['bytes']} bytes"
+    ]
+    (folder / "n02/n02_9.JPEG").unlink()
+
+    items, source, classes = folder_items(folder)
+    shards = tmp_path / "shards"
+    write_shards(items, shards, source, classes=classes, log=lambda message: None)
+    entry = pretrain_entry(shards)  # format auto: the manifest makes it shards
+    assert entry["kind"] == "shards" and check_entry(entry, tmp_path) == []
+    shard = sorted(shards.glob("*.tar"))[0]
+    with open(shard, "ab") as f:
+        f.write(b"\0" * 512)
+    assert len(problems := check_entry(entry, tmp_path)) == 1 and problems[0].startswith(f"{shard}: ")
+    manifest = shards / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"samples"', '"samples" ', 1))
+    changed = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert check_entry(entry, tmp_path) == [f"{manifest}: sha256 {changed}, recorded {entry['digest']}"]
