@@ -294,45 +294,26 @@ def dataset_hash(repo_root: str | os.PathLike, dvc_file: str = "data.dvc") -> st
     return md5
 
 
-def tree_md5(folder: str | os.PathLike, ignore_patterns: tuple[str, ...] = ()) -> str:
+def tree_md5(
+    folder: str | os.PathLike, ignore_patterns: tuple[str, ...] = (), root: str | os.PathLike | None = None
+) -> str:
     """The ``<md5>.dir`` that ``dvc add`` (DVC 3, ``hash: md5``) records for ``folder``, computed
     here from the bytes on disk, without DVC or its cache: the md5 of every file, listed as
     ``[{"md5", "relpath"}]`` sorted by path, serialised the way DVC serialises a tree object.
 
-    ``ignore_patterns`` are ``.dvcignore`` lines: a pattern without ``/`` matches a file or folder
-    name at any depth, one with ``/`` a path relative to ``folder`` (negations are not supported).
-    Every byte is read once: seconds for the demo data, minutes for full datasets.
+    ``ignore_patterns`` are the lines of the ``.dvcignore`` in ``root`` (default: the DVC repository
+    holding ``folder``, else ``folder``), matched as DVC matches them: a pattern without ``/``
+    matches a name at any depth, one with ``/`` a path from ``root`` (``/data/downloads/``), a
+    trailing ``/`` folders only (negations are not supported). Every byte is read once: seconds for
+    the demo data, minutes for full datasets.
     """
-    import fnmatch
-    import hashlib
-    import json
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise MMCError(f"{root}: not a folder: cannot compute its DVC md5")
-    patterns = [p.strip().rstrip("/") for p in ignore_patterns if p.strip() and not p.startswith("#")]
-
-    def ignored(relpath: str) -> bool:
-        name = relpath.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(relpath if "/" in p else name, p.lstrip("/")) for p in patterns)
-
-    entries = []
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        base = Path(directory).relative_to(root).as_posix()
-        prefix = "" if base == "." else f"{base}/"
-        subdirs[:] = sorted(d for d in subdirs if d not in (".dvc", ".git") and not ignored(prefix + d))
-        for name in files:
-            relpath = prefix + name
-            if ignored(relpath):
-                continue
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(Path(directory) / name, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            entries.append({"md5": digest.hexdigest(), "relpath": relpath})
-    entries.sort(key=lambda entry: entry["relpath"])
-    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
-    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise MMCError(f"{folder}: not a folder: cannot compute its DVC md5")
+    anchor = Path(root).absolute() if root is not None else (find_root(folder) or folder)
+    patterns = [p.strip() for p in ignore_patterns if p.strip() and not p.strip().startswith("#")]
+    files = tracked_files(anchor, folder, patterns)
+    return listing_md5({relpath: md5_file(path) for relpath, path in files.items()})
 
 
 def ignore_patterns(repo_root: str | os.PathLike | None) -> tuple[str, ...]:
@@ -374,13 +355,17 @@ def _ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
     return False
 
 
-def tracked_files(root: str | os.PathLike, target: str | os.PathLike) -> dict[str, Path]:
+def tracked_files(
+    root: str | os.PathLike, target: str | os.PathLike, patterns: list[str] | None = None
+) -> dict[str, Path]:
     """Relative path (under ``target``) -> path of every file ``dvc add target`` tracks: files and
-    followed links, minus what ``.dvcignore`` excludes, minus DVC's own folders."""
+    followed links, minus what ``.dvcignore`` excludes (``patterns``, default: those of ``root``'s
+    ``.dvcignore``), minus DVC's own folders."""
     root, target = Path(root), Path(target)
     base = target if target.is_absolute() else root / target
-    patterns = _ignore_patterns(root)
+    patterns = _ignore_patterns(root) if patterns is None else patterns
     prefix = os.path.relpath(base, root).replace(os.sep, "/")
+    prefix = "" if prefix == "." else prefix + "/"
     if base.is_file():  # a single tracked file (a published checkpoint)
         return {"": base}
     found: dict[str, Path] = {}
@@ -388,9 +373,9 @@ def tracked_files(root: str | os.PathLike, target: str | os.PathLike) -> dict[st
         rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
         rel_folder = "" if rel_folder == "." else rel_folder + "/"
         dirs[:] = sorted(d for d in dirs if d not in (".dvc", ".git")
-                         and not _ignored(f"{prefix}/{rel_folder}{d}", True, patterns))  # fmt: skip
+                         and not _ignored(f"{prefix}{rel_folder}{d}", True, patterns))  # fmt: skip
         for name in names:
-            if not _ignored(f"{prefix}/{rel_folder}{name}", False, patterns):
+            if not _ignored(f"{prefix}{rel_folder}{name}", False, patterns):
                 found[rel_folder + name] = Path(folder, name)
     return found
 
