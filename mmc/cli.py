@@ -73,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     except MMCError as e:
         print(f"mmc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A write that no stage turned into an MMCError (the disk filled up): one line, not a traceback.
+        from mmc.files import describe_free, write_failure
+
+        if write_failure(e) is None:
+            raise
+        written = e.filename2 or e.filename  # a copy names its destination second
+        print(f"mmc {args.command}: error: cannot write {written or 'a file'}: {e.strerror} "
+              f"({describe_free(written or '.')})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -294,45 +294,26 @@ def dataset_hash(repo_root: str | os.PathLike, dvc_file: str = "data.dvc") -> st
     return md5
 
 
-def tree_md5(folder: str | os.PathLike, ignore_patterns: tuple[str, ...] = ()) -> str:
+def tree_md5(
+    folder: str | os.PathLike, ignore_patterns: tuple[str, ...] = (), root: str | os.PathLike | None = None
+) -> str:
     """The ``<md5>.dir`` that ``dvc add`` (DVC 3, ``hash: md5``) records for ``folder``, computed
     here from the bytes on disk, without DVC or its cache: the md5 of every file, listed as
     ``[{"md5", "relpath"}]`` sorted by path, serialised the way DVC serialises a tree object.
 
-    ``ignore_patterns`` are ``.dvcignore`` lines: a pattern without ``/`` matches a file or folder
-    name at any depth, one with ``/`` a path relative to ``folder`` (negations are not supported).
-    Every byte is read once: seconds for the demo data, minutes for full datasets.
+    ``ignore_patterns`` are the lines of the ``.dvcignore`` in ``root`` (default: the DVC repository
+    holding ``folder``, else ``folder``), matched as DVC matches them: a pattern without ``/``
+    matches a name at any depth, one with ``/`` a path from ``root`` (``/data/downloads/``), a
+    trailing ``/`` folders only (negations are not supported). Every byte is read once: seconds for
+    the demo data, minutes for full datasets.
     """
-    import fnmatch
-    import hashlib
-    import json
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise MMCError(f"{root}: not a folder: cannot compute its DVC md5")
-    patterns = [p.strip().rstrip("/") for p in ignore_patterns if p.strip() and not p.startswith("#")]
-
-    def ignored(relpath: str) -> bool:
-        name = relpath.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(relpath if "/" in p else name, p.lstrip("/")) for p in patterns)
-
-    entries = []
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        base = Path(directory).relative_to(root).as_posix()
-        prefix = "" if base == "." else f"{base}/"
-        subdirs[:] = sorted(d for d in subdirs if d not in (".dvc", ".git") and not ignored(prefix + d))
-        for name in files:
-            relpath = prefix + name
-            if ignored(relpath):
-                continue
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(Path(directory) / name, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            entries.append({"md5": digest.hexdigest(), "relpath": relpath})
-    entries.sort(key=lambda entry: entry["relpath"])
-    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
-    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise MMCError(f"{folder}: not a folder: cannot compute its DVC md5")
+    anchor = Path(root).absolute() if root is not None else (find_root(folder) or folder)
+    patterns = [p.strip() for p in ignore_patterns if p.strip() and not p.strip().startswith("#")]
+    files = tracked_files(anchor, folder, patterns)
+    return listing_md5({relpath: md5_file(path) for relpath, path in files.items()})
 
 
 def ignore_patterns(repo_root: str | os.PathLike | None) -> tuple[str, ...]:
@@ -341,3 +322,259 @@ def ignore_patterns(repo_root: str | os.PathLike | None) -> tuple[str, ...]:
         return ()
     path = Path(repo_root) / ".dvcignore"
     return tuple(path.read_text().splitlines()) if path.is_file() else ()
+
+
+# ----------------------------------------------------------------------------- the data on disk vs data.dvc
+def _ignore_patterns(root: Path) -> list[str]:
+    """The patterns of the repository's top-level ``.dvcignore`` (always those of :data:`IGNORED`)."""
+    path = root / ".dvcignore"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return sorted(set(patterns) | set(IGNORED))
+
+
+def _ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
+    """gitignore-style matching as DVC applies it, for the patterns this project writes: a pattern
+    without a slash matches a name at any depth; one with a slash matches the path from the root;
+    a trailing slash matches directories only. (Negations (``!``) are not supported.)"""
+    import fnmatch
+
+    name = relpath.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            continue
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        if "/" in pattern:
+            if fnmatch.fnmatchcase(relpath, pattern.lstrip("/")):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def tracked_files(
+    root: str | os.PathLike, target: str | os.PathLike, patterns: list[str] | None = None
+) -> dict[str, Path]:
+    """Relative path (under ``target``) -> path of every file ``dvc add target`` tracks: files and
+    followed links, minus what ``.dvcignore`` excludes (``patterns``, default: those of ``root``'s
+    ``.dvcignore``), minus DVC's own folders."""
+    root, target = Path(root), Path(target)
+    base = target if target.is_absolute() else root / target
+    patterns = _ignore_patterns(root) if patterns is None else patterns
+    prefix = os.path.relpath(base, root).replace(os.sep, "/")
+    prefix = "" if prefix == "." else prefix + "/"
+    if base.is_file():  # a single tracked file (a published checkpoint)
+        return {"": base}
+    found: dict[str, Path] = {}
+    for folder, dirs, names in os.walk(base, followlinks=True):
+        rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
+        rel_folder = "" if rel_folder == "." else rel_folder + "/"
+        dirs[:] = sorted(d for d in dirs if d not in (".dvc", ".git")
+                         and not _ignored(f"{prefix}{rel_folder}{d}", True, patterns))  # fmt: skip
+        for name in names:
+            if not _ignored(f"{prefix}{rel_folder}{name}", False, patterns):
+                found[rel_folder + name] = Path(folder, name)
+    return found
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """The md5 DVC 3 records for a file: of its bytes as they are."""
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def listing_md5(files: Mapping[str, str]) -> str:
+    """The ``.dir`` md5 ``dvc add`` records for a tree with these ``relative path -> md5``: the md5
+    of DVC's JSON listing (entries sorted by path, keys sorted). :func:`tree_md5` computes it from
+    a folder on disk."""
+    import hashlib
+    import json
+
+    listing = [{"md5": files[path], "relpath": path} for path in sorted(files)]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode(), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def cache_dir(root: str | os.PathLike) -> Path:
+    """The repository's DVC cache (``cache.dir`` of its config, else ``.dvc/cache``)."""
+    root = Path(root)
+    for name in ("config.local", "config"):
+        configured = _read_config(root / ".dvc" / name).get("cache", {}).get("dir")
+        if configured:
+            return (root / ".dvc" / str(configured)).resolve()
+    return root / ".dvc" / "cache"
+
+
+def cached_listing(root: str | os.PathLike, dir_md5: str) -> dict[str, str] | None:
+    """``relative path -> md5`` of the tree ``dir_md5`` from the DVC cache, or None if not cached."""
+    import json
+
+    value = dir_md5.removesuffix(".dir")
+    path = cache_dir(root) / "files" / "md5" / value[:2] / f"{value[2:]}.dir"
+    try:
+        entries = json.loads(path.read_text())
+        return {e["relpath"]: e["md5"] for e in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def tree_changes(dvc_file: str | os.PathLike) -> list[str]:
+    """How the tree on disk differs from what ``dvc_file`` (``data.dvc``) records; empty if it does not.
+
+    Every file is hashed (md5, as DVC does). With the tree's listing in the DVC cache, each
+    modified, added or removed file is named; without it, only the tree md5 can be compared.
+    """
+    dvc_file = Path(dvc_file).absolute()
+    recorded = dvc_md5(dvc_file)
+    if recorded is None:
+        return [f"{dvc_file}: missing or unreadable"]
+    root = find_root(dvc_file.parent) or dvc_file.parent
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    if not target.is_dir():
+        return [f"{target}: the folder {dvc_file.name} versions is missing"]
+    files = tracked_files(root, target)
+    now = {rel: md5_file(path) for rel, path in files.items()}
+    if listing_md5(now) == recorded:
+        return []
+    listing = cached_listing(root, recorded)
+    if listing is None:
+        return [f"{target}: its tree md5 is {listing_md5(now)}, {dvc_file.name} records {recorded} (the DVC cache "
+                "lacks that version's listing to name the files: `dvc pull` it)"]
+    problems = []
+    for rel in sorted(set(now) | set(listing)):
+        if rel not in listing:
+            problems.append(f"{target / rel}: not in {dvc_file.name} (added since)")
+        elif rel not in now:
+            problems.append(f"{target / rel}: in {dvc_file.name} (md5 {listing[rel]}), missing on disk")
+        elif now[rel] != listing[rel]:
+            problems.append(f"{target / rel}: md5 {now[rel]}, {dvc_file.name} records {listing[rel]}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- a cheap check for the workflow
+LISTING_DIR = ("tmp", "mmc-listing")  # under .dvc/: DVC's own scratch folder, never versioned
+
+
+def _listing_path(root: Path, target: Path) -> Path:
+    name = os.path.relpath(target.absolute(), root).replace(os.sep, "__")
+    return root.joinpath(".dvc", *LISTING_DIR, f"{name}.json")
+
+
+def _stat_listing(root: Path, target: Path) -> dict[str, list[int]]:
+    """Size, modification time, change time and inode of every tracked file. The last two cannot be
+    set by hand: a file rewritten with its old modification time put back still shows."""
+    listing = {}
+    for rel, path in tracked_files(root, target).items():
+        info = path.stat()
+        listing[rel] = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+    return listing
+
+
+def _recorded_md5s(root: Path, dvc_md5_value: str) -> dict[str, str] | None:
+    """``relative path -> md5`` as ``dvc add`` recorded it (a tree's listing from the cache, or a
+    single file's md5 under the key ``""``); None when the cache lacks the listing."""
+    if dvc_md5_value.endswith(".dir"):
+        return cached_listing(root, dvc_md5_value)
+    return {"": dvc_md5_value}
+
+
+def record_listing(dvc_file: str | os.PathLike) -> Path:
+    """After ``dvc add``: note the size and modification time of every tracked file, with the md5
+    ``dvc_file`` records, so that :func:`listing_changes` can tell cheaply whether the data changed."""
+    import json
+
+    from mmc.files import write_text_atomic
+
+    dvc_file = Path(dvc_file).absolute()
+    root = find_root(dvc_file.parent) or dvc_file.parent
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    body = {"dvc_file": str(dvc_file), "md5": dvc_md5(dvc_file), "files": _stat_listing(root, target)}
+    return write_text_atomic(_listing_path(root, target), json.dumps(body, sort_keys=True))
+
+
+def listing_changes(dvc_file: str | os.PathLike) -> list[str] | None:
+    """Files added, removed or modified since ``dvc_file`` was written (``mmc data version``,
+    ``mmc publish``); None when that cannot be told cheaply (no listing recorded for this version of
+    ``dvc_file``). For the workflow, at every start: it stats every file and reads only those of
+    the same size whose modification time, change time or inode differ (edited, touched as
+    Snakemake touches a job's outputs, rewritten with the old time put back, or copied with the
+    project): their md5 is compared with DVC's record, and when all match, the listing is brought up
+    to date, so such files are read once."""
+    import json
+
+    shown = Path(dvc_file).with_name(Path(dvc_file).name.removesuffix(".dvc"))  # as the caller names it
+    dvc_file = Path(dvc_file).absolute()
+    root = find_root(dvc_file.parent)
+    md5 = dvc_md5(dvc_file)
+    if root is None or md5 is None:
+        return None
+    target = dvc_file.with_name(dvc_file.name.removesuffix(".dvc"))
+    try:
+        body = json.loads(_listing_path(root, target).read_text())
+    except (OSError, ValueError):
+        return None
+    if body.get("md5") != md5 or not target.exists():
+        return None
+    before, now = body.get("files", {}), _stat_listing(root, target)
+    changes = [f"added {shown / rel}" for rel in sorted(set(now) - set(before))]
+    changes += [f"removed {shown / rel}" for rel in sorted(set(before) - set(now))]
+    common = sorted(set(now) & set(before))
+    changes += [f"modified {shown / rel}" for rel in common if now[rel][0] != before[rel][0]]
+    suspects = [rel for rel in common if now[rel][0] == before[rel][0] and now[rel][1:] != before[rel][1:]]
+    if suspects:
+        reference = _recorded_md5s(root, md5) or {}
+        for rel in suspects:
+            time_kept = now[rel][1] == before[rel][1]
+            if rel not in reference:  # nothing to compare with: a new time is a change, a new inode alone a copy
+                if not time_kept:
+                    changes.append(f"modified {shown / rel}")
+            elif md5_file(target / rel if rel else target) != reference[rel]:
+                changes.append(f"modified {shown / rel}" + (" (its modification time was kept)" if time_kept else ""))
+        if not changes:  # touched, copied or relinked: the same bytes
+            from mmc.files import write_text_atomic
+
+            body["files"] = now
+            with contextlib.suppress(OSError):
+                write_text_atomic(_listing_path(root, target), json.dumps(body, sort_keys=True))
+    return changes
+
+
+def unversioned_changes(dvc_file: str | os.PathLike, inputs: list[str]) -> list[str]:
+    """For the workflow, at start: the changes to the data since ``mmc data version`` wrote
+    ``dvc_file`` (:func:`listing_changes`), unless the workflow versions the data again anyway
+    before any job reads it (``dvc_file`` absent, or one of its rule's ``inputs`` missing or newer)."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.is_file():
+        return []
+    versioned_at = dvc_file.stat().st_mtime
+    if any(not os.path.exists(p) or os.path.getmtime(p) > versioned_at for p in inputs):
+        return []
+    return listing_changes(dvc_file) or []
+
+
+def _some(changes: list[str]) -> str:
+    return "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+
+
+def unversioned_message(dvc_file: str | os.PathLike, changes: list[str], config_file: str) -> str:
+    return (
+        f"the data changed since `mmc data version` wrote {dvc_file}: {_some(changes)}. Nothing that read the "
+        f"old data would be redone: run `mmc data version --config {config_file}` to version the data as it is "
+        f"now (every job that reads it then reruns), or restore the versioned data with `dvc checkout {dvc_file}`"
+    )
+
+
+def republish_message(dvc_file: str | os.PathLike, changes: list[str]) -> str:
+    checkpoint = str(dvc_file).removesuffix(".dvc")
+    return (
+        f"a published checkpoint changed since `mmc publish` wrote {dvc_file}: {_some(changes)}. The results "
+        f"evaluated from it would stand: restore it with `dvc checkout {dvc_file}`, or delete {checkpoint} and "
+        "the workflow publishes the selected checkpoint again"
+    )

@@ -305,12 +305,16 @@ def _checkpoint_map(pairs: Sequence[str]) -> dict[str, str]:
 
 def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
+    from mmc.files import require_files
 
     cfg = config.load(args.config)
+    checkpoints = _checkpoint_map(args.checkpoint)
+    for flag in ("summaries", "objects", "similarity"):
+        require_files(getattr(args, flag), f"--{flag}")
+    require_files(checkpoints.values(), "--checkpoint")
     with tracking.job("figures", cfg) as rec:
         for path in [*args.summaries, *args.objects, *args.similarity]:
             rec.consumed(path)
-        checkpoints = _checkpoint_map(args.checkpoint)
         for path in checkpoints.values():
             rec.consumed(path)
         paths = make_figures(cfg, args.summaries, args.objects, args.similarity, Path(args.out), checkpoints)

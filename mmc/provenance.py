@@ -5,6 +5,13 @@ find the job that produced it (by path, preferring the record whose output hash 
 current hash; by hash alone when the file was moved or copied), then the producers of each of that
 job's inputs, and so on. Every file met is hashed again on disk: a file that changed since the job
 that recorded it is a MISMATCH (exit status 1); a file no longer on disk is only reported.
+
+The data the jobs read is checked too (exit status 1 naming the file): the images and labels of
+each evaluation dataset are hashed again against the job's record (:mod:`mmc.data.digest`; files
+the dataset's reader reads now but the job did not are reported as added), pretraining data
+against its manifest hash or listing hash, and the data folder on disk against ``data.dvc``
+(every file's md5, as DVC computes it, :func:`mmc.dvc.tree_changes`), whose md5 must still be the
+one tagged on the job.
 """
 
 from __future__ import annotations
@@ -40,10 +47,26 @@ class FileCheck:
 
 
 @dataclass
+class DataCheck:
+    """One dataset a job read (an entry of its record's ``data``), checked again."""
+
+    name: str
+    kind: str
+    root: str
+    digest: str
+    problems: list[str]  # each names a file; empty: unchanged
+
+    @property
+    def state(self) -> str:
+        return "CHANGED" if self.problems else "OK"
+
+
+@dataclass
 class Step:
     record: JobRecord
     consumed: list[FileCheck] = field(default_factory=list)
     produced: list[FileCheck] = field(default_factory=list)
+    data: list[DataCheck] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +81,13 @@ class Trace:
     def mismatches(self) -> list[FileCheck]:
         unique = {(c.absolute, c.recorded): c for c in self.checks() if c.state == "MISMATCH"}
         return list(unique.values())
+
+    def data_problems(self) -> list[str]:
+        """Every data problem of the chain, once each (several jobs read the same data)."""
+        return list(dict.fromkeys(p for s in self.steps for d in s.data for p in d.problems))
+
+    def failed(self) -> bool:
+        return bool(self.mismatches() or self.data_problems())
 
 
 class RecordIndex:
@@ -137,7 +167,83 @@ def trace(target: str | Path, index: RecordIndex) -> Trace:
             parent = index.producer(check.absolute, check.recorded)
             if parent is not None and parent is not step.record:
                 check.producer = seen.get(parent.record_id or id(parent))
+    data = _DataChecker()
+    for step in steps:
+        step.data = data.check(step.record)
     return Trace(str(target), target_sha, steps)
+
+
+class _DataChecker:
+    """Checks the data of every step once per distinct entry (many jobs read the same dataset)."""
+
+    def __init__(self):
+        self.done: dict[tuple, list[str]] = {}
+        self.configs: dict[str, object] = {}
+
+    def _config(self, record: JobRecord):
+        """The resolved config the job ran with (its snapshot), or None."""
+        snapshot = record.config.get("snapshot")
+        if not snapshot:
+            return None
+        path = record.resolve(snapshot)
+        if path not in self.configs:
+            self.configs[path] = _load_snapshot(path)
+        return self.configs[path]
+
+    def _once(self, key: tuple, compute) -> list[str]:
+        if key not in self.done:
+            self.done[key] = compute()
+        return self.done[key]
+
+    def check(self, record: JobRecord) -> list[DataCheck]:
+        from mmc.data.digest import check_entry
+
+        cfg = self._config(record)
+        checks = []
+        for name, entry in sorted(record.data_entries.items()):
+            datasets = getattr(cfg, "datasets", {}) or {}
+            dataset = datasets.get(name) if entry.get("kind") == "dataset" else None
+            key = ("entry", record.resolve(entry["root"]), entry.get("kind"), entry.get("digest"), name)
+            problems = self._once(key, lambda e=entry, d=dataset: check_entry(e, record.base_dir, d))
+            checks.append(DataCheck(name, str(entry.get("kind")), entry["root"], str(entry.get("digest")), problems))
+        versioned = record.tags.get("mmc.dataset_dvc_md5")
+        if versioned and cfg is not None:
+            dvc_file = record.resolve(os.path.normpath(str(cfg.data_dir)) + ".dvc")
+            problems = self._once(("dvc", dvc_file, versioned), lambda: _check_dvc(dvc_file, versioned))
+            checks.append(DataCheck(os.path.basename(dvc_file), "dvc", dvc_file, versioned, problems))
+        return checks
+
+
+def _load_snapshot(path: str):
+    """A config snapshot (the resolved config, written with every unset key as null) as a config."""
+    import yaml
+
+    from mmc import config
+
+    def without_nulls(value):
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        return [without_nulls(v) for v in value] if isinstance(value, list) else value
+
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        return config.freeze(config.resolve(without_nulls(raw), where=path))
+    except (MMCError, OSError, yaml.YAMLError, TypeError, ValueError):
+        return None
+
+
+def _check_dvc(dvc_file: str, tagged: str) -> list[str]:
+    """The data folder must still be the version the job was tagged with, and match it on disk."""
+    from mmc.dvc import dvc_md5, tree_changes
+
+    now = dvc_md5(dvc_file)
+    if now is None:
+        return [f"{dvc_file}: missing or unreadable (the job read data version {tagged})"]
+    if now != tagged:
+        return [f"{dvc_file}: now records {now}, the job read data version {tagged} (the data was versioned "
+                "again since: rerun the job)"]
+    return tree_changes(dvc_file)
 
 
 # ----------------------------------------------------------------------------- printing
@@ -187,6 +293,11 @@ def render(result: Trace) -> str:
             if checks:
                 lines.append(f"    {title}")
                 lines += [_check_line(c) for c in checks]
+        if step.data:
+            lines.append("    data read")
+            for d in step.data:
+                lines.append(f"      {d.state:<8} {d.name} ({d.kind}) {d.root}  digest {d.digest[:16]}")
+                lines += [f"        {problem}" for problem in d.problems]
         lines.append("")
     lines += _summary(result)
     return "\n".join(lines)
@@ -213,13 +324,19 @@ def _summary(result: Trace) -> list[str]:
     lines += [f"  code         git {c}" for c in commits]
     bad = result.mismatches()
     missing = sorted({c.path for c in result.checks() if c.state == "MISSING"})
+    data_bad = result.data_problems()
+    data_checked = {(d.kind, d.root, d.digest) for s in result.steps for d in s.data}
     if missing:
         lines.append(f"  missing      {len(missing)} file(s) no longer on disk: {', '.join(missing)}")
     if bad:
         lines.append(f"  VERIFY FAILED: {len(bad)} file(s) changed since the job that recorded them:")
         lines += [f"    MISMATCH {c.path}: recorded {c.recorded}, on disk {c.on_disk}" for c in bad]
-    else:
-        lines.append(f"  verified     every file on disk matches its recorded sha256 ({len(result.checks())} checked)")
+    if data_bad:
+        lines.append(f"  VERIFY FAILED: the data the jobs read changed ({len(data_bad)} problem(s)):")
+        lines += [f"    CHANGED {problem}" for problem in data_bad]
+    if not bad and not data_bad:
+        lines.append(f"  verified     every file on disk matches its recorded sha256 ({len(result.checks())} checked), "
+                     f"and the data read ({len(data_checked)} dataset version(s)) is unchanged")
     return lines
 
 
@@ -230,8 +347,12 @@ def as_json(result: Trace) -> str:
 
     steps = [{"record": s.record.data, "consumed": [check(c) for c in s.consumed], "produced": [check(c) for c in s.produced]}
              for s in result.steps]
+    for step, s in zip(steps, result.steps, strict=True):
+        step["data"] = [{"name": d.name, "kind": d.kind, "root": d.root, "digest": d.digest, "state": d.state,
+                         "problems": d.problems} for d in s.data]  # fmt: skip
     return json.dumps({"target": result.target, "target_sha256": result.target_sha256, "steps": steps,
-                       "mismatches": [check(c) for c in result.mismatches()]}, indent=1)
+                       "mismatches": [check(c) for c in result.mismatches()],
+                       "data_problems": result.data_problems()}, indent=1)
 
 
 # ----------------------------------------------------------------------------- command
@@ -267,6 +388,7 @@ def _main(args: argparse.Namespace) -> int:
     if result.mismatches():
         print(f"mmc provenance: {len(result.mismatches())} file(s) do not match their recorded sha256",
               file=sys.stderr)
-        return 1
-    return 0
+    for problem in result.data_problems():
+        print(f"mmc provenance: data changed: {problem}", file=sys.stderr)
+    return 1 if result.failed() else 0
 

@@ -56,6 +56,7 @@ def publish(cfg: Any, experiment: str, selection_path: Path, out: Path | None = 
             md5 = dvc.dvc_md5(dvc_file)
             if md5 is None:
                 raise MMCError(f"{dvc_file}: `dvc add` {target} left no md5 in it")
+            dvc.record_listing(dvc_file)  # the workflow checks the published file against it at every start
             dvc.push(store.root, os.path.relpath(os.path.abspath(dvc_file), store.root), remote=store.remote)
         url = store.url
         stored = dvc.remote_object(url, md5)

@@ -24,7 +24,13 @@ The record format (version 2; version 1 had no record_id/rule/wildcards/invocati
      "params": {str: str}, "tags": {str: str},
      "metrics": [{"key": str, "value": float, "step": int, "timestamp": ms}],
      "artifacts": [path], "files": {"consumed": {path: sha256}, "produced": {path: sha256}},
+     "data": {name: entry},                     # the data the job read (see below)
      "mlflow": {"uri": str, "run_id": str}}   # only when logged directly to a server
+
+``data`` (absent in records written before it existed) holds, per dataset the job read, the entry of
+:mod:`mmc.data.digest`: ``{"kind": "dataset", "root", "format", "split", "digest", "files": {path
+under root: sha256}}`` for an evaluation dataset; ``{"kind": "shards", "root", "manifest",
+"digest"}`` or ``{"kind": "folder", "root", "digest", "files", "bytes"}`` for pretraining data.
 
 Times are milliseconds since the epoch. Paths are as the job gave them; relative ones are relative
 to ``cwd`` (:meth:`JobRecord.resolve`). Params are flat (:func:`flatten_params`).
@@ -122,6 +128,7 @@ def new_record(stage: str, name: str) -> dict[str, Any]:
         "metrics": [],
         "artifacts": [],
         "files": {"consumed": {}, "produced": {}},
+        "data": {},
     }
 
 
@@ -205,6 +212,11 @@ class JobRecord:
     def config(self) -> dict[str, str | None]:
         """``hash``, ``path`` and ``snapshot`` of the resolved config (each may be None)."""
         return {"hash": None, "path": None, "snapshot": None, **(self.data.get("config") or {})}
+
+    @property
+    def data_entries(self) -> dict[str, dict[str, Any]]:
+        """Name -> entry of every dataset the job read (:mod:`mmc.data.digest`)."""
+        return self.data.get("data") or {}
 
     @property
     def consumed(self) -> dict[str, str]:

@@ -198,9 +198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
-    from mmc.files import write_text_atomic
+    from mmc.files import require_files, write_text_atomic
 
     cfg = config.load(args.config)
+    require_files(args.selections, "--selections")
+    require_files(args.tables, "--tables")
     with tracking.job("report", cfg) as rec:
         selections, tables = [], []
         for path in args.selections:

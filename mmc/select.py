@@ -37,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_main)
 
 
+def check_request(cfg: Any, experiment: str, checkpoints: Path) -> None:
+    """The arguments, checked before the job record opens: a mistyped one leaves no record behind."""
+    if experiment not in cfg.experiments:
+        raise MMCError(
+            f"--experiment {experiment!r} is not a key of experiments (have: {sorted(cfg.experiments)})"
+        )
+    if cfg.experiments[experiment].init_checkpoint is None and not checkpoints.is_dir():
+        raise MMCError(f"--checkpoints {checkpoints}: expected the pretraining output directory (epoch_EEEE.pth files)")
+
+
 def kept_epochs(experiment_cfg: Any) -> list[int]:
     """Epochs whose checkpoints pretraining keeps: ``save_epochs`` within the run, and the last."""
     last = experiment_cfg.optim.epochs
@@ -175,6 +185,7 @@ def _main(args: argparse.Namespace) -> int:
     from mmc.files import write_text_atomic
 
     cfg = config.load(args.config)
+    check_request(cfg, args.experiment, Path(args.checkpoints))
     with tracking.job("select", cfg, wildcards={"experiment": args.experiment}) as rec:
         record = select(cfg, args.experiment, Path(args.checkpoints))
         rec.log_params({"selection": config.to_dict(cfg.selection), "experiment": args.experiment})
@@ -183,6 +194,11 @@ def _main(args: argparse.Namespace) -> int:
             rec.consumed(candidate["path"], candidate["sha256"])
             if candidate["score"] is not None:
                 rec.log_metrics({"selection_score": candidate["score"]}, step=candidate["epoch"])
+        if record["selection_dataset"] is not None:
+            from mmc.data.digest import dataset_entry
+
+            name = record["selection_dataset"]
+            rec.read_data(name, dataset_entry(cfg.datasets[name]))
         write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
         rec.produced(args.out)
     print(f"{args.experiment}: {record['checkpoint']} ({record['reason']})")

@@ -219,8 +219,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
+    from mmc.files import require_files
 
     cfg = config.load(args.config)
+    require_files(args.summaries, "--summaries")
+    require_files(args.similarity, "--similarity")
     with tracking.job("tables", cfg) as rec:
         for path in [*args.summaries, *args.similarity]:
             rec.consumed(path)

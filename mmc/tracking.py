@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mmc.dvc import dvc_md5
-from mmc.files import atomic_path, sha256_file
+from mmc.errors import MMCError
+from mmc.files import WriteError, atomic_path, sha256_file
 from mmc.records import (
     current_invocation,
     default_name,
@@ -117,6 +118,12 @@ class JobRecorder:
 
     def produced(self, path: str | Path, sha256: str | None = None) -> None:
         self.record["files"]["produced"][str(path)] = sha256 or sha256_file(path)
+
+    def read_data(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Record the content hash of data the job read (an entry of :mod:`mmc.data.digest`);
+        ``mmc provenance`` hashes it again. Its digest is also tagged ``mmc.data_digest.<name>``."""
+        self.record.setdefault("data", {})[name] = dict(entry)
+        self.record["tags"][f"mmc.data_digest.{name}"] = str(entry["digest"])
 
     def _checkpoint_tags(self) -> dict[str, str]:
         tags = {}
@@ -218,7 +225,11 @@ def job(
     try:
         yield recorder
     except BaseException as e:
-        recorder.write("FAILED", {"mmc.error": f"{type(e).__name__}: {e}"[:1000]})
+        try:
+            recorder.write("FAILED", {"mmc.error": f"{type(e).__name__}: {e}"[:1000]})
+        except (OSError, MMCError) as unwritten:  # e.g. the disk is full: the job's own error comes first
+            if not isinstance(e, WriteError):
+                print(f"mmc tracking: the FAILED record of {name} was not written ({unwritten})", file=sys.stderr)
         raise
     if not enabled:
         return

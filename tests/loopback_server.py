@@ -2,7 +2,8 @@
 
 It serves named files (bytes or paths on disk, the latter with ``os.sendfile``), honours
 ``Range: bytes=N-`` unless told not to, records every request it receives, and can misbehave on
-purpose: fail with a status a number of times, drop the connection half-way, or always truncate.
+purpose: fail with a status a number of times, drop the connection half-way, always truncate, or
+announce and send a shorter file than it has.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Behaviour:
     drop_first_at: float | None = None  # first request of a path: close after this fraction of bytes
     always_truncate_at: float | None = None  # every response: close after this fraction of its bytes
     stall_s: float = 0.0  # wait this long after the headers before sending the body
+    short_content_length: int | None = None  # announce and send only this many bytes, as if that were all
 
 
 @dataclass
@@ -86,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         source = owner.files[name]
         total = source.stat().st_size if isinstance(source, Path) else len(source)
+        if b.short_content_length is not None:  # a lying server: a shorter file, consistently
+            total = min(total, b.short_content_length)
         first_of_path = not any(r.path == name for r in owner.requests)
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", range_header or "")

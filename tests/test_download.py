@@ -385,3 +385,107 @@ def test_changed_registry_checksum_is_not_a_no_op(tmp_path):
         with pytest.raises(MMCError, match=r"checksum mismatch \(md5 [0-9a-f]{32}, expected f{32}\)"):
             fetch_dataset(changed, "ade", **FAST)
         assert len(server.requests) == 2  # the cached archive no longer matched: fetched again, refused
+
+
+# ----------------------------------------------------------------------------- lying servers, pins, crafted archives
+def tar_member_offset(archive: Path, index: int) -> int:
+    """Byte offset of member ``index``'s header in a plain tar: cutting there ends on a member boundary."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        return tar.getmembers()[index].offset
+
+
+def test_short_content_length_is_refused_never_pinned_and_the_honest_file_is_accepted(tmp_path):
+    archive = official_archives("voc", tmp_path / "build")[0]  # a plain tar; no checksum is published
+    root = tmp_path / "data/voc/VOC2012"
+    cut = tar_member_offset(archive, 5)
+    with LoopbackServer({archive.name: archive}, Behaviour(short_content_length=cut)) as server:
+        cfg = make_config(tmp_path, {"voc": {"format": "voc", "root": str(root), "archives": [{"url": server.url(archive.name)}]}})
+        with pytest.raises(MMCError, match=r"truncated tar: the end-of-archive blocks are missing"):
+            fetch_dataset(cfg, "voc", **FAST)
+        assert not root.exists() and not (tmp_path / "data/manifests/voc.json").exists()
+        assert leftovers(tmp_path / "data/downloads") == []  # the unvouched file is gone
+        assert server.url(archive.name) not in fetch_read_pins(cfg)  # nothing pinned
+        server.behaviour.short_content_length = None  # the server is honest again
+        fetch_dataset(cfg, "voc", **FAST)
+    assert layouts.missing_entries(root, "voc", "val") == []
+    assert fetch_read_pins(cfg)[server.url(archive.name)]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def fetch_read_pins(cfg) -> dict:
+    from mmc.data.fetch import read_pins
+
+    return read_pins(cfg)
+
+
+def test_a_pinned_mismatch_says_pinned_and_unpin_drops_the_pin(tmp_path):
+    import yaml
+
+    archives = official_archives("ade20k", tmp_path / "build")
+    name = archives[0].name
+    with LoopbackServer({name: archives[0]}) as server:
+        raw = {"run_name": "t", "data_dir": "data",
+               "datasets": {"ade": {"format": "ade20k", "root": "data/ade20k/ADEChallengeData2016",
+                                    "archives": [{"url": server.url(name)}]}}}  # fmt: skip
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        assert mmc_cli("data", "download", "ade", "--config", "c.yaml", "--no-progress", cwd=tmp_path).returncode == 0
+        (tmp_path / "data/manifests/ade.json").unlink()
+        (tmp_path / "data/downloads" / name).unlink()
+        bigger = archives[0].read_bytes() + b"\0" * 10  # the source changed (the zip stays readable)
+        server.files[name] = bigger
+        refused = mmc_cli("data", "download", "ade", "--config", "c.yaml", "--retries", "0", cwd=tmp_path)
+        errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr
+        assert "registry" not in errors[0] and "the pin in data/manifests/pins.json" in errors[0]
+        assert f"expects {archives[0].stat().st_size}" in errors[0] and "mmc data unpin ade" in errors[0]
+        dropped = mmc_cli("data", "unpin", "ade", "--config", "c.yaml", cwd=tmp_path)
+        assert dropped.returncode == 0 and f"unpinned {server.url(name)}" in dropped.stdout
+        assert json.loads((tmp_path / "data/manifests/pins.json").read_text()) == {}
+        again = mmc_cli("data", "unpin", "ade", "--config", "c.yaml", cwd=tmp_path)
+        assert again.returncode == 0 and "nothing pinned" in again.stdout
+        unknown = mmc_cli("data", "unpin", "nope", "--config", "c.yaml", cwd=tmp_path)
+        assert unknown.returncode == 2 and "neither a key of datasets" in unknown.stderr
+        assert mmc_cli("data", "download", "ade", "--config", "c.yaml", "--no-progress", cwd=tmp_path).returncode == 2
+        server.files[name] = archives[0]  # (the padded zip is refused as damaged: its end record is not last)
+        assert mmc_cli("data", "download", "ade", "--config", "c.yaml", "--no-progress", cwd=tmp_path).returncode == 0
+    pins = json.loads((tmp_path / "data/manifests/pins.json").read_text())
+    assert pins[server.url(name)]["sha256"] == hashlib.sha256(archives[0].read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("tail", ["", ".", "..", "%2e%2e", "a%2Fb"])
+def test_url_without_a_file_name_is_refused_cleanly(tmp_path, tail):
+    import yaml
+
+    url = f"http://127.0.0.1:9/archives/{tail}"
+    raw = {"run_name": "t", "data_dir": "data", "datasets": {"d": {"format": "davis", "root": "data/d", "archives": [{"url": url}]}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    done = mmc_cli("data", "download", "d", "--config", "c.yaml", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "last path segment" in done.stderr and "is not a file name" in done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_cve_2025_4517_archive_through_mmc_data_download(tmp_path):
+    """A tar crafted like the public exploit, served for a dataset without a checksum: exit 2, one
+    line, nothing written outside data_dir, the file it targets through a hard link unchanged."""
+    from test_extract import cve_2025_4517_tar
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "victim.txt").write_text("original\n")
+    # staging is data/voc/.VOC2012.extract-*/: three levels below tmp_path
+    archive = cve_2025_4517_tar(tmp_path / "VOCtrainval_11-May-2012.tar", levels_to_escape=3)
+    import yaml
+
+    with LoopbackServer({archive.name: archive}) as server:
+        raw = {"run_name": "t", "data_dir": "data",
+               "datasets": {"voc": {"format": "voc", "root": "data/voc/VOC2012", "archives": [{"url": server.url(archive.name)}]}}}  # fmt: skip
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        done = mmc_cli("data", "download", "voc", "--config", "c.yaml", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    error = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "is a symbolic link" in error[0] and "every link is refused" in error[0]
+    assert (tmp_path / "victim.txt").read_text() == "original\n"
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCtrainval_11-May-2012.tar", "c.yaml", "data", "outside", "victim.txt"]
+    assert leftovers(tmp_path / "data/voc") == [] and not (tmp_path / "data/manifests").exists()

@@ -217,8 +217,12 @@ def test_tree_md5_is_the_md5_dvc_add_records(tmp_path):
     (data / "synthetic/classes.json").write_text('{"1": "disc"}\n')
     (data / "synthetic/empty.txt").write_bytes(b"")
     (data / "coco.zip.part").write_bytes(b"half a download")  # ignored by the .dvcignore setup writes
+    (data / "downloads").mkdir()
+    (data / "downloads/voc.tar").write_bytes(b"an archive")  # ignored by a pattern from the repository root
     cfg = config.freeze(config.resolve({"run_name": "t", "dvc": {"remote": "../remote", "cache_type": "copy"}}))
     dvc.setup(repo, cfg.dvc)
+    with open(repo / ".dvcignore", "a") as f:
+        f.write("/data/downloads/\n")  # as the project's .dvcignore: anchored at the root, not at data/
     recorded = yaml.safe_load(dvc.add(repo, "data").read_text())["outs"][0]["md5"]
     patterns = dvc.ignore_patterns(repo)
     assert "*.part" in patterns

@@ -49,3 +49,40 @@ def test_sha256_matches_hashlib(tmp_path):
     data = bytes(range(256)) * 5000
     path.write_bytes(data)
     assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- disk full
+def test_disk_full_is_one_clear_error_and_the_previous_file_survives(tmp_path):
+    from full_disk import fill, small_file_system
+
+    from mmc.files import WriteError, atomic_path, write_text_atomic
+
+    with small_file_system(tmp_path / "small", "256k") as disk:
+        target = write_text_atomic(disk / "table.csv", "tau,miou\n0.5,0.4\n")
+        fill(disk, leave=8192)
+        with pytest.raises(WriteError, match=r"cannot write .*/small/table.csv: No space left on device "
+                                             r"\(\d+\.\d MB free on the file system of .*/small when the write "
+                                             r"failed\); the previous table.csv is unchanged"):
+            write_text_atomic(target, "x" * 100_000)
+        assert target.read_text() == "tau,miou\n0.5,0.4\n"
+        refused = pytest.raises(WriteError, match=r"cannot write .*/new.json: .*; nothing was written there")
+        with refused, atomic_path(disk / "new.json") as tmp:
+            tmp.write_bytes(bytes(100_000))
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "table.csv"]  # no temporary file left
+
+
+def test_torch_save_on_a_full_disk_names_the_checkpoint(tmp_path):
+    import torch
+    from full_disk import fill, small_file_system
+
+    from mmc.files import WriteError
+    from mmc.pretrain.checkpoint import save
+
+    with small_file_system(tmp_path / "small", "256k") as disk:
+        save({"w": torch.zeros(10)}, disk / "epoch_0001.pth")
+        previous = (disk / "epoch_0001.pth").read_bytes()
+        fill(disk, leave=8192)
+        with pytest.raises(WriteError, match=r"cannot write .*/epoch_0001.pth: torch.save could not write the file "
+                                             r"\(.* MB free .*\); the previous epoch_0001.pth is unchanged"):
+            save({"w": torch.zeros(100_000)}, disk / "epoch_0001.pth")
+        assert (disk / "epoch_0001.pth").read_bytes() == previous

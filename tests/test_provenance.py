@@ -53,6 +53,14 @@ def _provenance(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def dvc_tree_md5(folder: Path) -> str:
+    """DVC 3's md5 of a folder, as its docs and dvc-data define it: the md5 of the JSON list of
+    ``{"md5", "relpath"}`` of every file, sorted by path, keys sorted, plus ``.dir``."""
+    entries = sorted(({"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": p.relative_to(folder).as_posix()}
+                      for p in folder.rglob("*") if p.is_file()), key=lambda e: e["relpath"])  # fmt: skip
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     return _build_run(tmp_path_factory.mktemp("run"))
@@ -66,7 +74,7 @@ def _build_run(root: Path) -> Path:
     (root / "data").mkdir()
     (root / "data" / "unlabelled.bin").write_bytes(os.urandom(4096))
     (root / "data" / "voc.bin").write_bytes(os.urandom(4096))
-    (root / "data.dvc").write_text("outs:\n- md5: 5d41402abc4b2a76b9719d911017c592.dir\n  path: data\n")
+    (root / "data.dvc").write_text(f"outs:\n- md5: {dvc_tree_md5(root / 'data')}\n  path: data\n")
     _stage(root, "pretrain", {"experiment": "mmc"}, "results/pretrain/mmc/epoch_0002.pth", "data/unlabelled.bin")
     _stage(root, "select", {"experiment": "mmc"}, "results/select/mmc.json", "results/pretrain/mmc/epoch_0002.pth")
     _stage(root, "segment", {"model": "mmc", "dataset": "voc"}, "results/segment/mmc/voc/summary.csv",
@@ -83,7 +91,7 @@ def test_table_traces_back_to_data_checkpoint_config_and_commit(finished_run):
         assert f"job {job} " in out
     checkpoint_sha = sha256_file(finished_run / "results/pretrain/mmc/epoch_0002.pth")
     assert f"checkpoint   results/pretrain/mmc/epoch_0002.pth sha256 {checkpoint_sha}" in out
-    assert "data         dataset_dvc_md5 5d41402abc4b2a76b9719d911017c592.dir" in out
+    assert f"data         dataset_dvc_md5 {dvc_tree_md5(finished_run / 'data')}" in out
     cfg_hash = config.config_hash(config.load(finished_run / "config.yaml"))
     assert f"config       {cfg_hash} config.yaml" in out
     assert f"code         git {versions.git_state()['commit']}" in out

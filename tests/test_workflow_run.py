@@ -96,6 +96,33 @@ def test_local_run_and_noop_rerun(reference):
         assert name in html, f"{name} is missing from the HTML report"
 
 
+def test_published_checkpoint_changed_with_its_time_kept_is_refused(reference):
+    """Snakemake sees modification times only: a published checkpoint replaced by another of the same
+    size, its old time put back, would be reused. The workflow refuses to start, naming it."""
+    published = reference / PUBLISHED[0]
+    original, before = published.read_bytes(), published.stat()
+    other = bytearray(original)
+    other[len(other) // 2] ^= 0xFF  # other bytes, the same size
+    other = bytes(other)
+
+    def put(data: bytes) -> None:  # a new file renamed over the old one (DVC may have linked it to its cache)
+        fresh = published.with_name("fresh.pth")
+        fresh.write_bytes(data)
+        os.replace(fresh, published)
+        os.utime(published, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    put(other)
+    try:
+        refused = snakemake(reference, *run_args("-n"), check=False)
+    finally:
+        put(original)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and f"a published checkpoint changed since `mmc publish` wrote {PUBLISHED[0]}.dvc" in said
+    assert f"modified {PUBLISHED[0]} (its modification time was kept)" in said
+    # the original bytes back (a new inode): checked once by md5, then nothing to do
+    assert "Nothing to be done" in snakemake(reference, *run_args("-n")).stdout
+
+
 # ----------------------------------------------------------------------------- SLURM
 @pytest.fixture(scope="module")
 def slurm():

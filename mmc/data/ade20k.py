@@ -44,9 +44,17 @@ class ADE20KReader:
         for image_id in self.image_ids:
             yield self.sample(image_id)
 
+    def paths(self, image_id: str) -> tuple[Path, Path]:
+        """The image and label map of one image: what :meth:`sample` reads."""
+        return self.image_dir / f"{image_id}.jpg", self.label_dir / f"{image_id}.png"
+
+    def files(self) -> list[Path]:
+        """Every file the reader reads: each selected image and its label map."""
+        return [path for image_id in self.image_ids for path in self.paths(image_id)]
+
     def sample(self, image_id: str) -> Sample:
-        image = load_rgb(self.image_dir / f"{image_id}.jpg")
-        label_path = self.label_dir / f"{image_id}.png"
+        image_path, label_path = self.paths(image_id)
+        image = load_rgb(image_path)
         if not label_path.is_file():
             raise MMCError(f"{label_path}: annotation of image {image_id} not found")
         labels = load_labels(label_path)

@@ -46,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_download_options(checkpoint)
     checkpoint.set_defaults(func=_fetch_checkpoint)
 
+    unpin = sub.add_parser(
+        "unpin",
+        help="drop the pinned sha256 of a dataset's archives or a `source: url` model's file",
+        description="Remove from {data_dir}/manifests/pins.json the sha256 pinned for the archives of "
+        "datasets.NAME (or the file of models.NAME): use it when the source changed on purpose. The next "
+        "download is checked (complete archive, safe members) and pinned afresh.",
+    )
+    unpin.add_argument("name", metavar="NAME", help="a key of `datasets`, or of `models` with source url")
+    unpin.add_argument("--config", required=True, help="the YAML config")
+    unpin.set_defaults(func=_unpin)
+
     version = sub.add_parser(
         "version",
         help="version {data_dir} with DVC (dvc add + push) and print its hash",
@@ -185,6 +196,19 @@ def _fetch_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unpin(args: argparse.Namespace) -> int:
+    from mmc import config
+    from mmc.data.fetch import pins_path, unpin
+
+    cfg = config.load(args.config)
+    dropped = unpin(cfg, args.name)
+    for url, pin in dropped.items():
+        print(f"unpinned {url} (sha256 {pin.get('sha256')}, pinned {pin.get('pinned_at', '?')})")
+    if not dropped:
+        print(f"{args.name}: nothing pinned in {pins_path(cfg)}")
+    return 0
+
+
 def _version(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -202,6 +226,7 @@ def _version(args: argparse.Namespace) -> int:
         dvc.ensure_ignored(store.root, [f"{dvc.anchored(store.root, repo / data / 'downloads')}/"],
                            "mmc data version: downloaded archives (their sha256 are in the manifests)")
         dvc_file = dvc.add(store.root, target)
+        dvc.record_listing(dvc_file)  # the workflow compares the data with it at every start
         if not args.no_push:
             dvc.push(store.root, f"{target}.dvc", remote=store.remote)
         digest = dvc.dataset_hash(store.root, f"{target}.dvc")

@@ -35,6 +35,7 @@ class COCOReader:
             raise MMCError(f"{annotations}: COCO annotations not found (download the dataset first: mmc data download)")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
             self.coco = COCO(str(annotations))
+        self.annotations = annotations
         self.image_ids = sorted(self.coco.getImgIds())[:max_images]
 
     @classmethod
@@ -48,9 +49,16 @@ class COCOReader:
         for image_id in self.image_ids:
             yield self.sample(image_id)
 
+    def image_path(self, image_id: int) -> Path:
+        return self.root / self.split / self.coco.imgs[image_id]["file_name"]
+
+    def files(self) -> list[Path]:
+        """Every file the reader reads: the annotations and each selected image."""
+        return [self.annotations, *(self.image_path(i) for i in self.image_ids)]
+
     def sample(self, image_id: int) -> Sample:
         info = self.coco.imgs[image_id]
-        path = self.root / self.split / info["file_name"]
+        path = self.image_path(image_id)
         image = load_rgb(path)
         height, width = info["height"], info["width"]
         void = np.zeros((height, width), bool)

@@ -40,6 +40,7 @@ class DAVISReader:
                 raise MMCError(f"{label_dir}: no annotated frames for sequence {seq!r} of {split_file}")
             self.frames += [(seq, stem) for stem in stems[::frame_step]]
         self.frames = self.frames[:max_images]
+        self.split_file = split_file
 
     @classmethod
     def from_config(cls, dataset: Any) -> DAVISReader:
@@ -52,9 +53,18 @@ class DAVISReader:
         for seq, frame in self.frames:
             yield self.sample(seq, frame)
 
+    def paths(self, seq: str, frame: str) -> tuple[Path, Path]:
+        """The frame and its annotation: what :meth:`sample` reads."""
+        return (self.root / "JPEGImages" / RESOLUTION / seq / f"{frame}.jpg",
+                self.root / "Annotations" / RESOLUTION / seq / f"{frame}.png")  # fmt: skip
+
+    def files(self) -> list[Path]:
+        """Every file the reader reads: the split file and each selected frame with its annotation."""
+        return [self.split_file, *(path for seq, frame in self.frames for path in self.paths(seq, frame))]
+
     def sample(self, seq: str, frame: str) -> Sample:
-        image = load_rgb(self.root / "JPEGImages" / RESOLUTION / seq / f"{frame}.jpg")
-        label_path = self.root / "Annotations" / RESOLUTION / seq / f"{frame}.png"
+        image_path, label_path = self.paths(seq, frame)
+        image = load_rgb(image_path)
         labels = load_labels(label_path)
         check_same_size(image, labels, str(label_path))
         objects = tuple(

@@ -123,12 +123,14 @@ def download(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     progress: bool | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    reference: str = "the registry",
 ) -> Download:
     """Download ``url`` to ``dest`` and verify it; raise :class:`MMCError` with the reason if it fails.
 
     ``progress=None`` shows a bar on a terminal (stderr) and a line now and then in a log
     (:mod:`mmc.progress`); True forces the bar, False shows nothing. ``retries`` counts extra attempts
-    after the first; the pause doubles from ``backoff_s`` (capped at a minute).
+    after the first; the pause doubles from ``backoff_s`` (capped at a minute). ``reference`` says
+    where the expected size and checksums come from, in messages ("the registry", a pin).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -140,12 +142,14 @@ def download(
     part = dest.with_name(dest.name + ".part")
     hashes = _Hashes(want_md5=md5 is not None)
     try:
-        return _download(url, dest, part, size, sha256, md5, hashes, retries, backoff_s, timeout_s, progress, sleep)
+        return _download(url, dest, part, size, sha256, md5, hashes, retries, backoff_s, timeout_s, progress, sleep,
+                         reference)
     finally:
         hashes.close()
 
 
-def _download(url, dest, part, size, sha256, md5, hashes: _Hashes, retries, backoff_s, timeout_s, progress, sleep) -> Download:
+def _download(url, dest, part, size, sha256, md5, hashes: _Hashes, retries, backoff_s, timeout_s, progress, sleep,
+              reference) -> Download:
     resumed_at: list[int] = []
     last_error = ""
     for attempt in range(retries + 1):
@@ -158,17 +162,19 @@ def _download(url, dest, part, size, sha256, md5, hashes: _Hashes, retries, back
             hashes.reset()
             hashes.update_from_file(part, offset)
         try:
-            _attempt(url, part, offset, size, hashes, timeout_s, progress, resumed_at)
+            _attempt(url, part, offset, size, hashes, timeout_s, progress, resumed_at, reference)
             break
         except _Retry as e:
             last_error = str(e)
     else:
         kept = f" (partial file kept for a later resume: {part})" if part.exists() else ""
         raise MMCError(f"{url}: download failed after {retries + 1} attempts: {last_error}{kept}")
-    return _finish(url, dest, part, size, sha256, md5, hashes, attempts=attempt + 1, resumed_at=tuple(resumed_at))
+    return _finish(url, dest, part, size, sha256, md5, hashes, attempts=attempt + 1, resumed_at=tuple(resumed_at),
+                   reference=reference)
 
 
-def _attempt(url, part: Path, offset: int, size, hashes: _Hashes, timeout_s, progress, resumed_at) -> int:
+def _attempt(url, part: Path, offset: int, size, hashes: _Hashes, timeout_s, progress, resumed_at,
+             reference="the registry") -> int:
     """One HTTP request; returns the number of bytes now in ``part`` (all of them) or raises _Retry."""
     if size is not None and offset == size and offset > 0:
         return offset  # the previous attempt got every byte; only verification is left
@@ -208,7 +214,7 @@ def _attempt(url, part: Path, offset: int, size, hashes: _Hashes, timeout_s, pro
             offset, mode = 0, "wb"
         if size is not None and total is not None and total != size:
             part.unlink(missing_ok=True)
-            raise MMCError(f"{url}: the server offers {total} bytes, the registry expects {size}; nothing kept")
+            raise MMCError(f"{url}: the server offers {total} bytes, {reference} expects {size}; nothing kept")
         return _stream(url, response, part, mode, offset, total, hashes, progress)
 
 
@@ -256,7 +262,8 @@ def _flush_quietly(f) -> None:
         f.flush()
 
 
-def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, attempts, resumed_at) -> Download:
+def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, attempts, resumed_at,
+            reference="the registry") -> Download:
     actual = part.stat().st_size
     problems = []
     if size is not None and actual != size:
@@ -268,7 +275,7 @@ def _finish(url, dest: Path, part: Path, size, sha256, md5, hashes: _Hashes, *, 
         problems.append(f"md5 {got_md5}, expected {md5}")
     if problems:
         part.unlink(missing_ok=True)
-        raise MMCError(f"{url}: checksum mismatch ({'; '.join(problems)}); the download was deleted")
+        raise MMCError(f"{url}: checksum mismatch ({'; '.join(problems)}) with {reference}; the download was deleted")
     os.replace(part, dest)
     return Download(dest, actual, got_sha, got_md5, attempts, resumed_at)
 

@@ -5,9 +5,11 @@ into a temporary directory beside the root, the expected layout is found in it, 
 directory is renamed into place. ``{data_dir}/manifests/NAME.json`` is written last (atomically);
 a complete manifest that matches the registry makes a rerun a no-op.
 
-Where the registry publishes no checksum, the sha256 of the first verified download is pinned in
-``{data_dir}/manifests/pins.json`` (URL -> sha256, size, time) and every later download of that
-URL must match it.
+Where the registry publishes no checksum, the sha256 of the first download is pinned in
+``{data_dir}/manifests/pins.json`` (URL -> sha256, size, time) once the archive has been checked
+complete and extracted, and every later download of that URL must match it. A download that is
+not pinned yet and fails extraction (a truncated or unsafe archive) is deleted, never pinned.
+:func:`unpin` (``mmc data unpin NAME``) drops the pins of a dataset's archives or a model's file.
 """
 
 from __future__ import annotations
@@ -73,20 +75,29 @@ def read_pins(cfg: Any) -> dict:
 
 
 def _archive_file_name(url: str) -> str:
-    name = Path(urllib.parse.urlparse(url).path).name
-    if not name:
-        raise MMCError(f"{url}: the URL does not end in a file name")
-    return name
+    """The file name a download is kept under: the URL's last path segment, which must be a plain name."""
+    segment = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
+    if segment in ("", ".", "..") or "/" in segment or "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
+        raise MMCError(f"{url}: the URL's last path segment {segment!r} is not a file name: expected a URL "
+                       "ending in the archive's name (e.g. https://host/path/VOCtrainval_11-May-2012.tar)")
+    return segment
 
 
-def _verify_plan(url: str, size, sha256, md5, pins: dict) -> tuple[dict, str]:
-    """Expected values for one download and how they were obtained."""
+def _pin_reference(cfg: Any, pin: dict, what: str) -> str:
+    return (f"the pin in {pins_path(cfg)} (made {pin.get('pinned_at', '?')}; if the source changed on purpose, "
+            f"`mmc data unpin {what} --config F` drops it)")
+
+
+def _verify_plan(cfg: Any, url: str, size, sha256, md5, pins: dict, what: str) -> tuple[dict, str, str]:
+    """Expected values for one download, how they were obtained, and that source in words (for messages)."""
     if sha256 or md5:
-        return {"size": size, "sha256": sha256, "md5": md5}, "registry " + ("sha256" if sha256 else "md5")
+        how = "registry " + ("sha256" if sha256 else "md5")
+        return {"size": size, "sha256": sha256, "md5": md5}, how, "the registry"
     pin = pins.get(url)
     if pin:
-        return {"size": size if size is not None else pin.get("size"), "sha256": pin["sha256"], "md5": None}, "pinned sha256"
-    return {"size": size, "sha256": None, "md5": None}, "none published: sha256 pinned now"
+        expected = {"size": size if size is not None else pin.get("size"), "sha256": pin["sha256"], "md5": None}
+        return expected, "pinned sha256", _pin_reference(cfg, pin, what)
+    return {"size": size, "sha256": None, "md5": None}, "none published: sha256 pinned now", "the registry"
 
 
 def _manifest_is_current(path: Path, dataset: Any) -> bool:
@@ -125,15 +136,23 @@ def fetch_dataset(cfg: Any, name: str, **download_options) -> Path:
     pins = read_pins(cfg)
     records = []
     for archive, file_name in zip(dataset.archives, names, strict=True):
-        expected, how = _verify_plan(archive.url, archive.size, archive.sha256, archive.md5, pins)
+        expected, how, reference = _verify_plan(cfg, archive.url, archive.size, archive.sha256, archive.md5, pins, name)
         _log(f"{name}: downloading {archive.url}")
-        got = dl.download(archive.url, downloads_dir / file_name, **expected, **download_options)
+        got = dl.download(archive.url, downloads_dir / file_name, **expected, reference=reference, **download_options)
         records.append(
             {"url": archive.url, "file": str(got.path), "size": got.size, "sha256": got.sha256, "md5": got.md5, "verified_by": how}
         )
     root = Path(dataset.root)
     manifest.unlink(missing_ok=True)  # from here on the old manifest would describe a root being replaced
-    _install(root, [Path(r["file"]) for r in records], dataset.format, dataset.split, what=f"datasets.{name}")
+    try:
+        _install(root, [Path(r["file"]) for r in records], dataset.format, dataset.split, what=f"datasets.{name}",
+                 max_bytes=dataset.max_extracted_bytes)
+    except MMCError:
+        # Nothing vouches for an archive that is not pinned yet: a later run must fetch it afresh.
+        for r in records:
+            if r["verified_by"].startswith("none published"):
+                Path(r["file"]).unlink(missing_ok=True)
+        raise
     with _pins(cfg) as current:
         for r in records:
             if r["verified_by"].startswith("none published"):
@@ -182,7 +201,7 @@ def _remove_stale(root: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _install(root: Path, archives: list[Path], fmt: str, split: str, what: str) -> None:
+def _install(root: Path, archives: list[Path], fmt: str, split: str, what: str, max_bytes: int | None = None) -> None:
     """Extract ``archives`` beside ``root``, find the layout, rename it onto ``root``."""
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(root)
@@ -190,7 +209,7 @@ def _install(root: Path, archives: list[Path], fmt: str, split: str, what: str) 
     try:
         for archive in archives:
             _log(f"extracting {archive.name}")
-            safe_extract(archive, staging)
+            safe_extract(archive, staging, max_bytes=max_bytes)
         found = layouts.find_dataset_root(staging, fmt, split, what=f"{what} ({', '.join(a.name for a in archives)})")
         if root.exists() or root.is_symlink():
             # An earlier root without a current manifest (interrupted, or the registry changed):
@@ -213,11 +232,28 @@ def fetch_checkpoint(cfg: Any, model_name: str, **download_options) -> Path:
     if model.source != "url":
         raise MMCError(f"models.{model_name}.source is {model.source!r}: only 'url' models are downloaded")
     dest = Path(cfg.data_dir) / "checkpoints" / f"{model_name}.pth"
-    expected, how = _verify_plan(model.url, None, model.sha256, None, read_pins(cfg))
+    expected, how, reference = _verify_plan(cfg, model.url, None, model.sha256, None, read_pins(cfg), model_name)
     _log(f"{model_name}: downloading {model.url}")
-    got = dl.download(model.url, dest, **expected, **download_options)
+    got = dl.download(model.url, dest, **expected, reference=reference, **download_options)
     if how.startswith("none published"):
         with _pins(cfg) as current:
             current[model.url] = {"sha256": got.sha256, "size": got.size, "pinned_at": _now()}
         _log(f"{model_name}: no sha256 in the config; pinned {got.sha256} in {pins_path(cfg)}")
     return dest
+
+
+def unpin(cfg: Any, name: str) -> dict[str, dict]:
+    """Drop the pins of dataset ``name``'s archives (or model ``name``'s file); return what was dropped.
+
+    The next download of those URLs is pinned afresh, after its archive has been checked.
+    """
+    if name in cfg.datasets:
+        urls = [a.url for a in cfg.datasets[name].archives]
+    elif name in cfg.models and cfg.models[name].source == "url":
+        urls = [cfg.models[name].url]
+    else:
+        have = sorted(cfg.datasets) + sorted(m for m in cfg.models if cfg.models[m].source == "url")
+        raise MMCError(f"{name!r} is neither a key of datasets nor a `source: url` model (have: {have})")
+    read_pins(cfg)  # a broken pins file: one clear error before the lock
+    with _pins(cfg) as current:
+        return {url: current.pop(url) for url in urls if url in current}

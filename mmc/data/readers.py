@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,11 +35,18 @@ class Sample:
 
 
 class DatasetReader(Protocol):
-    """A finite, re-iterable sequence of samples in a fixed order."""
+    """A finite, re-iterable sequence of samples in a fixed order.
+
+    ``files()`` lists every file the samples are read from (images, labels, split lists,
+    annotation files), without reading them: the evaluation records their hashes
+    (:mod:`mmc.data.digest`) and ``mmc provenance`` checks them again.
+    """
 
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[Sample]: ...
+
+    def files(self) -> list[Path]: ...
 
 
 # dataset `format` (config schema) -> "module:factory"; factory(dataset_config) -> DatasetReader.

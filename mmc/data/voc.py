@@ -38,6 +38,7 @@ class VOCReader:
         ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
         if not ids:
             raise MMCError(f"{list_file}: the split lists no images")
+        self.list_file = list_file
         self.ids = ids[:max_images] if max_images else ids
 
     @classmethod
@@ -47,11 +48,24 @@ class VOCReader:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def paths(self, image_id: str) -> tuple[Path, Path, Path]:
+        """The image, instance map and class map of one image: what :meth:`__getitem__` reads."""
+        return (
+            self.root / "JPEGImages" / f"{image_id}.jpg",
+            self.root / "SegmentationObject" / f"{image_id}.png",
+            self.root / "SegmentationClass" / f"{image_id}.png",
+        )
+
+    def files(self) -> list[Path]:
+        """Every file the reader reads: the split list and each selected image's three files."""
+        return [self.list_file, *(path for image_id in self.ids for path in self.paths(image_id))]
+
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
-        image = load_rgb(self.root / "JPEGImages" / f"{image_id}.jpg")
-        instances = load_labels(self.root / "SegmentationObject" / f"{image_id}.png")
-        classes = load_labels(self.root / "SegmentationClass" / f"{image_id}.png")
+        image_path, instances_path, classes_path = self.paths(image_id)
+        image = load_rgb(image_path)
+        instances = load_labels(instances_path)
+        classes = load_labels(classes_path)
         if instances.shape != classes.shape or instances.shape != image.shape[:2]:
             raise MMCError(
                 f"{self.root}: image {image_id}: sizes differ: image {image.shape[:2]}, "

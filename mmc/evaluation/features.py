@@ -324,7 +324,11 @@ class FeatureCache:
             except Exception as e:  # a cache must never fail the job
                 self.failed += 1
                 if self.failed == 1:
-                    log.warning("could not cache the features of %s in %s (%s)", image_id, self.dir, e)
+                    from mmc.files import describe_free, write_failure
+
+                    # a full disk says so, with the free space (the job goes on without the cache)
+                    reason = f"{e}; {describe_free(self.dir)}" if write_failure(e) else str(e)
+                    log.warning("could not cache the features of %s in %s (%s)", image_id, self.dir, reason)
 
     def close(self) -> None:
         """Wait for every queued write; idempotent."""

@@ -55,10 +55,100 @@ class EvaluatedModel:
 
 
 def configured_model(cfg: Any, name: str, checkpoint: str | None = None) -> EvaluatedModel:
-    """Model ``name`` of the config (its weights from ``checkpoint`` when given), cached under ``name``."""
+    """Model ``name`` of the config (its weights from ``checkpoint`` when given), cached under ``name``.
+
+    The weights file must match every record of it there is (:func:`checkpoint_references`).
+    """
     from mmc.models import model_for
 
-    return EvaluatedModel(model_for(cfg, name, checkpoint), name)
+    loaded = model_for(cfg, name, checkpoint)
+    if loaded.path is not None:
+        check_references(Path(loaded.path), loaded.sha256, checkpoint_references(cfg, name, Path(loaded.path)))
+    return EvaluatedModel(loaded, name)
+
+
+def selection_path(cfg: Any, experiment: str) -> Path:
+    """Where the workflow keeps the selection record (``mmc select --out``) of ``experiment``: the
+    ``selection_file`` of workflow/rules/common.smk."""
+    return Path(cfg.results_dir) / "select" / f"{experiment}.json"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A recorded hash the weights file must have."""
+
+    algorithm: str  # sha256 or md5
+    digest: str
+    where: str  # in words, for the message
+
+
+def checkpoint_references(cfg: Any, name: str, path: Path) -> list[Reference]:
+    """What records say model ``name``'s weights file must hash to: the selection record of its
+    experiment (``mmc select``), the DVC file beside it (``mmc publish``: ``E.pth.dvc``), and for a
+    ``source: url`` model without a sha256 in the config, the pin of its URL."""
+    import json
+
+    from mmc.dvc import dvc_md5
+
+    spec = cfg.models[name]
+    found = []
+    if spec.source == "experiment":
+        record = selection_path(cfg, spec.experiment)
+        if record.is_file():
+            try:
+                sha = json.loads(record.read_text()).get("sha256")
+            except (OSError, ValueError, AttributeError) as e:
+                raise MMCError(f"{record}: cannot read the selection record ({e})") from None
+            if not isinstance(sha, str):
+                raise MMCError(f"{record}: the selection record has no sha256 of the selected checkpoint")
+            found.append(Reference("sha256", sha, f"the selection record {record}"))
+    if spec.source == "url" and spec.sha256 is None:
+        from mmc.data.fetch import pins_path, read_pins
+
+        pin = read_pins(cfg).get(spec.url)
+        if pin and isinstance(pin.get("sha256"), str):
+            found.append(Reference("sha256", pin["sha256"], f"the pin of {spec.url} in {pins_path(cfg)}"))
+    dvc_file = path.with_name(path.name + ".dvc")
+    md5 = dvc_md5(dvc_file) if dvc_file.is_file() else None
+    if dvc_file.is_file():
+        if md5 is None:
+            raise MMCError(f"{dvc_file}: a DVC file without an md5 beside the checkpoint {path}")
+        found.append(Reference("md5", md5, f"the DVC file {dvc_file}"))
+    return found
+
+
+def check_references(path: Path, sha256: str | None, references: list[Reference]) -> None:
+    """Refuse the weights file if it does not hash to every reference, naming both hashes."""
+    import hashlib
+
+    md5 = None
+    for ref in references:
+        if ref.algorithm == "md5" and md5 is None:
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            md5 = digest.hexdigest()
+        got = sha256 if ref.algorithm == "sha256" else md5
+        if got != ref.digest:
+            raise MMCError(
+                f"{path}: {ref.algorithm} {got} differs from {ref.digest} recorded in {ref.where} (the checkpoint "
+                "changed since, or is not the one recorded there); refusing to evaluate it"
+            )
+
+
+def require_finite(features: Any, image_id: str, model: EvaluatedModel) -> None:
+    """Features must be finite before any metric is computed from them."""
+    import torch
+
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        what = model.name or model.loaded.path or "the model"
+        raise MMCError(
+            f"{what}: the features of image {image_id} hold {int((~finite).sum())} non-finite values (of "
+            f"{features.numel()}): refusing to compute metrics from them (overflow at this precision, or "
+            "weights that make the network diverge)"
+        )
 
 
 def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
@@ -72,11 +162,15 @@ def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
 def evaluation_job(
     stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)
 ) -> Iterator[tuple[Any, Any, EvaluatedModel]]:
-    """The config, the tracked job (params, tags, the checkpoint consumed) and the model of one
-    evaluation command run with :func:`add_evaluation_arguments`. Yields ``(cfg, recorder, model)``."""
+    """The config, the tracked job (params, tags, the checkpoint consumed, the data read) and the
+    model of one evaluation command run with :func:`add_evaluation_arguments`. Yields
+    ``(cfg, recorder, model)``."""
     from mmc import config, tracking
+    from mmc.models import check_model_request
 
     cfg = config.load(args.config)
+    # every argument is checked before the job record opens: a mistyped one leaves no record behind
+    check_model_request(cfg, args.model, args.checkpoint)
     if args.dataset not in cfg.datasets:
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     wildcards = {"model": args.model, "dataset": args.dataset}
@@ -99,3 +193,7 @@ def evaluation_job(
         if loaded.path is not None:
             rec.consumed(loaded.path, loaded.sha256)
         yield cfg, rec, model
+        # the images and labels the job read, hashed file by file: `mmc provenance` checks them again
+        from mmc.data.digest import dataset_entry
+
+        rec.read_data(args.dataset, dataset_entry(cfg.datasets[args.dataset]))

@@ -20,7 +20,13 @@ import numpy as np
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.evaluation import metrics
-from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, checkpoint_model, evaluation_job
+from mmc.evaluation.job import (
+    EvaluatedModel,
+    add_evaluation_arguments,
+    checkpoint_model,
+    evaluation_job,
+    require_finite,
+)
 from mmc.evaluation.protocol import (
     check_upsample,
     iou_column,
@@ -122,6 +128,7 @@ def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str, label: str | No
     label = label or f"segment {model.name or 'checkpoint'} on {dataset_name}"
     features = dataset_features(cfg, model, reader, dataset_name, stats)
     for sample, feats in progress.track(features, label, total=len(reader)):
+        require_finite(feats, sample.image_id, model)
         image_rows, image_skipped = evaluate_image(
             feats.numpy(),
             sample,

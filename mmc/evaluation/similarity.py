@@ -19,7 +19,7 @@ import numpy as np
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.evaluation import metrics
-from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job
+from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job, require_finite
 from mmc.evaluation.protocol import object_prompts
 from mmc.evaluation.summary import SimilarityResult
 
@@ -116,6 +116,7 @@ def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
     features = dataset_features(cfg, model, reader, dataset_name, stats)
     label = f"similarity {model.name or 'checkpoint'} on {dataset_name}"
     for sample, feats in progress.track(features, label, total=len(reader)):
+        require_finite(feats, sample.image_id, model)
         a, b = image_similarities(
             feats.numpy(),
             sample,

@@ -171,14 +171,35 @@ def make_explorer(
     }
 
 
+def check_request(cfg: Any, args: argparse.Namespace) -> dict[str, str]:
+    """The command line checked against the config and the disk; returns the checkpoint of each model."""
+    from mmc.files import require_files
+
+    if args.dataset not in cfg.evaluation.datasets:
+        raise MMCError(
+            f"--dataset {args.dataset!r} is not an evaluation dataset (evaluation.datasets: {list(cfg.evaluation.datasets)})"
+        )
+    checkpoints = checkpoint_map(args.checkpoint)
+    unknown = sorted(set(checkpoints) - set(cfg.models))
+    if unknown:
+        raise MMCError(f"--checkpoint {unknown[0]}=...: not a key of models (have: {sorted(cfg.models)})")
+    for name, model in cfg.models.items():
+        if model.source != "random" and name not in checkpoints:
+            raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
+    require_files(args.summaries, "--summaries")
+    require_files(args.objects, "--objects")
+    require_files(checkpoints.values(), "--checkpoint")
+    return checkpoints
+
+
 def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
 
     cfg = config.load(args.config)
+    checkpoints = check_request(cfg, args)  # before the job record opens: a mistyped argument leaves none
     with tracking.job("explorer", cfg, wildcards={"dataset": args.dataset}) as rec:
         for path in [*args.summaries, *args.objects]:
             rec.consumed(path)
-        checkpoints = checkpoint_map(args.checkpoint)
         for path in checkpoints.values():
             rec.consumed(path)
         out = Path(args.out)

@@ -7,8 +7,15 @@ Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`
 happen inside the functions.
 """
 
-from mmc.models.formats import CONVERTERS, FORMATS, Converted, detect_format, read_checkpoint
-from mmc.models.loading import LoadedModel, load_backbone, model_for, random_backbone
+from mmc.models.formats import (
+    CONVERTERS,
+    FORMATS,
+    Converted,
+    detect_format,
+    non_finite_tensor,
+    read_checkpoint,
+)
+from mmc.models.loading import LoadedModel, check_model_request, load_backbone, model_for, random_backbone
 from mmc.models.pos_embed import GridPosEmbed, method_for, pos_embed_for, resize_pos_embed
 from mmc.models.vit import ARCH_KEYS, ViTArch, block_tokens, build_vit
 
@@ -22,10 +29,12 @@ __all__ = [
     "ViTArch",
     "block_tokens",
     "build_vit",
+    "check_model_request",
     "detect_format",
     "load_backbone",
     "method_for",
     "model_for",
+    "non_finite_tensor",
     "pos_embed_for",
     "random_backbone",
     "read_checkpoint",

@@ -77,7 +77,10 @@ def read_checkpoint(path: str | Path) -> Any:
         raise MMCError(f"{path}: checkpoint file not found")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        bad = non_finite_tensor(obj)
+    except RecursionError:
+        raise MMCError(f"{path}: nested too deeply to be a checkpoint") from None
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Unsupported global" in text or "not an allowed global" in text.lower() or "GLOBAL" in text:
@@ -95,6 +98,39 @@ def read_checkpoint(path: str | Path) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MMCError(f"{path}: not a readable checkpoint (corrupt or truncated?): {first}") from None
+    if bad is not None:
+        key, nan, inf, total = bad
+        raise MMCError(
+            f"{path}: tensor {key} holds {nan} NaN and {inf} infinite values (of {total}): refusing a checkpoint "
+            "with non-finite weights (a diverged run or a damaged file)"
+        )
+    return obj
+
+
+def non_finite_tensor(obj: Any, key: str = "") -> tuple[str, int, int, int] | None:
+    """The first floating tensor in ``obj`` (nested dicts, lists, tuples) with a NaN or an infinity:
+    its key (``teacher.backbone.pos_embed``), NaN count, infinity count and size; None if all are finite."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if not (obj.is_floating_point() or obj.is_complex()):
+            return None
+        finite = torch.isfinite(obj)
+        if bool(finite.all()):
+            return None
+        nan = int(torch.isnan(obj).sum())
+        return key or "(the whole file)", nan, int((~finite).sum()) - nan, obj.numel()
+    if isinstance(obj, Mapping):
+        children = ((f"{key}.{k}" if key else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        children = ((f"{key}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for child_key, value in children:
+        found = non_finite_tensor(value, child_key)
+        if found is not None:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------- converters

@@ -129,10 +129,27 @@ def load_backbone(
     )
 
 
-def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None) -> LoadedModel:
-    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from."""
+def check_model_request(cfg: Any, name: str, checkpoint: str | Path | None = None) -> None:
+    """What :func:`model_for` checks before reading anything: the model exists, and the weights file
+    it needs is given and exists. Commands call it before they open their job record, so a mistyped
+    argument leaves no record behind."""
     if name not in cfg.models:
         raise MMCError(f"--model {name!r} is not a key of models (have: {sorted(cfg.models)})")
+    spec = cfg.models[name]
+    if checkpoint is None and spec.source in ("experiment", "url"):
+        raise MMCError(
+            f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
+            "(the workflow passes the selected checkpoint or the downloaded file)"
+        )
+    path = checkpoint if checkpoint is not None else (spec.path if spec.source == "file" else None)
+    if path is not None and not Path(path).is_file():
+        given = "--checkpoint" if checkpoint is not None else f"models.{name}.path"
+        raise MMCError(f"{given} {path}: checkpoint file not found")
+
+
+def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None) -> LoadedModel:
+    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from."""
+    check_model_request(cfg, name, checkpoint)
     spec = cfg.models[name]
     if spec.source == "random" and checkpoint is None:
         arch = ViTArch.from_config(spec.backbone)
@@ -144,14 +161,8 @@ def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None) -> Load
             weights=f"seed {spec.seed}",
             path=None,
         )
-    if checkpoint is None:
-        if spec.source == "file":
-            checkpoint = spec.path
-        else:
-            raise MMCError(
-                f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
-                "(the workflow passes the selected checkpoint or the downloaded file)"
-            )
+    if checkpoint is None:  # source file (check_model_request refused the others)
+        checkpoint = spec.path
     # an experiment's architecture is the experiment's, not the `models` entry's default backbone
     expected = cfg.experiments[spec.experiment].backbone if spec.source == "experiment" else spec.backbone
     loaded = load_backbone(checkpoint, spec.format, spec.weights, expected_backbone=expected)

@@ -23,6 +23,7 @@ import torch
 
 from mmc import config as config_mod
 from mmc import records, tracking
+from mmc.data.digest import pretrain_entry
 from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
 from mmc.pretrain import checkpoint as ckpt_mod
@@ -98,6 +99,8 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
         with recorder as rec:
             rec.log_params(config_mod.to_dict(pcfg))
             rec.set_tags({"experiment": experiment, "config_hash": config_mod.config_hash(pcfg)})
+            if rec.enabled:  # what the run reads, for `mmc provenance` (rank 0 records the job)
+                rec.read_data("pretrain", pretrain_entry(pcfg.data.path, pcfg.data.format))
             Trainer(cfg, pcfg, out, state, device, rec).fit()
         return 0
     except Preempted:

@@ -16,6 +16,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mmc import config as mmc_config
+from mmc import dvc as mmc_dvc
 from mmc.errors import MMCError
 from mmc.pretrain.launch import slurm_launcher
 
@@ -284,6 +285,27 @@ def final_targets():
 # ----------------------------------------------------------------------------- tracking hooks
 def run_hook(command):
     shell(f"{command} --config {CONFIG_FILE}")
+
+
+# ----------------------------------------------------------------------------- the data on disk
+# Snakemake sees modification times, not the data: a file of data_dir changed by hand since
+# `mmc data version` would leave every job that read it as it was. Checked once, by the main
+# process (cluster jobs parse this file too), from file sizes and times (docs/workflow.md).
+# Published checkpoints likewise, against what `mmc publish` noted (a file rewritten with its old
+# modification time is found from its change time and md5).
+if workflow.is_main_process:
+    _changes = mmc_dvc.unversioned_changes(DATA_VERSION, versioned_data())
+    if _changes:
+        raise WorkflowError(
+            mmc_dvc.unversioned_message(DATA_VERSION, _changes, CONFIG_FILE)
+        )
+    for _experiment in CFG.experiments:
+        _published = published_checkpoint(_experiment) + ".dvc"
+        _changes = mmc_dvc.unversioned_changes(
+            _published, [selection_file(_experiment)]
+        )
+        if _changes:
+            raise WorkflowError(mmc_dvc.republish_message(_published, _changes))
 
 
 # The HTML report, rendered by the onsuccess hook (a second snakemake reading this run's metadata).
