@@ -1,7 +1,7 @@
 """Synthetic scenes: a deterministic segmentation dataset where a category is a shape and a texture.
 
 No real dataset can be fetched where the tests and the demo run, so this generator draws small
-scenes with several objects on textured backgrounds, in the on-disk layout of PASCAL VOC 2012 (so
+scenes with several objects on cluttered backgrounds, in the on-disk layout of PASCAL VOC 2012 (so
 the real VOC reader reads them unchanged), plus a folder of unlabelled images for pretraining.
 
 **What a category is.** Each category is one shape (:data:`CATEGORIES`: disc, square, triangle,
@@ -126,6 +126,7 @@ COLOUR_JITTER = 8.0  # grey levels, per channel and instance
 TEXTURE_PERIOD = (0.035, 0.07)  # fraction of the image side
 TEXTURE_CONTRAST = (18.0, 34.0)  # grey levels per standard deviation of the standardised pattern
 PIXEL_NOISE = 4.0
+BACKGROUND_CELLS = (3, 7)  # palette-coloured cells of the background clutter, per image
 
 
 @dataclass(frozen=True)
@@ -163,18 +164,24 @@ def voc_palette() -> list[int]:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random texture: a few random sinusoidal waves per channel, plus fine noise."""
+    """Clutter made of the objects' own colours and contrast: a mosaic of a few large cells (Voronoi
+    cells of random sites), each a palette colour with a smooth blotchy texture (random low-frequency
+    waves, standardised) of the objects' contrast range. Neither the colour of a patch nor its
+    brightness variation tells an object from the background; its shape and texture family do."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    image = np.empty((size, size, 3), np.float32)
-    base = rng.uniform(70, 170, size=3)
-    for channel in range(3):
-        waves = np.zeros((size, size), np.float32)
-        for _ in range(3):
-            fy, fx = rng.uniform(-4, 4, size=2)
-            waves += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi))
-        image[..., channel] = base[channel] + 18.0 * waves
-    image += rng.normal(0, 6.0, size=image.shape)
-    return image
+    cells = int(rng.integers(*BACKGROUND_CELLS, endpoint=True))
+    sites = rng.uniform(0, 1, size=(cells, 2)).astype(np.float32)
+    owner = np.argmin((y[..., None] - sites[:, 0]) ** 2 + (x[..., None] - sites[:, 1]) ** 2, axis=-1)
+    colours = np.asarray(PALETTE, np.float32)[rng.integers(len(PALETTE), size=cells)]
+    colours += rng.normal(0, COLOUR_JITTER, size=colours.shape).astype(np.float32)
+    blotches = np.zeros((size, size), np.float32)
+    for _ in range(4):
+        fy, fx = rng.uniform(-6, 6, size=2)
+        blotches += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi))
+    blotches = (blotches - blotches.mean()) / max(float(blotches.std()), 1e-6)
+    contrast = rng.uniform(*TEXTURE_CONTRAST, size=cells).astype(np.float32)
+    image = colours[owner] + (contrast[owner] * blotches)[..., None]
+    return image + rng.normal(0, PIXEL_NOISE, size=image.shape)
 
 
 def _object_coords(size: int, center: tuple[float, float], radius: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
