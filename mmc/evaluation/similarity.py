@@ -149,12 +149,14 @@ def run(args: argparse.Namespace) -> int:
             **analyse(intra, inter, cfg.similarity.bins),
             checkpoint_sha256=model.sha256,
             features=stats,
+            seed=model.seed,
         )
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "similarity.json") as tmp:
             tmp.write_text(result.to_json())
         rec.produced(out / "similarity.json")
-        for path in plot(result, f"{args.model} on {args.dataset}", out / "histogram"):
+        title = f"{args.model}{'' if model.seed is None else f' (seed {model.seed})'} on {args.dataset}"
+        for path in plot(result, title, out / "histogram"):
             rec.produced(path)
         rec.log_metrics(
             {

@@ -7,6 +7,7 @@ Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`
 happen inside the functions.
 """
 
+from mmc.models.colour import ColourArch, colour_network, colour_statistics, is_colour_network
 from mmc.models.formats import CONVERTERS, FORMATS, Converted, detect_format, read_checkpoint
 from mmc.models.loading import LoadedModel, load_backbone, model_for, random_backbone
 from mmc.models.pos_embed import GridPosEmbed, method_for, pos_embed_for, resize_pos_embed
@@ -16,13 +17,17 @@ __all__ = [
     "ARCH_KEYS",
     "CONVERTERS",
     "FORMATS",
+    "ColourArch",
     "Converted",
     "GridPosEmbed",
     "LoadedModel",
     "ViTArch",
     "block_tokens",
     "build_vit",
+    "colour_network",
+    "colour_statistics",
     "detect_format",
+    "is_colour_network",
     "load_backbone",
     "method_for",
     "model_for",
