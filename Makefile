@@ -1,8 +1,13 @@
 # The two commands of the quickstart: `make demo` and `make test`.
-# Both create .venv on first use (Python 3.11) and reuse it afterwards: the install step reruns only
-# when pyproject.toml or requirements.lock change.
+# Both create .venv on first use and reuse it afterwards: the install step reruns only when
+# pyproject.toml or requirements.lock change.
 
-PYTHON ?= python3.11
+# The Python .venv is made with: PYTHON if given (make PYTHON=/path/to/python3.11 demo), else the
+# first of these on PATH, else python3 if it is one of these versions. requirements.lock was
+# resolved and is tested on 3.11; its pins also install on the other versions listed.
+PYTHON_VERSIONS := 3.11 3.12 3.13
+PYTHON ?= $(firstword $(foreach v,$(PYTHON_VERSIONS),$(shell command -v python$(v) 2>/dev/null)) \
+            $(shell python3 -c 'import sys; print(sys.executable if "%d.%d" % sys.version_info[:2] in "$(PYTHON_VERSIONS)".split() else "")' 2>/dev/null))
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -17,17 +22,27 @@ TORCH  := $(shell grep -E '^(torch|torchvision)==' requirements.lock)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { \
+	  if [ -z "$(PYTHON)" ]; then \
+	    echo "make: no suitable Python: requirements.lock needs Python $(PYTHON_VERSIONS) (3.11 is the tested one)," \
+	         "found none of python3.11, python3.12, python3.13 on PATH (python3 is $$(python3 --version 2>&1))." \
+	         "Install one, or give it: make PYTHON=/path/to/python3.11 demo" >&2; exit 2; fi; \
+	  version=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || version="not a Python"; \
+	  case " $(PYTHON_VERSIONS) " in *" $$version "*) ;; \
+	    *) echo "make: PYTHON=$(PYTHON) is $${version:-not a Python}: requirements.lock needs Python $(PYTHON_VERSIONS)" >&2; exit 2;; esac; \
+	  echo "creating $(VENV) with $(PYTHON) (Python $$version)"; $(PYTHON) -m venv $(VENV); }
 	$(PIP) install $(TORCH)
 	$(PIP) install -c requirements.lock -e '.[dev]'
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# the whole pipeline on config/test.yaml (synthetic data, CPU), then its HTML report
+# the whole pipeline on config/test.yaml (synthetic data, CPU); its hooks render the HTML report,
+# write pipeline_info and version the run folder with DVC (results/test.dvc)
 demo: $(STAMP)
 	$(RUN) snakemake --configfile config/test.yaml
-	$(RUN) snakemake --configfile config/test.yaml --report results/test/report.html
-	@echo "report: results/test/report.html   MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/test/tracking/mlflow.db"
+	@echo "report: results/test/report.html"
+	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/test/tracking/mlflow.db (the runs: see the last 'mmc:' line above)"
+	@echo "audit:  $(BIN)/mmc provenance results/test/tables/segmentation.csv"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,12 +1,27 @@
-"""CPU benchmark of the full MMC training step (student fwd+bwd, teacher fwd, losses, AdamW, EMA).
+"""CPU benchmark of the MMC training step against a DINO-style and an iBOT-style step, interleaved.
 
-Prints, measured in this one run: this machine's matmul peak (fp32, bf16), then for the test model
-(config/test.yaml) and ViT-S/16 at 224 px, in fp32 and bf16 autocast: images/s, analytic FLOPs per
-step, achieved FLOP/s and its ratio to the matmul peak of the same dtype, and peak memory (max RSS of
-a fresh process per case). Data loading is excluded (batches are pre-built tensors); the step is
-`mmc.pretrain.train.Trainer._train_step`, the very code `mmc pretrain` runs.
+Every case is a full optimiser step (student forward and backward, teacher forward, losses, centres,
+clipping, AdamW, EMA) on a pre-built batch (data loading excluded) of ``--batch`` images with two
+224 px global crops, ViT-S/16, K = 8192 prototypes:
 
-    PYTHONPATH=$PWD python benchmarks/bench_pretrain.py [--quick]
+- ``mmc``: ``mmc.pretrain.train.Trainer._train_step``, the very code ``mmc pretrain`` runs;
+- ``mmc-baseline`` (with ``--baseline-rev REV``): the same, from the ``mmc`` package of git
+  revision REV of this repository (unpacked into a temporary folder), to measure a change;
+- ``dino-style``: timm's ViT + this project's DINO head, [CLS] self-distillation only (DINO,
+  arXiv 2104.14294): heads on [CLS], teacher centring, per-parameter clipping, fused AdamW, EMA;
+- ``ibot-style``: the same plus masked patch tokens (iBOT, arXiv 2111.07832) with iBOT's layout:
+  the shared head on every token of student and teacher, the patch loss over full (V, B, N, K)
+  tensors weighted by the mask, the patch centre from every teacher patch output.
+
+A shared machine's load changes from second to second, so the cases are interleaved: each round
+runs every case once (in a rotated order), and each case re-measures the matmul peak of its dtype
+(best of 3 n^3 matmuls, in the same process) just before its step. After ``--warmup`` rounds,
+``--rounds`` rounds are timed; the script prints min/median/max of the step time and of the
+achieved analytic FLOP/s over that peak, and each case's time per analytic FLOP relative to the
+DINO-style and iBOT-style steps of the same round (median over rounds; > 1 = more efficient). Each
+case counts the FLOPs it really computes (``mmc.pretrain.flops.step_flops`` of its own code).
+
+    PYTHONPATH=$PWD python benchmarks/bench_pretrain.py [--threads 2] [--baseline-rev main] [--quick]
 """
 
 from __future__ import annotations
@@ -15,24 +30,25 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
-    """Best FLOP/s of an n x n x n matmul in ``dtype`` (the practical peak of this machine)."""
+def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 3) -> float:
+    """Best FLOP/s of an n x n x n matmul in ``dtype`` (the practical peak of this machine now)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
+    a @ b
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -41,15 +57,16 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
     return 2 * n**3 / best
 
 
-def case_config(case: str, precision: str, batch: int, device: str = "cpu"):
+def case_config(case: str, precision: str, batch: int, device: str = "cpu", extra: dict | None = None):
     from mmc import config
 
     if case == "test":
         raw = config.load_raw(REPO / "config" / "test.yaml")
         pretrain = raw.get("pretrain", {})
-    else:  # ViT-S/16 at 224 px with the spec's default heads
+    else:  # ViT-S/16 at 224 px with the schema's default heads
         pretrain = {"backbone": {"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, "img_size": 224}}
     pretrain = config.deep_merge(pretrain, {"precision": precision, "optim": {"batch_size": batch}, "compile": False})
+    pretrain = config.deep_merge(pretrain, extra or {})
     return config.freeze(config.resolve({"run_name": "bench", "device": device, "tracking": {"enabled": False},
                                          "pretrain": pretrain}))  # fmt: skip
 
@@ -82,70 +99,237 @@ def synthetic_batch(pcfg, batch: int, device: str):
     return views, [], masks
 
 
-def run_case(case: str, precision: str, batch: int, steps: int, threads: int, queue) -> None:
+# ----------------------------------------------------------------------------- peer-style steps
+class PeerStep:
+    """A DINO-style (``patches=False``) or iBOT-style (``patches=True``) step from timm and project parts."""
+
+    def __init__(self, pcfg, batch: int, patches: bool):
+        import copy
+
+        import torch
+        from timm.models.vision_transformer import VisionTransformer
+
+        from mmc.pretrain.model import DINOHead
+
+        b, d = pcfg.backbone, pcfg.distill
+        self.pcfg, self.patches, self.amp_dtype = pcfg, patches, None
+        torch.manual_seed(0)
+        student = torch.nn.Module()
+        student.backbone = VisionTransformer(
+            img_size=b.img_size, patch_size=b.patch_size, embed_dim=b.embed_dim, depth=b.depth,
+            num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, num_classes=0, drop_path_rate=b.drop_path,
+        )  # fmt: skip
+        student.head = DINOHead(b.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim)
+        if patches:
+            student.mask_token = torch.nn.Parameter(torch.zeros(1, 1, b.embed_dim))
+        self.teacher = copy.deepcopy(student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student = student
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.04, fused=True)
+        self.centers = {"cls": torch.zeros(d.out_dim), "patch": torch.zeros(d.out_dim)}
+        self.batch = batch
+
+    def _tokens(self, net, images, masks=None):
+        import torch
+
+        vit = net.backbone
+        x = vit.patch_embed(images)
+        if masks is not None:
+            x = torch.where(masks.unsqueeze(-1), net.mask_token.to(x.dtype), x)
+        return vit.norm(vit.blocks(vit._pos_embed(x)))
+
+    def step(self, data) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from mmc.pretrain.gradients import clip_
+        from mmc.pretrain.losses import distill_cls_loss, teacher_probs, updated_center
+        from mmc.pretrain.model import ema_update
+
+        views, _, masks = data
+        v, b = views.shape[:2]
+        try:  # the MMC step's kernel choice, so that the comparison isolates the rest of the step
+            from mmc.pretrain.model import use_fused_attention
+
+            for net in (self.student, self.teacher):
+                use_fused_attention(net, self.amp_dtype is None)
+        except ImportError:
+            pass
+        flat = views.flatten(0, 1)
+        flat_masks = masks.flatten(0, 1) if self.patches else None
+        dtype = self.amp_dtype or torch.float32
+        with torch.autocast("cpu", dtype=dtype, enabled=self.amp_dtype is not None):
+            s_tok = self._tokens(self.student, flat, flat_masks)
+            with torch.no_grad():
+                t_tok = self._tokens(self.teacher, flat)
+            if self.patches:  # iBOT: the head on every token of both networks
+                s_out = self.student.head(s_tok).unflatten(0, (v, b))
+                with torch.no_grad():
+                    t_out = self.teacher.head(t_tok).unflatten(0, (v, b))
+            else:
+                s_out = self.student.head(s_tok[:, 0]).unflatten(0, (v, b)).unsqueeze(2)
+                with torch.no_grad():
+                    t_out = self.teacher.head(t_tok[:, 0]).unflatten(0, (v, b)).unsqueeze(2)
+            temp = self.pcfg.distill.teacher_temp[0]
+            loss = distill_cls_loss(s_out[:, :, 0], teacher_probs(t_out[:, :, 0], self.centers["cls"], temp), 0.1)
+            if self.patches:  # iBOT's layout: full (V, B, N, K) tensors, the mask as a weight
+                t_patch = F.softmax((t_out[:, :, 1:].float() - self.centers["patch"]) / temp, dim=-1)
+                ce = -(t_patch * F.log_softmax(s_out[:, :, 1:].float() / 0.1, dim=-1)).sum(-1)
+                weight = masks.float()
+                loss = loss + ((ce * weight).sum(-1) / weight.sum(-1).clamp(min=1.0)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_(self.student.parameters(), 3.0, "per_param")
+        self.optimizer.step()
+        ema_update(self.teacher, self.student, 0.996)
+        self.centers["cls"] = updated_center(self.centers["cls"], t_out[:, :, 0], 0.9)
+        if self.patches:
+            self.centers["patch"] = updated_center(self.centers["patch"], t_out[:, :, 1:], 0.9)
+        float(loss.detach())
+
+    def flops(self) -> int:
+        from mmc.pretrain.flops import vit_forward_flops
+
+        b, d = self.pcfg.backbone, self.pcfg.distill
+        grid = self.pcfg.data.global_crop_size // b.patch_size
+        tokens = grid * grid + 1
+        backbone = vit_forward_flops(tokens, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
+        head = 2 * (b.embed_dim * d.hidden_dim + d.hidden_dim**2 + d.hidden_dim * d.bottleneck_dim + d.bottleneck_dim * d.out_dim)
+        forward = 2 * self.batch * (backbone + (tokens if self.patches else 1) * head)
+        return 3 * forward + forward  # student forward + backward (2x), teacher forward
+
+
+# ----------------------------------------------------------------------------- worker processes
+def worker(code: str, model: str, batch: int, threads: int, names: list[str], conn) -> None:
+    """Hosts the cases of one checkout of ``mmc`` (``code``) and runs them on request."""
+    sys.path.insert(0, code)
     import torch
 
-    from mmc.pretrain.flops import step_flops
-
     torch.set_num_threads(threads)
-    cfg = case_config(case, precision, batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
-    pcfg = trainer.pcfg
-    data = synthetic_batch(pcfg, batch, "cpu")
-    warmup = 2 if case == "test" else 1  # a ViT-S step on CPU is long enough to settle in one
-    times = []
-    for i in range(steps + warmup):
-        trainer.step = i
+    cfg = case_config(model, "float32", batch)
+    cases = {}
+    for name in names:
+        if name in ("mmc", "mmc-baseline", "mmc-diagnostics"):
+            if name == "mmc-diagnostics":  # every step: per-term gradient norms and entropies
+                cfg = case_config(model, "float32", batch, extra={"diagnostics": {"every_steps": 1}, "log_every_steps": 1})
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
+            data = synthetic_batch(trainer.pcfg, batch, "cpu")
+            from mmc.pretrain.flops import step_flops
+
+            try:
+                flops = step_flops(trainer.pcfg, batch, masked_tokens=int(data[2].sum()))
+            except TypeError:  # a revision whose heads run on every token: no masked-token argument
+                flops = step_flops(trainer.pcfg, batch)
+            cases[name] = (trainer, data, flops["step"])
+        else:
+            peer = PeerStep(cfg.experiments["mmc"], batch, patches=name == "ibot-style")
+            cases[name] = (peer, synthetic_batch(cfg.experiments["mmc"], batch, "cpu"), peer.flops())
+    conn.send({name: flops for name, (_, _, flops) in cases.items()})
+    counter = 0
+    while True:
+        request = conn.recv()
+        if request is None:
+            return
+        name, precision = request
+        target, data, _ = cases[name]
+        target.amp_dtype = None if precision == "float32" else torch.bfloat16
+        peak = matmul_peak(precision)
         start = time.perf_counter()
-        trainer._train_step(trainer.student, data, 0)
-        times.append(time.perf_counter() - start)
-    timed = sorted(times[warmup:])
-    step_time = timed[len(timed) // 2]  # median
-    flops = step_flops(pcfg, batch)["step"]
-    queue.put({
-        "case": case, "precision": precision, "batch": batch, "step_s": step_time,
-        "images_per_s": batch / step_time, "flops_per_step": flops, "flops_per_s": flops / step_time,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })  # fmt: skip
+        if isinstance(target, PeerStep):
+            target.step(data)
+        else:  # steps 1, 2, ...: metrics read every log_every_steps, no per-term gradient diagnostics
+            target.step = 1 + counter
+            target._train_step(target.student, data, 0)
+        conn.send({"step_s": time.perf_counter() - start, "peak": peak})
+        counter += 1
+
+
+def unpack_revision(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "mmc", "workflow/schemas"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def summarise(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and only fp32 for ViT-S")
-    parser.add_argument("--vits-batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--model", choices=["vits16", "test"], default="vits16")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads per case")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of every case each)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--baseline-rev", help="also time the mmc step of this git revision (e.g. main)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also time the mmc step with the per-term gradient diagnostics on (every step)")
+    parser.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds (a smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.warmup = 2, 1
     import torch
 
-    torch.set_num_threads(args.threads)
-    # other processes on the machine distort every number here: the load average says how much
-    print(f"torch {torch.__version__}, {args.threads} of {os.cpu_count()} CPU threads, "
-          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    peaks = {p: matmul_peak(p) for p in ("float32", "bfloat16")}
-    for name, value in peaks.items():
-        print(f"matmul peak {name:8s}: {value / 1e9:8.1f} GFLOP/s (2048^3, best of 8)")
-    vits_steps = 1 if args.quick else 2
-    cases = [("test", "float32", 32, 5), ("test", "bfloat16", 32, 5), ("vits16", "float32", args.vits_batch, vits_steps)]
-    if not args.quick:
-        cases.append(("vits16", "bfloat16", args.vits_batch, vits_steps))
+    print(f"torch {torch.__version__}, {args.threads} of {os.cpu_count()} CPU threads, {args.model} batch {args.batch}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)", flush=True)  # fmt: skip
     context = mp.get_context("spawn")
-    results = []
-    header = f"{'model':7s} {'precision':9s} {'batch':>5s} {'step s':>7s} {'img/s':>7s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of peak':>7s} {'peak RSS MiB':>12s}"
+    with tempfile.TemporaryDirectory() as tmp:
+        groups = {str(REPO): ["mmc", "dino-style", "ibot-style"] + (["mmc-diagnostics"] if args.diagnostics else [])}
+        if args.baseline_rev:
+            groups[str(unpack_revision(args.baseline_rev, Path(tmp)))] = ["mmc-baseline"]
+        owner, flops = {}, {}
+        procs = []
+        for code, names in groups.items():
+            parent, child = context.Pipe()
+            proc = context.Process(target=worker, args=(code, args.model, args.batch, args.threads, names, child))
+            proc.start()
+            procs.append(proc)
+            flops.update(parent.recv())
+            for name in names:
+                owner[name] = parent
+        cases = [(name, p) for p in args.precisions for name in owner]
+        times = {c: [] for c in cases}
+        ratios = {c: [] for c in cases}
+        for r in range(args.warmup + args.rounds):
+            order = cases[r % len(cases) :] + cases[: r % len(cases)]  # rotate: no case always first
+            for name, precision in order:
+                owner[name].send((name, precision))
+                result = owner[name].recv()
+                if r >= args.warmup:
+                    times[(name, precision)].append(result["step_s"])
+                    ratios[(name, precision)].append(flops[name] / result["step_s"] / result["peak"])
+            print(f"  round {r + 1}/{args.warmup + args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
+        for conn in set(owner.values()):
+            conn.send(None)
+        for proc in procs:
+            proc.join()
+    header = (f"{'case':13s} {'precision':9s} {'GFLOP/step':>10s} {'step s min/med/max':>20s} "
+              f"{'of matmul peak min/med/max':>27s} {'vs DINO-style':>13s} {'vs iBOT-style':>13s}")  # fmt: skip
     print(header)
-    for case, precision, batch, steps in cases:
-        queue = context.Queue()
-        proc = context.Process(target=run_case, args=(case, precision, batch, steps, args.threads, queue))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        result["ratio_to_matmul_peak"] = result["flops_per_s"] / peaks[precision]
-        results.append(result)
-        print(f"{case:7s} {precision:9s} {batch:5d} {result['step_s']:7.3f} {result['images_per_s']:7.1f} "
-              f"{result['flops_per_step'] / 1e9:10.2f} {result['flops_per_s'] / 1e9:8.1f} "
-              f"{result['ratio_to_matmul_peak']:7.1%} {result['peak_rss_mib']:12.0f}", flush=True)  # fmt: skip
-    print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    print(json.dumps({"threads": args.threads, "matmul_peak_flops": peaks, "cases": results}))
+    rows = []
+    for name, precision in cases:
+        relative = {}
+        for peer in ("dino-style", "ibot-style"):
+            per_round = [a / b for a, b in zip(ratios[(name, precision)], ratios[(peer, precision)], strict=True)]
+            relative[peer] = statistics.median(per_round)
+        t, q = summarise(times[(name, precision)]), summarise(ratios[(name, precision)])
+        rows.append({"case": name, "precision": precision, "flops_per_step": flops[name], "step_s": t,
+                     "ratio_to_matmul_peak": q, "vs_dino_style": relative["dino-style"],
+                     "vs_ibot_style": relative["ibot-style"]})  # fmt: skip
+        print(f"{name:13s} {precision:9s} {flops[name] / 1e9:10.1f} {t[0]:6.2f}/{t[1]:6.2f}/{t[2]:6.2f} "
+              f"{q[0]:8.1%}/{q[1]:7.1%}/{q[2]:7.1%}   {relative['dino-style']:11.2f}x {relative['ibot-style']:11.2f}x")  # fmt: skip
+    for precision in args.precisions if args.diagnostics else []:
+        per_round = [a / b for a, b in zip(times[("mmc-diagnostics", precision)], times[("mmc", precision)], strict=True)]
+        every = case_config(args.model, precision, args.batch).experiments["mmc"].diagnostics.every_steps
+        overhead = statistics.median(per_round) - 1.0
+        print(f"diagnostics {precision}: a step with them takes {overhead:+.1%} (median over rounds); "
+              f"at the default every {every} steps that is {overhead / every:+.2%} of the training time")
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(json.dumps({"threads": args.threads, "model": args.model, "batch": args.batch, "rounds": args.rounds,
+                      "baseline_rev": args.baseline_rev, "cases": rows}))  # fmt: skip
     return 0
 
 

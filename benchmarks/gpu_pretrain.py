@@ -177,7 +177,9 @@ def main() -> int:
         for i, host in enumerate(loader):
             fetched = time.perf_counter()
             trainer.step = i
-            trainer._train_step(forward, host, 0)  # ends with a device sync (the loss values)
+            trainer._train_step(forward, host, 0)
+            if cuda:  # the step leaves its values on the device: wait for its kernels
+                torch.cuda.synchronize()
             done = time.perf_counter()
             if i >= skip:
                 waits.append(fetched - tick)
@@ -185,7 +187,8 @@ def main() -> int:
             tick = done
         del loader
     loaded_s = sum(steps) / len(steps)
-    flops = step_flops(trainer.pcfg, args.batch)["step"]
+    # the heads run on the masked tokens: count the FLOPs of this batch's masks
+    flops = step_flops(trainer.pcfg, args.batch, masked_tokens=int(batch.masks.sum()))["step"]
     peak = datasheet_peak(name) if cuda else None
     matmul = measured_matmul_peak() if cuda else None
     result = {

@@ -1,8 +1,13 @@
 """The ``mmc`` command line: one subcommand per pipeline stage.
 
-Each stage module defines ``add_arguments(parser)`` (which sets ``func``) and keeps heavy imports
-(torch, timm, mlflow) inside the functions that need them, so ``mmc --help`` stays fast: only the
-module of the chosen subcommand is imported.
+One way to wire a command: :data:`COMMANDS` names the module that defines
+``add_arguments(parser)``; it sets ``func`` to the module's ``_main(args)`` (or, for a command with
+actions such as ``mmc data synthetic``, one subparser per action with ``func=_<action>``). That module
+is the stage's own (``mmc.select``, ``mmc.evaluation.segment``), or a ``cli`` module beside a library
+that other stages import (``mmc.config_cli``, ``mmc.track_cli``, ``mmc.data.cli``,
+``mmc.pretrain.cli``) so that importing the library never imports argparse wiring. Heavy imports
+(torch, timm, mlflow) stay inside the handlers, so ``mmc --help`` stays fast: only the module of
+the chosen subcommand is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from mmc.errors import MMCError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("mmc.config_cli", "show or check a resolved configuration"),
     "data": ("mmc.data.cli", "make, download and inspect datasets"),
+    "plan": ("mmc.plan", "estimate a config's pretraining: FLOPs, GPU-hours, wall time, GPU memory, loader cores"),
     "pretrain": ("mmc.pretrain.cli", "pretrain a ViT with MMC (masked modelling, self-distillation, contrast)"),
     "select": ("mmc.select", "choose the checkpoint of an MMC experiment to evaluate"),
     "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E/seedS.pth, dvc add and push it"),
@@ -25,10 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similarity": ("mmc.evaluation.similarity", "intra/inter-object similarity of one model on one dataset"),
     "tables": ("mmc.tables", "paper-style comparison tables (CSV, Markdown, LaTeX)"),
     "figures": ("mmc.figures", "mIoU-vs-threshold curves, similarity histograms, qualitative overlays"),
+    "explorer": ("mmc.explorer.cli", "an interactive prompt explorer page per evaluation dataset (HTML)"),
     "report": ("mmc.report", "the one-page summary of a run (selected checkpoints and tables)"),
     "track": ("mmc.track_cli", "start a workflow invocation; load job records into MLflow"),
     "pipeline-info": ("mmc.pipeline_info", "write results/pipeline_info: config, versions, rule graph, trace"),
+    "share": ("mmc.share", "version the run's results folder with DVC and push it with its data and checkpoints"),
     "provenance": ("mmc.provenance", "trace an output file back to its jobs, inputs, configs and code; verify hashes"),
+    "reproduce": ("mmc.reproduce.cli", "re-execute a sample of a run's recorded jobs; compare with the recorded outputs"),
 }
 
 

@@ -213,6 +213,8 @@ def resolve(raw: Mapping, where: str = "<config>", *, check_inputs: bool = False
     data["experiments"] = experiments
     if data["seeds"] is None:  # one training seed: the base seed
         data["seeds"] = [data["seed"]]
+    if data["results_dir"] is None:  # the schema's default: each run its own folder
+        data["results_dir"] = f"results/{data['run_name']}"
     _raise_problems(where, rule_problems(data, raw, check_inputs=check_inputs))
     return data
 
@@ -372,6 +374,13 @@ def _experiment_problems(name: str, exp: Mapping, override: Mapping) -> list[str
         where = key(*(f"loss.{w}" for w in LOSS_WEIGHTS))
         weights = ", ".join(f"{w}={exp['loss'][w]:g}" for w in LOSS_WEIGHTS)
         problems.append(f"{where}.loss: {weights}: expected at least one loss weight > 0")
+    batch, micro = exp["optim"]["batch_size"], exp["optim"]["micro_batch_size"]
+    if micro is not None and batch % micro:
+        where = key("optim.micro_batch_size", "optim.batch_size")
+        problems.append(
+            f"{where}.optim.micro_batch_size: {micro} does not divide {where}.optim.batch_size ({batch}): "
+            "expected a divisor (the global batch is split into whole micro-batches)"
+        )
     epochs, saved = exp["optim"]["epochs"], exp["checkpoint"]["save_epochs"]
     late = [e for e in saved if e > epochs]
     if late:
@@ -522,6 +531,16 @@ def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[st
             too_wide.add(key)
             where = "the file system root" if folder == os.sep else "the repository root (the working directory) or above it"
             problems.append(f"{key}: {data[key]!r} is {where}: expected a folder of its own, e.g. {key.split('_')[0]}/NAME")
+    if check_inputs and data["dvc"]["version_results"] and "results_dir" not in too_wide:
+        # `mmc share` (run by the workflow) versions results_dir with DVC: the run's own folder
+        # inside the repository; a single stage run elsewhere does not share
+        results = os.path.abspath(data["results_dir"])
+        if not _inside(results, os.getcwd()) or results == os.path.abspath("results"):
+            problems.append(
+                f"results_dir: {data['results_dir']!r} is not a run's own folder inside the repository "
+                f"({os.getcwd()}): expected e.g. results/<run_name> (dvc.version_results versions it "
+                "with DVC), or set dvc.version_results: false"
+            )
     for key, folder in produced.items():
         if key not in too_wide and _inside(data["state_dir"], folder):
             problems.append(
@@ -750,5 +769,47 @@ def section_defaults(name: str) -> Any:
     return _freeze(value, node, (name,))
 
 
+def _allows_null(node: Mapping) -> bool:
+    node = _resolve_ref(node)
+    types = node.get("type")
+    if types == "null" or (isinstance(types, list) and "null" in types):
+        return True
+    if None in node.get("enum", ()) or ("const" in node and node["const"] is None):
+        return True
+    return any(_allows_null(option) for option in (*node.get("anyOf", ()), *node.get("oneOf", ())))
+
+
+def without_absent(data: Any, node: Mapping | None = None) -> Any:
+    """Plain config data without the null values that stand for absent keys.
+
+    A frozen config has every field of the schema; an optional key without a default that the
+    file did not set reads as None (``models.M.path`` of a model with ``source: experiment``).
+    Written out as ``null``, the schema would refuse it: dropping those keys makes a dumped
+    config (a job record's snapshot, ``mmc config show``) a file ``load`` accepts, with the same
+    :func:`config_hash`. Nulls the schema allows are kept.
+    """
+    node = _resolve_ref(schema() if node is None else node)
+    if isinstance(data, Mapping):
+        properties = node.get("properties")
+        if properties is not None:
+            kept = {}
+            for key, value in data.items():
+                sub = properties.get(key, {})
+                if value is None and key in properties and not _allows_null(sub):
+                    continue
+                if node is schema() and key == "experiments":  # resolved: full pretraining configs
+                    kept[key] = {k: without_absent(v, schema()["$defs"]["pretrain"]) for k, v in value.items()}
+                else:
+                    kept[key] = without_absent(value, sub)
+            return kept
+        item = node.get("additionalProperties")
+        item = item if isinstance(item, Mapping) else {}
+        return {key: without_absent(value, item) for key, value in data.items()}
+    if isinstance(data, list):
+        return [without_absent(value, node.get("items", {})) for value in data]
+    return data
+
+
 def dump(value: Any) -> str:
-    return yaml.safe_dump(to_dict(value), sort_keys=False, default_flow_style=None)
+    """YAML of a (frozen) config that :func:`load` reads back to the same config and hash."""
+    return yaml.safe_dump(without_absent(to_dict(value)), sort_keys=False, default_flow_style=None)

@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = sub.add_parser("check", help="validate a config file; print nothing but errors")
     check.add_argument("file", help="a YAML config file")
     check.set_defaults(func=_check)
+    docs = sub.add_parser("docs", help="write config/README.md (every section and key) from the schema")
+    docs.add_argument("--out", help="the file to write (default: print the page)")
+    docs.set_defaults(func=_docs)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -30,4 +33,19 @@ def _check(args: argparse.Namespace) -> int:
     from mmc import config
 
     config.load(args.file, check_inputs=True)
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmc import config_docs
+    from mmc.files import write_text_atomic
+
+    page = config_docs.current()
+    if args.out:
+        write_text_atomic(Path(args.out), page)
+        print(f"mmc: wrote {args.out} from workflow/schemas/config.schema.yaml")
+    else:
+        print(page, end="")
     return 0

@@ -23,11 +23,12 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from mmc.errors import MMCError
+from mmc.files import atomic_path
 
 REMOTE_NAME = "storage"
 LOCK_NAME = "mmc-dvc.lock"
@@ -134,7 +135,7 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
         if value is None or value.lower() != wanted.lower():
             run(root, "config", *level, f"{section}.{key}", wanted)
 
-    url = dvc_cfg.remote if _is_url(dvc_cfg.remote) else str((start / dvc_cfg.remote).resolve())
+    url = remote_url(start, dvc_cfg.remote)
     remotes = {**_remotes(shared, root), **_remotes(local, root)}
     matching = [name for name, where in remotes.items() if where == url]
     name = REMOTE_NAME if REMOTE_NAME in matching or not matching else matching[0]
@@ -143,7 +144,7 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
         level = ["--local"] if f'remote "{name}"' in local else []
         make_default = default != name and level == default_level
         run(root, "remote", "add", "--force", *level, *(["--default"] if make_default else []), name,
-            url if _is_url(url) else os.path.relpath(url, root))  # DVC resolves it against its cwd
+            _as_configured(dvc_cfg.remote, url, root))
         default = name if make_default else default
     if default != name:
         run(root, "remote", "default", *default_level, name)
@@ -152,6 +153,23 @@ def setup(start: str | os.PathLike, dvc_cfg: Any) -> Store:
 
 def _is_url(remote: str) -> bool:
     return "://" in remote
+
+
+def remote_url(start: str | os.PathLike, remote: str) -> str:
+    """Where ``dvc.remote`` points: a URL as given; a local path made absolute (``~`` expanded, a
+    relative one taken from ``start``, the working directory)."""
+    if _is_url(remote):
+        return remote
+    return str((Path(start).absolute() / Path(remote).expanduser()).resolve())
+
+
+def _as_configured(remote: str, url: str, root: Path) -> str:
+    """What ``dvc remote add`` is given: a relative local path stays relative (DVC resolves it against
+    its working directory, the repository root, and stores it relative to ``.dvc/``, so clones side
+    by side share it); an absolute or ``~`` path stays absolute, so a clone at any depth finds it."""
+    if _is_url(url) or Path(remote).expanduser().is_absolute():
+        return url
+    return os.path.relpath(url, root)
 
 
 def _read_config(path: Path) -> Mapping[str, Any]:
@@ -176,17 +194,39 @@ def _remotes(config: Mapping[str, Any], root: Path) -> dict[str, str]:
 
 
 def _ensure_ignored(path: Path) -> None:
+    ensure_ignored(path.parent, IGNORED, "mmc data download: partial downloads, locks and temporary directories")
+
+
+def ensure_ignored(root: str | os.PathLike, patterns: Iterable[str], why: str) -> bool:
+    """Add the ``patterns`` missing from ``root/.dvcignore`` (under a ``# why`` comment); True if any was.
+
+    Files a pattern matches are left out of every tracked directory (``dvc add`` of a folder)."""
+    path = Path(root) / ".dvcignore"
     lines = path.read_text().splitlines() if path.exists() else []
-    missing = [pattern for pattern in IGNORED if pattern not in lines]
+    missing = [pattern for pattern in patterns if pattern not in lines]
     if missing:
-        header = ["# mmc data download: partial downloads, locks and temporary directories"]
-        path.write_text("\n".join([*lines, *header, *missing]) + "\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join([*lines, f"# {why}", *missing]) + "\n")
+    return bool(missing)
+
+
+def anchored(root: str | os.PathLike, path: str | os.PathLike) -> str:
+    """A ``.dvcignore`` pattern for ``path`` (a folder or file inside the repository) alone, not for
+    every file of that name: relative to the repository root with a leading ``/``."""
+    relative = Path(os.path.abspath(path)).relative_to(Path(root).absolute()).as_posix()
+    return f"/{relative}"
 
 
 def add(repo: str | os.PathLike, path: str = "data") -> Path:
     """``dvc add PATH`` (relative to ``repo``): track the file or whole tree; returns ``PATH.dvc``."""
     run(repo, "add", "--quiet", path)
     return Path(repo) / f"{path.rstrip('/')}.dvc"
+
+
+def unprotect(repo: str | os.PathLike, *targets: str) -> None:
+    """Replace the links ``dvc add`` made into the cache by copies: for folders the workflow keeps
+    writing into (a log rewritten through a hardlink would change the cached version)."""
+    run(repo, "unprotect", *targets)
 
 
 def push(repo: str | os.PathLike, *targets: str, remote: str = REMOTE_NAME) -> None:
@@ -252,3 +292,52 @@ def dataset_hash(repo_root: str | os.PathLike, dvc_file: str = "data.dvc") -> st
     if not isinstance(md5, str) or not md5.endswith(".dir"):
         raise MMCError(f"{path}: expected one tracked directory with an md5 ending in '.dir', got {md5!r}")
     return md5
+
+
+def tree_md5(folder: str | os.PathLike, ignore_patterns: tuple[str, ...] = ()) -> str:
+    """The ``<md5>.dir`` that ``dvc add`` (DVC 3, ``hash: md5``) records for ``folder``, computed
+    here from the bytes on disk, without DVC or its cache: the md5 of every file, listed as
+    ``[{"md5", "relpath"}]`` sorted by path, serialised the way DVC serialises a tree object.
+
+    ``ignore_patterns`` are ``.dvcignore`` lines: a pattern without ``/`` matches a file or folder
+    name at any depth, one with ``/`` a path relative to ``folder`` (negations are not supported).
+    Every byte is read once: seconds for the demo data, minutes for full datasets.
+    """
+    import fnmatch
+    import hashlib
+    import json
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise MMCError(f"{root}: not a folder: cannot compute its DVC md5")
+    patterns = [p.strip().rstrip("/") for p in ignore_patterns if p.strip() and not p.startswith("#")]
+
+    def ignored(relpath: str) -> bool:
+        name = relpath.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(relpath if "/" in p else name, p.lstrip("/")) for p in patterns)
+
+    entries = []
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        base = Path(directory).relative_to(root).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        subdirs[:] = sorted(d for d in subdirs if d not in (".dvc", ".git") and not ignored(prefix + d))
+        for name in files:
+            relpath = prefix + name
+            if ignored(relpath):
+                continue
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(Path(directory) / name, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            entries.append({"md5": digest.hexdigest(), "relpath": relpath})
+    entries.sort(key=lambda entry: entry["relpath"])
+    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(listing, usedforsecurity=False).hexdigest() + ".dir"
+
+
+def ignore_patterns(repo_root: str | os.PathLike | None) -> tuple[str, ...]:
+    """The lines of the repository's top-level ``.dvcignore`` (none when there is no such file)."""
+    if repo_root is None:
+        return ()
+    path = Path(repo_root) / ".dvcignore"
+    return tuple(path.read_text().splitlines()) if path.is_file() else ()

@@ -19,6 +19,7 @@ so each drawn mask has the IoU that was scored. Figures are saved with :func:`mm
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from mmc.evaluation.summary import SegmentationSummary, SimilarityResult
 from mmc.plotting import pyplot, save_figure
 
 QUALITATIVE_IMAGES = 4
+
+log = logging.getLogger(__name__)
 
 
 def plot_miou_vs_threshold(summaries: Sequence[SegmentationSummary], dataset: str, base: Path) -> list[Path]:
@@ -168,9 +171,34 @@ def predicted_masks(
         tokens = [(int(r), int(c)) for r, c in zip(rows["prompt_row"], rows["prompt_col"], strict=True)]
         sims = prompt_similarities(features.numpy(), tokens)
         for k, object_id in enumerate(rows["object_id"]):
-            mask = predicted_mask(sims[..., k], sample.void.shape, tau, cfg.evaluation.upsample)
+            mask = predicted_mask(
+                sims[..., k], sample.void.shape, tau, cfg.evaluation.upsample, cfg.evaluation.pixel_to_patch
+            )
             masks[(str(sample.image_id), int(object_id))] = mask
     return masks
+
+
+def masks_off_score(
+    masks: dict[tuple[str, int], np.ndarray], samples: Sequence[Any], frame, tau: float
+) -> list[tuple[str, int]]:
+    """The ``(image_id, object_id)`` of each drawn mask whose IoU is not the ``iou_<tau>`` that
+    ``objects.parquet`` scored: features recomputed here rather than read from the feature cache can
+    round differently (another device or batch), and the figure must not claim the scored IoU then."""
+    from mmc.evaluation.metrics import iou
+    from mmc.evaluation.protocol import iou_column
+
+    by_id = {str(s.image_id): s for s in samples}
+    scored = {
+        (str(i), int(o)): float(v)
+        for i, o, v in zip(frame["image_id"], frame["object_id"], frame[iou_column(tau)], strict=True)
+    }
+    off = []
+    for (image_id, object_id), mask in masks.items():
+        sample = by_id[image_id]
+        obj = next(o for o in sample.objects if o.object_id == object_id)
+        if iou(mask, obj.mask, sample.void) != scored[(image_id, object_id)]:
+            off.append((image_id, object_id))
+    return off
 
 
 def qualitative_samples(dataset_cfg: Any, image_ids: set[str], count: int) -> list[Any]:
@@ -244,6 +272,14 @@ def make_figures(
                 predicted[model] = predicted_masks(
                     cfg, model, checkpoints.get(model), dataset, samples, frame, best[model], seeds[model]
                 )
+                off = masks_off_score(predicted[model], samples, frame, best[model])
+                if off:
+                    log.warning(
+                        "%s on %s: %d of %d drawn masks do not have the IoU scored by mmc segment (their "
+                        "features were recomputed, not read from the feature cache, and rounded differently); "
+                        "set evaluation.feature_cache: true to draw the scored masks",
+                        model, dataset, len(off), len(predicted[model]),
+                    )  # fmt: skip
         paths += plot_qualitative(samples, by_model, best, dataset, out / f"qualitative_{dataset}", predicted)
     return paths
 

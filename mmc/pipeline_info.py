@@ -7,7 +7,10 @@
 - ``trace.csv``: one row per job from the ``benchmark:`` files under ``{results_dir}/benchmarks``
   (start, duration, max RSS, CPU time, ...);
 - ``jobs.csv``: one row per job record (exact start/end, status, host, SLURM job id, device, commit);
-- ``index.json``: what was written, what could not be and why, the report and tracking store paths.
+- ``index.json``: what was written, what could not be and why, the report and tracking store paths
+  (relative to the working directory: the file travels with the run folder).
+
+The workflow runs it after the HTML report is rendered, so ``index.json`` says whether it exists.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -161,12 +165,27 @@ def write(cfg: Any, config_path: Path, snakefile: Path, report: Path | None, out
     index["notes"]["jobs"] = f"{len(jobs)} job record(s)"
 
     report = report or Path(cfg.results_dir) / "report.html"
-    index["report"] = {"path": str(report), "exists": report.exists()}
-    index["tracking"] = {"store": mlflow_store.store_uri(cfg),
-                         "invocation_id": records.current_invocation(cfg).get("invocation_id")}
+    index["report"] = {"path": _relative(report), "exists": report.exists()}
+    store = mlflow_store.store_uri(cfg)
+    if store.startswith("sqlite:///"):  # a relative SQLite URI works from the working directory
+        store = f"sqlite:///{_relative(store.removeprefix('sqlite:///'))}"
+    index["tracking"] = {"store": store, "invocation_id": records.current_invocation(cfg).get("invocation_id")}
+    index["paths"] = "relative to the working directory the workflow ran in (the repository root)"
+    index["notes"] = {name: _without_cwd(note) for name, note in index["notes"].items()}
     index["seconds"] = round(time.perf_counter() - started, 3)
     write_text_atomic(out / "index.json", json.dumps(index, indent=1))
     return index
+
+
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies inside it: index.json travels with
+    the run folder (docs/sharing.md), so it names no folder of this machine."""
+    absolute = Path(os.path.abspath(path))
+    return os.path.relpath(absolute) if absolute.is_relative_to(Path.cwd()) else str(path)
+
+
+def _without_cwd(text: str) -> str:
+    return text.replace(f"{Path.cwd()}{os.sep}", "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

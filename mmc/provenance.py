@@ -177,7 +177,8 @@ def render(result: Trace) -> str:
         data = {k: v for k, v in tags.items() if k.startswith("mmc.dataset")}
         lines += [f"    data         {k.removeprefix('mmc.')} {v}" for k, v in sorted(data.items())]
         env = [f"{k.removeprefix('mmc.')} {tags[k]}" for k in ("mmc.torch_version", "mmc.cuda_version",
-                                                                "mmc.timm_version", "mmc.device") if k in tags]
+                                                                "mmc.timm_version", "mmc.device", "mmc.deterministic",
+                                                                "mmc.num_threads") if k in tags]
         if env:
             lines.append(f"    software     {', '.join(env)}")
         if rec.command:

@@ -11,7 +11,8 @@ Files under ``{results_dir}/tracking/``:
   Snakemake wildcards (:func:`default_name`), or the name a stage gives, made file-safe;
 - ``invocation.json``: the current workflow invocation, written by ``mmc track start``
   (``{"invocation_id": hex, "run_name", "start_time": ms, "config_path", "config_hash",
-  "git_commit", "git_dirty", "host", "tracking_uri", "parent_run_id"}``, the last only with a server);
+  "git_commit", "git_dirty", "host", "user", "tracking_uri", "parent_run_id"}``, the last only with
+  a server; ``"status"`` and ``"end_time"`` are added when ``mmc track load --status`` closes it);
 - ``configs/<hash>.yaml``: snapshots of the resolved configs the records name.
 
 The record format (version 2; version 1 had no record_id/rule/wildcards/invocation/config/command)::
@@ -217,10 +218,35 @@ class JobRecord:
 
     @functools.cached_property
     def base_dir(self) -> Path:
-        """What the record's relative paths are relative to: the job's working directory, or the
-        current one where that folder is not on this machine (a project copied or moved)."""
+        """What the record's relative paths are relative to: the job's working directory; where the
+        record now lies in another copy of the project (a clone that pulled the run), that copy's
+        folder at the same place; else, where the working directory is not on this machine, the
+        current one."""
+        moved = self._moved_base()
+        if moved is not None:
+            return moved
         cwd = self.data.get("cwd")
         return Path(cwd) if cwd and os.path.isdir(cwd) else Path.cwd()
+
+    def _moved_base(self) -> Path | None:
+        """The job's working directory in the copy of the project holding this record now, if the
+        record was moved with its project. The config snapshot beside the records says where the
+        tracking folder was, relative to the working directory (``results/test/tracking``); the
+        record's own file says where that folder is now."""
+        cwd, snapshot = self.data.get("cwd"), self.config["snapshot"]
+        if self.path is None or not cwd or not snapshot:
+            return None
+        written = Path(os.path.normpath(os.path.join(cwd, snapshot))).parent.parent
+        here = Path(os.path.abspath(self.path)).parent.parent  # tracking/jobs/<name>.json -> tracking
+        if here == written or here.name != written.name:
+            return None
+        try:
+            relative = written.relative_to(cwd).parts
+        except ValueError:  # results_dir was outside the working directory: no way to map it
+            return None
+        if here.parts[-len(relative):] != relative:
+            return None
+        return Path(*here.parts[: -len(relative)])
 
     def resolve(self, path: str | os.PathLike) -> str:
         """The normalised absolute path of a path the record names."""

@@ -86,7 +86,8 @@ def score_checkpoint(cfg: Any, path: Path, metric: str) -> float:
     """Zero-shot ``metric`` of an MMC checkpoint on the held-out selection dataset."""
     from mmc.evaluation.segment import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(cfg, path, cfg.selection.dataset, fmt="mmc")
+    summary = evaluate_checkpoint(cfg, path, cfg.selection.dataset, fmt="mmc",
+                                  label=f"select: {path.name} on {cfg.selection.dataset}")
     score = getattr(summary, METRIC_KEYS[metric])
     if score is None:
         raise MMCError(

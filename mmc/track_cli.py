@@ -25,7 +25,10 @@ def _start(args: argparse.Namespace) -> int:
     if not cfg.tracking.enabled:
         return 0
     invocation = mlflow_store.start_invocation(cfg, config_path=args.config)
-    print(invocation["invocation_id"])
+    name = mlflow_store.parent_run_name(cfg, invocation)
+    where = (f"MLflow parent run {name} ({invocation['parent_run_id']}) on {cfg.tracking.uri}"
+             if invocation.get("parent_run_id") else f"MLflow parent run {name} once the jobs are loaded")
+    print(f"mmc: invocation {invocation['invocation_id']} started: {where}")
     return 0
 
 
@@ -36,7 +39,11 @@ def _load(args: argparse.Namespace) -> int:
     if not cfg.tracking.enabled:
         return 0
     report = mlflow_store.load_records(cfg, status=args.status)
-    print(f"{report.summary()} -> {mlflow_store.store_uri(cfg)}")
+    uri = mlflow_store.store_uri(cfg)
+    print(f"mmc: {report.summary()} -> {uri}")
+    if report.experiment_id is not None:
+        ui = "" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then "
+        print(f"mmc: runs of experiment {cfg.tracking.experiment!r}: {ui}{mlflow_store.runs_url(cfg, report.experiment_id)}")
     for path in report.invalid:
         print(f"  unreadable record (left in place): {path}")
     for problem in report.failed:

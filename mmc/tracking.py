@@ -165,6 +165,7 @@ def _start_tags(cfg: Any, stage: str, rule: str, wildcards: Mapping[str, Any], i
         "mmc.git_commit": git["commit"],
         "mmc.git_dirty": git["dirty"],
         "mmc.host": versions.host(),
+        "mmc.user": versions.user(),
         "mmc.requested_device": str(getattr(cfg, "device", "auto")),
     }
     if wildcards:
@@ -172,6 +173,7 @@ def _start_tags(cfg: Any, stage: str, rule: str, wildcards: Mapping[str, Any], i
         tags.update({f"snakemake.wildcard.{k}": str(v) for k, v in wildcards.items()})
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
+    tags.update({f"mmc.env.{k}": v for k, v in versions.reproducibility_env().items()})
     if invocation.get("invocation_id"):
         tags["mmc.invocation_id"] = invocation["invocation_id"]
     tags.update(dataset_tags(cfg, wildcards))

@@ -36,12 +36,14 @@ def git_state(root: Path = CODE_ROOT) -> dict[str, str]:
     """``{"commit": sha, "dirty": "true"|"false"}`` of the checkout holding the code, or "unknown".
 
     The code's own checkout, not the working directory's: that is the code that ran. Dirty means a
-    tracked file differs from the commit (untracked files, e.g. results, do not count).
+    tracked file differs from the commit (untracked files, e.g. results, do not count), except DVC
+    pointer files (``*.dvc``): a run rewrites ``data.dvc`` and published ``E.pth.dvc`` itself, and
+    every record carries their md5s, so they would mark a clean checkout dirty for no code change.
     """
     commit = _git("rev-parse", "HEAD", cwd=root)
     if commit is None:
         return {"commit": "unknown", "dirty": "unknown"}
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude,glob)**/*.dvc", cwd=root)
     return {"commit": commit, "dirty": "unknown" if status is None else str(bool(status)).lower()}
 
 
@@ -54,6 +56,16 @@ def package_version(name: str) -> str | None:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def user() -> str:
+    """The account running the code (MLflow's ``mlflow.user``); "unknown" where the uid has no name."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def torch_state(requested_device: str | None = None) -> dict[str, str]:
@@ -71,7 +83,36 @@ def torch_state(requested_device: str | None = None) -> dict[str, str]:
     else:
         index = torch.cuda.current_device()
         state["device"] = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    state.update(determinism(torch, on_cuda=state["device"] != "cpu"))
     return state
+
+
+# The environment that decides whether a job's floating-point results repeat bit for bit: CPU
+# kernels split their reductions by thread count (Snakemake sets the *_NUM_THREADS variables to a
+# job's threads), cuBLAS needs a fixed workspace to be deterministic. Recorded with every job and
+# set again by `mmc reproduce` (docs/provenance.md, deterministic mode).
+REPRODUCIBILITY_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+
+
+def reproducibility_env() -> dict[str, str]:
+    """``{VAR: value or "unset"}`` for every variable of :data:`REPRODUCIBILITY_ENV`."""
+    return {name: os.environ.get(name, "unset") for name in REPRODUCIBILITY_ENV}
+
+
+def determinism(torch, on_cuda: bool) -> dict[str, str]:
+    """torch's settings that decide bitwise repeatability, and whether this job ran deterministically:
+    deterministic algorithms on, and on CUDA also a fixed cuBLAS workspace and no cuDNN autotuning."""
+    algorithms = bool(torch.are_deterministic_algorithms_enabled())
+    benchmark = bool(torch.backends.cudnn.benchmark)
+    deterministic = algorithms and (not on_cuda or (
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG") in DETERMINISTIC_CUBLAS and not benchmark))
+    return {
+        "deterministic": str(deterministic).lower(),
+        "deterministic_algorithms": str(algorithms).lower(),
+        "cudnn_benchmark": str(benchmark).lower(),
+        "num_threads": str(torch.get_num_threads()),
+    }
 
 
 def environment_versions() -> dict[str, str]:

@@ -44,9 +44,13 @@ def numpy_colour_features(image: np.ndarray, side: int, patch: int) -> np.ndarra
     return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
 
 
-@pytest.mark.parametrize("resolution", [64, 48, 96])
-def test_features_match_the_definition(voc, tmp_path, resolution):
-    cfg = config.load(write_config(tmp_path, voc, models=COLOUR, evaluation={"resolution": resolution}))
+@pytest.mark.parametrize(("resolution", "dtype"), [(64, "float32"), (48, "float32"), (96, "float32"), (64, "float16")])
+def test_features_match_the_definition(voc, tmp_path, resolution, dtype):
+    evaluation = {"resolution": resolution, "feature_dtype": dtype}
+    cfg = config.load(write_config(tmp_path, voc, models=COLOUR, evaluation=evaluation))
+    # float32: the definition's values; float16 (the default stored precision): those values rounded
+    # to 11 significant bits, at most half a unit in the last place (2^-11) for values in [-1, 1]
+    atol = 2e-5 if dtype == "float32" else 2e-5 + 2.0**-11
     model = configured_model(cfg, "colour")
     assert model.loaded.format == "colour" and model.sha256 is None and model.seed is None
     samples = list(open_reader(cfg.datasets["scenes"]))
@@ -55,9 +59,9 @@ def test_features_match_the_definition(voc, tmp_path, resolution):
     for sample, features in got:
         expected = numpy_colour_features(sample.image, resolution, 8)
         assert features.shape == (resolution // 8, resolution // 8, 6)
-        np.testing.assert_allclose(features.numpy(), expected, atol=2e-5)
+        np.testing.assert_allclose(features.numpy(), expected, atol=atol)
         norms = np.linalg.norm(features.numpy(), axis=-1)
-        assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
+        assert np.allclose(norms[norms > 0], 1.0, atol=1e-5 if dtype == "float32" else 2e-3)
 
 
 def test_uniform_patches_of_one_colour_are_identical_and_others_differ():

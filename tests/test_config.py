@@ -304,3 +304,28 @@ def test_seeds_references_and_initial_weights():
         {"c": {"source": "colour", "reference": "a"}}
     )
     assert "models.c.reference: 'nope' is not a key of models" in problem({"c": {"source": "colour", "reference": "nope"}})
+
+
+@pytest.mark.parametrize("name", ["test.yaml", "config.yaml"])
+def test_a_dumped_config_loads_back_to_the_same_config(tmp_path, name):
+    # a job record's config snapshot is config.dump of the resolved config: `mmc reproduce` runs
+    # the recorded command on it, so it must load to the same hash
+    cfg = config.load(REPO / "config" / name)
+    text = config.dump(cfg)
+    again = config.load(write(tmp_path, text))
+    assert config.config_hash(again) == config.config_hash(cfg)
+    assert config.dump(again) == text
+    raw = yaml.safe_load(text)
+    # absent optional keys are not written as nulls the schema refuses; allowed nulls stay
+    assert all("path" not in m for m in raw["models"].values() if m["source"] == "experiment")
+    assert "uri" in raw["tracking"] and raw["tracking"]["uri"] is None
+
+
+def test_without_absent_makes_an_old_snapshot_loadable(tmp_path):
+    cfg = config.load(REPO / "config" / "test.yaml")
+    old = config.to_dict(cfg)  # what snapshots held before: every field, absent ones as null
+    assert old["models"]["mmc"]["path"] is None
+    with pytest.raises(ConfigError, match=r"models\.mmc\.path: null has the wrong type"):
+        config.load(write(tmp_path, yaml.safe_dump(old)))
+    fixed = config.load(write(tmp_path, yaml.safe_dump(config.without_absent(old))))
+    assert config.config_hash(fixed) == config.config_hash(cfg)

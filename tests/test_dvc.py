@@ -138,7 +138,22 @@ def test_setup_of_the_projects_own_dvc_config_is_a_no_op(tmp_path, monkeypatch):
     defaults = config.freeze(config.resolve({"run_name": "t"})).dvc
     calls = count_dvc_calls(monkeypatch)
     store = dvc.setup(repo, defaults)
-    assert calls == [] and store.remote == "storage" and store.url == str(repo / ".dvc-remote")
+    # the default remote is a folder beside the repository: outside it, shared by clones side by side
+    assert calls == [] and store.remote == "storage" and store.url == str(tmp_path / "mmc-repro-dvc-remote")
+
+
+def test_an_absolute_remote_is_stored_absolute_a_relative_one_relative(tmp_path, monkeypatch):
+    """A clone at another depth must still find an absolute remote; clones side by side share a relative one."""
+    repo = git_repo(tmp_path / "repo")
+    store = dvc.setup(repo, dvc_settings(repo, remote=str(tmp_path / "shared" / "remote")))
+    assert store.url == str(tmp_path / "shared" / "remote")
+    assert f"url = {tmp_path / 'shared' / 'remote'}" in (repo / ".dvc" / "config").read_text()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    store = dvc.setup(repo, dvc_settings(repo, remote="~/dvc-remote"))
+    assert store.url == str(tmp_path / "home" / "dvc-remote")
+    assert f"url = {tmp_path / 'home' / 'dvc-remote'}" in (repo / ".dvc" / "config").read_text()
+    dvc.setup(repo, dvc_settings(repo, remote="../beside"))
+    assert "url = ../../beside" in (repo / ".dvc" / "config").read_text()
 
 
 def test_setup_reuses_a_remote_pointing_there_and_follows_config_local(tmp_path):
@@ -191,3 +206,24 @@ def test_dvc_md5_is_tolerant_and_follows_changes(tmp_path):
     path.write_text("outs: [")
     os.utime(path, ns=(1, 1))  # a different mtime, even on a coarse-grained file system
     assert dvc.dvc_md5(path) is None
+
+
+def test_tree_md5_is_the_md5_dvc_add_records(tmp_path):
+    # `mmc reproduce` verifies the data a job read against the recorded DVC md5 without DVC
+    repo = git_repo(tmp_path / "repo")
+    data = repo / "data"
+    (data / "synthetic/VOCdevkit").mkdir(parents=True)
+    (data / "synthetic/VOCdevkit/a.png").write_bytes(bytes(range(256)) * 7)
+    (data / "synthetic/classes.json").write_text('{"1": "disc"}\n')
+    (data / "synthetic/empty.txt").write_bytes(b"")
+    (data / "coco.zip.part").write_bytes(b"half a download")  # ignored by the .dvcignore setup writes
+    cfg = config.freeze(config.resolve({"run_name": "t", "dvc": {"remote": "../remote", "cache_type": "copy"}}))
+    dvc.setup(repo, cfg.dvc)
+    recorded = yaml.safe_load(dvc.add(repo, "data").read_text())["outs"][0]["md5"]
+    patterns = dvc.ignore_patterns(repo)
+    assert "*.part" in patterns
+    assert dvc.tree_md5(data, patterns) == recorded
+    (data / "synthetic/classes.json").write_text('{"1": "disk"}\n')
+    assert dvc.tree_md5(data, patterns) != recorded
+    with pytest.raises(MMCError, match="not a folder"):
+        dvc.tree_md5(data / "missing")

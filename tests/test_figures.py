@@ -137,7 +137,7 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path, scenes, upsample):
     from mmc.data.readers import open_reader
     from mmc.evaluation.job import configured_model
     from mmc.evaluation.segment import evaluate
-    from mmc.figures import predicted_masks
+    from mmc.figures import masks_off_score, predicted_masks
 
     cfg = config.load(write_config(tmp_path, scenes, upsample=upsample))
     table, _, _ = evaluate(cfg, configured_model(cfg, "random"), "d")
@@ -147,6 +147,14 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path, scenes, upsample):
         masks = predicted_masks(cfg, "random", None, "d", samples, table, tau)
         assert len(masks) == len(table)
         assert assert_masks_have_the_scored_ious(masks, samples, table, tau) == len(table)
+        assert masks_off_score(masks, samples, table, tau) == []
+    # a mask that is not the scored one is reported (as features rounded differently would give)
+    (image_id, object_id), mask = next(iter(masks.items()))
+    sample = next(s for s in samples if str(s.image_id) == image_id)
+    obj = next(o for o in sample.objects if o.object_id == object_id)
+    flipped = mask.copy()
+    flipped[np.unravel_index(np.argmax(obj.mask & ~sample.void), mask.shape)] ^= True  # one object pixel
+    assert masks_off_score({**masks, (image_id, object_id): flipped}, samples, table, 0.6) == [(image_id, object_id)]
 
 
 def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):

@@ -16,6 +16,43 @@ def test_grid_index_is_centre_aligned_nearest():
     assert metrics.patch_of_pixel(1, 0, (5, 5), (2, 2)) == (0, 0)
 
 
+def patch_reference(i: int, size: int, grid: int, pixel_to_patch: str) -> int:
+    """Integer arithmetic: center = floor((2i + 1) grid / 2 size); floor = floor(i grid / size)."""
+    if pixel_to_patch == "center":
+        return min((2 * i + 1) * grid // (2 * size), grid - 1)
+    return min(i * grid // size, grid - 1)
+
+
+@pytest.mark.parametrize("pixel_to_patch", ["center", "floor"])
+def test_grid_index_equals_integer_formulas(pixel_to_patch):
+    for size in (1, 5, 7, 16, 33, 375, 500):
+        for grid in (1, 2, 3, 4, 7, 30):
+            got = metrics.grid_index(size, grid, pixel_to_patch)
+            assert got.tolist() == [patch_reference(i, size, grid, pixel_to_patch) for i in range(size)]
+    h, w, gh, gw = 11, 13, 3, 4
+    for y in range(h):
+        for x in range(w):
+            expected = (patch_reference(y, h, gh, pixel_to_patch), patch_reference(x, w, gw, pixel_to_patch))
+            assert metrics.patch_of_pixel(y, x, (h, w), (gh, gw), pixel_to_patch) == expected
+            ids = metrics.patch_ids((h, w), (gh, gw), pixel_to_patch)
+            assert ids[y, x] == expected[0] * gw + expected[1]
+
+
+def test_floor_mapping_by_hand():
+    # floor(y * 2 / 5) = 0, 0, 0, 1, 1 (centre-aligned: 0, 0, 1, 1, 1)
+    assert metrics.grid_index(5, 2, "floor").tolist() == [0, 0, 0, 1, 1]
+    grid = np.array([[1, 2], [3, 4]])
+    assert metrics.upsample_nearest(grid, (5, 3), "floor").tolist() == [[1, 1, 2]] * 3 + [[3, 3, 4]] * 2
+    assert metrics.upsample_nearest(grid, (5, 3)).tolist() == [[1, 2, 2]] * 2 + [[3, 4, 4]] * 3
+    labels = np.array([[0, 1, 1], [0, 1, 1], [1, 1, 0]])  # 3 x 3 on a 2 x 2 grid
+    # floor: token (0, 0) = pixels (0..1, 0..1): labels 0, 1, 0, 1
+    np.testing.assert_allclose(metrics.token_fractions(labels, 2, (2, 2), "floor")[0], [0, 0.5, 0.5])
+    # center: token (0, 0) = pixel (0, 0) only
+    np.testing.assert_allclose(metrics.token_fractions(labels, 2, (2, 2))[0], [0, 1, 0])
+    with pytest.raises(ValueError, match="pixel_to_patch"):
+        metrics.grid_index(5, 2, "round")
+
+
 def test_iou_by_hand():
     pred = np.zeros((4, 4), bool)
     pred[0:2, 0:2] = True  # 4 pixels
@@ -136,6 +173,54 @@ def test_center_prompt_equals_the_full_image_distance_transform():
             mask[y : y + rng.integers(1, 12), x : x + rng.integers(1, 15)] = True
         full = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
         assert metrics.prompt_point(mask) == np.unravel_index(np.argmax(full), mask.shape)
+
+
+def brute_force_center_prompt(mask: np.ndarray, border: str) -> tuple[int, int]:
+    """Max over object pixels of the Euclidean distance to the nearest non-object pixel: background
+    pixels of the image, plus (``outside``) the ring of pixels just outside the image; first in
+    raster order on ties. Written with plain loops and broadcasting, no distance transform."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(~mask)
+    background = list(zip(ys.tolist(), xs.tolist(), strict=True))
+    if border == "outside":
+        background += [(-1, x) for x in range(-1, w + 1)] + [(h, x) for x in range(-1, w + 1)]
+        background += [(y, -1) for y in range(h)] + [(y, w) for y in range(h)]
+    bg = np.array(background, dtype=np.float64).reshape(-1, 2)
+    best, best_point = -1.0, None
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x]:
+                continue
+            d = np.sqrt(((bg - (y, x)) ** 2).sum(axis=1)).min() if len(bg) else np.inf
+            if d > best:
+                best, best_point = d, (y, x)
+    return best_point
+
+
+@pytest.mark.parametrize("border", ["outside", "ignore"])
+def test_center_prompt_equals_a_brute_force_distance(border):
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        h, w = int(rng.integers(3, 14)), int(rng.integers(3, 14))
+        mask = np.zeros((h, w), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            mask[y : y + rng.integers(1, h + 1), x : x + rng.integers(1, w + 1)] = True  # often on a border
+        if trial % 10 == 0:
+            mask[:] = True
+            mask[rng.integers(0, h), rng.integers(0, w)] = trial % 20 == 0  # one hole, or none
+        assert metrics.prompt_point(mask, border=border) == brute_force_center_prompt(mask, border), (trial, mask)
+
+
+def test_image_border_conventions_by_hand():
+    mask = np.zeros((6, 10), bool)
+    mask[0:6, 0:4] = True  # touches the top, bottom and left borders; background from column 4
+    # outside: at most 2 from the left border (column -1), first reached at (1, 1) in raster order
+    assert metrics.prompt_point(mask, border="outside") == (1, 1)
+    assert metrics.prompt_point(mask, border="ignore") == (0, 0)  # 4 from column 4: every pixel of column 0
+    assert metrics.prompt_point(np.ones((3, 4), bool), border="ignore") == (0, 0)  # no boundary at all: a tie
+    with pytest.raises(ValueError, match="prompt border"):
+        metrics.prompt_point(mask, border="inside")
 
 
 def test_random_prompt_is_inside_and_seeded():

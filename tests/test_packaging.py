@@ -24,10 +24,49 @@ def test_environment_yml_names_the_same_runtime_packages_as_pyproject():
     conda, pip = set(), set()
     for dep in env["dependencies"]:
         if isinstance(dep, dict):
-            pip |= {_name(r) for r in dep["pip"]}
+            pip |= {_name(r) for r in dep["pip"] if not r.startswith("-")}  # -c FILE, -e . are options
         else:
             conda.add(_name(dep))
     assert (conda | pip) - {"python", "pip"} == runtime
+
+
+def _environment_pip() -> list[str]:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    return next(dep["pip"] for dep in env["dependencies"] if isinstance(dep, dict))
+
+
+def test_environment_yml_installs_the_locked_versions():
+    """conda gives Python and pip; pip installs every package under requirements.lock's pins, then mmc."""
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [dep for dep in env["dependencies"] if isinstance(dep, str)]
+    assert conda == ["python=3.11", "pip"]  # the Python the lock was resolved and tested on
+    pip = _environment_pip()
+    assert pip[0] == "-c requirements.lock" and pip[-1] == "-e ."
+    assert not [r for r in pip if re.search(r"[<>=!~]", r)], "versions come from the lock, not from here"
+    # the conda environment of the workflow's rules (snakemake --sdm conda) installs the same way
+    rules_env = yaml.safe_load((REPO / "workflow" / "envs" / "mmc.yaml").read_text())
+    assert "python=3.11" in rules_env["dependencies"]
+    rules_pip = next(dep["pip"] for dep in rules_env["dependencies"] if isinstance(dep, dict))
+    assert "-c ../../requirements.lock" in rules_pip and (REPO / "workflow" / "envs" / "../../requirements.lock").is_file()
+
+
+def test_the_rules_conda_environment_is_rebuilt_when_the_lock_changes():
+    """Snakemake (--sdm conda) names an environment by its file's content: the file carries the lock's hash."""
+    import hashlib
+
+    digest = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    line = f"# requirements.lock sha256: {digest}"
+    assert line in (REPO / "workflow" / "envs" / "mmc.yaml").read_text(), (
+        f"requirements.lock changed: put `{line}` in workflow/envs/mmc.yaml so that `snakemake --sdm conda` "
+        "rebuilds the rules' environment")
+
+
+def test_an_environment_made_from_the_lock_satisfies_environment_yml():
+    """pip, offline, in the project's environment (made with -c requirements.lock): nothing to change."""
+    packages = [r for r in _environment_pip() if not r.startswith("-")]
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--disable-pip-version-check",
+                           "-c", str(REPO / "requirements.lock"), *packages], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Would install" not in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_lock_pins_every_runtime_package():

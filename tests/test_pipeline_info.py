@@ -84,7 +84,8 @@ def test_pipeline_info_collects_config_versions_rulegraph_and_trace(tmp_path):
 
     index = json.loads((info / "index.json").read_text())
     assert index["report"] == {"path": "results/report.html", "exists": False}
-    assert index["tracking"]["store"].endswith("results/tracking/mlflow.db")
+    assert index["tracking"]["store"] == "sqlite:///results/tracking/mlflow.db"
+    assert str(tmp_path) not in json.dumps(index)  # it travels with the run folder: no absolute path
 
 
 def test_missing_snakefile_is_a_note_not_a_failure(tmp_path, monkeypatch):

@@ -270,6 +270,7 @@ def test_loaded_models_get_their_formats_method(tmp_path):
 
     class Evaluation:
         resolution, keep_aspect, layer, precision, pos_embed_resize = 64, False, -1, "float32", "auto"
+        resize, feature_dtype = "pil", "float16"
 
     learned, fixed = random_backbone(ARCH, 3).state_dict(), moco_like(3).state_dict()
     files = {

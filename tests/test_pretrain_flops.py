@@ -1,4 +1,4 @@
-"""The analytic FLOP count against torch's own FLOP counter on a real forward pass."""
+"""The analytic FLOP count against torch's own FLOP counter on a real forward pass (heads on the masked tokens)."""
 
 from __future__ import annotations
 
@@ -32,14 +32,15 @@ def test_step_flops_match_torch_flop_counter(mode):
     finally:
         set_fused_attn(True)
     views = torch.randn(2, batch, 3, 32, 32)
-    masks = torch.zeros(2, batch, 16, dtype=torch.bool)
+    masks = torch.rand(2, batch, 16, generator=torch.Generator().manual_seed(0)) < 0.4
     with FlopCounterMode(display=False) as s_count:
         s_out = student(views, masks)
     with FlopCounterMode(display=False) as t_count, torch.no_grad():
-        t_out = teacher(views)
+        t_out = teacher(views, masks)
     with FlopCounterMode(display=False) as nce_count:
         torch.nn.functional.normalize(s_out["query"][0], dim=-1) @ t_out["key"][1].t()
         torch.nn.functional.normalize(s_out["query"][1], dim=-1) @ t_out["key"][0].t()
-    analytic = step_flops(pcfg, batch)
+    analytic = step_flops(pcfg, batch, masked_tokens=int(masks.sum()))
+    assert 0 < int(masks.sum()) < masks.numel()
     assert analytic["student_forward"] == s_count.get_total_flops() + nce_count.get_total_flops()
     assert analytic["teacher_forward"] == t_count.get_total_flops()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -183,19 +184,27 @@ def pcfg(w_mim=1.0, w_distill=1.0, w_contrast=1.0, mode="patch"):
     )
 
 
-def fake_outputs(gen, v=2, b=3, n=4, k=5, d=6, p=12):
+def fake_outputs(gen, v=2, b=3, n=4, k=5, d=6, p=12, mode="patch"):
+    masks = masks_with_an_empty_image()
+    m = int(masks.sum())
+    patch_shape = (m, k) if mode == "patch" else (v, b, n, k)
     student = {
-        "recon": torch.randn(v, b, n, p, generator=gen),
-        "dino": torch.randn(v, b, 1 + n, k, generator=gen),
+        "recon": torch.randn(m, p, generator=gen),
+        "dino_cls": torch.randn(v, b, k, generator=gen),
+        "dino_patch": torch.randn(*patch_shape, generator=gen),
         "query": torch.randn(v, b, d, generator=gen),
     }
-    teacher = {"dino": torch.randn(v, b, 1 + n, k, generator=gen), "key": torch.randn(v, b, d, generator=gen)}
-    return student, teacher, torch.randn(v, b, n, p, generator=gen), masks_with_an_empty_image()
+    teacher = {
+        "dino_cls": torch.randn(v, b, k, generator=gen),
+        "dino_patch": torch.randn(m, k, generator=gen),
+        "key": torch.randn(v, b, d, generator=gen),
+    }
+    return student, teacher, torch.randn(m, p, generator=gen), masks
 
 
 @pytest.mark.parametrize("mode", ["patch", "cls_to_patch"])
 def test_mmc_loss_is_the_weighted_sum_and_zero_weights_switch_losses_off(gen, mode):
-    student, teacher, targets, masks = fake_outputs(gen)
+    student, teacher, targets, masks = fake_outputs(gen, mode=mode)
     centers = {"cls": torch.zeros(5), "patch": torch.zeros(5)}
     full = losses.mmc_loss(student, teacher, targets, masks, centers, 0.04, pcfg(0.5, 2.0, 3.0, mode))
     assert set(full) == {"mim", "distill_cls", "distill_patch", "distill", "contrast", "loss"}
@@ -207,3 +216,112 @@ def test_mmc_loss_is_the_weighted_sum_and_zero_weights_switch_losses_off(gen, mo
     assert "mim" not in pair
     with pytest.raises(ValueError, match="every loss weight is 0"):
         losses.mmc_loss(student, teacher, targets, masks, centers, 0.04, pcfg(0.0, 0.0, 0.0, mode))
+
+
+@pytest.mark.parametrize("mode", ["patch", "cls_to_patch"])
+def test_mmc_loss_on_the_masked_outputs_equals_the_full_tensor_losses(gen, mode):
+    """The step's masked-token inputs give the losses of the full (V, B, N, ...) reference functions."""
+    v, b, n, k, p = 2, 3, 4, 5, 12
+    masks = masks_with_an_empty_image()
+    recon, targets = torch.randn(v, b, n, p, generator=gen), torch.randn(v, b, n, p, generator=gen)
+    s_patch, t_patch = torch.randn(v, b, n, k, generator=gen), torch.randn(v, b, n, k, generator=gen)
+    s_cls, t_cls = torch.randn(v, b, k, generator=gen), torch.randn(v, b, k, generator=gen)
+    centers = {"cls": torch.randn(k, generator=gen), "patch": torch.randn(k, generator=gen)}
+    student = {"recon": recon[masks], "dino_cls": s_cls, "dino_patch": s_patch[masks] if mode == "patch" else s_patch}
+    teacher = {"dino_cls": t_cls, "dino_patch": t_patch[masks]}
+    got = losses.mmc_loss(student, teacher, targets[masks], masks, centers, 0.04, pcfg(1.0, 1.0, 0.0, mode))
+    assert got["mim"].item() == pytest.approx(losses.mim_loss(recon, targets, masks).item(), rel=RTOL)
+    t_cls_probs = losses.teacher_probs(t_cls, centers["cls"], 0.04)
+    assert got["distill_cls"].item() == pytest.approx(losses.distill_cls_loss(s_cls, t_cls_probs, 0.1).item(), rel=RTOL)
+    if mode == "patch":
+        t_probs = losses.teacher_probs(t_patch, centers["patch"], 0.04)
+        expected = losses.distill_patch_loss(s_patch, t_probs, masks, 0.1)
+    else:
+        expected = losses.distill_cls_to_patch_loss(s_patch, t_cls_probs, 0.1)
+    assert got["distill_patch"].item() == pytest.approx(expected.item(), rel=RTOL)
+
+
+@pytest.mark.parametrize("mode", ["patch", "cls_to_patch"])
+def test_micro_batches_with_global_counts_sum_to_the_whole_batch_loss_and_gradient(gen, mode):
+    """Gradient accumulation: the losses of micro-batches, normalised by the counts of the whole
+    batch and scored against all of its keys, add up to the loss of the whole batch (and so do the
+    gradients). Includes a micro-batch whose views have no masked token."""
+    v, b, n, k, d, p = 2, 6, 4, 5, 6, 12
+    masks = torch.cat([masks_with_an_empty_image(), masks_with_an_empty_image().flip(1)], dim=1)  # (2, 6, 4)
+    masks[:, 2:4] = False  # the second micro-batch (images 2-3) has no masked token at all
+    recon, targets = torch.randn(v, b, n, p, generator=gen), torch.randn(v, b, n, p, generator=gen)
+    s_cls, t_cls = torch.randn(v, b, k, generator=gen), torch.randn(v, b, k, generator=gen)
+    s_patch = torch.randn(v, b, n, k, generator=gen)
+    t_patch = torch.randn(v, b, n, k, generator=gen)
+    queries, keys = torch.randn(v, b, d, generator=gen), torch.randn(v, b, d, generator=gen)
+    centers = {"cls": torch.randn(k, generator=gen), "patch": torch.randn(k, generator=gen)}
+    cfg = pcfg(1.0, 1.0, 1.0, mode)
+
+    def loss_of(part, counts, leaves):
+        m = masks[:, part]
+        student = {
+            "recon": leaves["recon"][:, part][m], "dino_cls": leaves["s_cls"][:, part],
+            "dino_patch": leaves["s_patch"][:, part][m] if mode == "patch" else leaves["s_patch"][:, part],
+            "query": leaves["queries"][:, part],
+        }  # fmt: skip
+        teacher = {"dino_cls": t_cls[:, part], "dino_patch": t_patch[:, part][m], "key": keys if counts else keys[:, part]}
+        return losses.mmc_loss(student, teacher, targets[:, part][m], m, centers, 0.04, cfg, counts)
+
+    def leaves():
+        return {name: t.clone().requires_grad_() for name, t in
+                (("recon", recon), ("s_cls", s_cls), ("s_patch", s_patch), ("queries", queries))}  # fmt: skip
+
+    whole_leaves = leaves()
+    whole = loss_of(slice(0, b), None, whole_leaves)
+    whole["loss"].backward()
+    counts = losses.GlobalCounts.of_masks(masks)
+    micro_leaves = leaves()
+    summed = {}
+    for start in range(0, b, 2):
+        part = slice(start, start + 2)
+        micro = loss_of(part, dataclasses.replace(counts, key_offset=start), micro_leaves)
+        micro["loss"].backward()
+        for name, value in micro.items():
+            summed[name] = summed.get(name, 0.0) + value.item()
+    for name, value in whole.items():
+        assert summed[name] == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
+    for name in whole_leaves:
+        torch.testing.assert_close(micro_leaves[name].grad, whole_leaves[name].grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_student_log_softmax_stays_within_stated_tolerances_of_float64(gen, dtype):
+    """Under autocast the student log-softmax runs in the autocast dtype on that dtype's logits.
+
+    Stated tolerances against a float64 reference computed from the same (rounded) logits: the
+    cross-entropy within 1e-3 relative, its gradient within 2 % of the largest gradient entry; the
+    float32 path is within 1e-5 and 1e-4 respectively.
+    """
+    m, k = 64, 512
+    # cosine-similarity logits (the head's output range) and a sharp, centred teacher target
+    z = torch.nn.functional.normalize(torch.randn(m, 32, generator=gen), dim=-1)
+    w = torch.nn.functional.normalize(torch.randn(k, 32, generator=gen), dim=-1)
+    logits = (z @ w.t()).to(dtype)
+    target = torch.softmax((z + 0.3 * torch.randn(m, 32, generator=gen)) @ w.t() / 0.04, dim=-1)
+
+    def loss_and_grad(x):
+        x = x.clone().requires_grad_()
+        loss = losses.soft_cross_entropy(target, x, 0.1).mean()
+        loss.backward()
+        return loss.item(), x.grad.double()
+
+    ref_x = logits.double().requires_grad_()
+    ref = -(target.double() * torch.log_softmax(ref_x / 0.1, dim=-1)).sum(-1).mean()
+    ref.backward()
+    for x, loss_tol, grad_tol in ((logits, 1e-3, 0.02), (logits.float(), 1e-5, 1e-4)):
+        loss, grad = loss_and_grad(x)
+        assert loss == pytest.approx(ref.item(), rel=loss_tol)
+        assert (grad - ref_x.grad).abs().max() <= grad_tol * ref_x.grad.abs().max()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert losses.student_log_probs(logits, 0.1).dtype == dtype  # not cast up, not cast to bf16
+
+
+def test_center_from_sum_is_the_ema_of_the_mean(gen):
+    center, logits = torch.randn(5, generator=gen), torch.randn(7, 5, generator=gen)
+    got = losses.center_from_sum(center, logits.sum(0), torch.tensor(7.0), 0.9)
+    np.testing.assert_allclose(got.numpy(), 0.9 * center.numpy() + 0.1 * logits.double().numpy().mean(0), rtol=1e-6)

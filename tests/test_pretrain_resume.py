@@ -24,6 +24,9 @@ from tests.pretrain_support import (
 )
 
 EPOCHS, STEPS = 4, 32  # 64 images / batch 8 = 8 steps per epoch
+# every step accumulates two micro-batches of 4: a kill at a random time lands inside a step, during
+# or between its micro-batches, and the resume restarts from the last optimiser-step boundary
+ACCUMULATE = {"checkpoint": {"save_epochs": [2]}, "optim": {"micro_batch_size": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def reference(setup):
     root, images = setup
     work = root / "reference"
     work.mkdir()
-    config = write_config(work, images, {"checkpoint": {"save_epochs": [2]}})
+    config = write_config(work, images, ACCUMULATE)
     run_pretrain(config, work / "out")
     return work / "out"
 
@@ -67,7 +70,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(setup, re
     root, images = setup
     work = root / "killed"
     work.mkdir()
-    config = write_config(work, images, {"checkpoint": {"save_epochs": [2]}}, tracking=True)
+    config = write_config(work, images, ACCUMULATE, tracking=True)
     state = work / "state" / "pretrain" / "mmc"
     proc = subprocess.Popen(pretrain_cmd(config, work / "out"), env=env(), stderr=subprocess.PIPE, text=True)
     try:
@@ -84,6 +87,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(setup, re
     # the newest checkpoint is cut in half, as by a full disk: resume must report it and fall back
     newest = resumable[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    assert load(resumable[-2])["sampler"] | {"micro_batch": 4, "accumulation_steps": 2} == load(resumable[-2])["sampler"]
     result = run_pretrain(config, work / "out")
     assert f"resume checkpoint {newest} cannot be read" in result.stderr
     assert f"resuming from {resumable[-2]}" in result.stderr, result.stderr[-3000:]
@@ -100,7 +104,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_75_then_resumes(setup, r
     root, images = setup
     work = root / "terminated"
     work.mkdir()
-    config = write_config(work, images, {"checkpoint": {"save_epochs": [2], "every_steps": 0}})
+    config = write_config(work, images, {**ACCUMULATE, "checkpoint": {"save_epochs": [2], "every_steps": 0}})
     state = work / "state" / "pretrain" / "mmc"
     proc = subprocess.Popen(pretrain_cmd(config, work / "out"), env=env(), stderr=subprocess.PIPE, text=True)
     try:

@@ -33,15 +33,17 @@ def test_tau_names_and_grid():
 
 
 # ----------------------------------------------------------------------------- references
-def reference_nearest(grid: np.ndarray, shape, tau: float) -> np.ndarray:
-    """Each pixel takes the token whose cell holds the pixel's centre: row = floor((y + 1/2) gh / H)."""
+def reference_nearest(grid: np.ndarray, shape, tau: float, pixel_to_patch: str = "center") -> np.ndarray:
+    """Each pixel takes the token whose cell holds the pixel's centre, row = floor((y + 1/2) gh / H)
+    (``center``), or its top-left corner, row = floor(y gh / H) (``floor``)."""
     gh, gw = grid.shape
     h, w = shape
+    offset = 0.5 if pixel_to_patch == "center" else 0.0
     out = np.zeros(shape, bool)
     for y in range(h):
         for x in range(w):
-            row = min(math.floor((y + 0.5) * gh / h), gh - 1)
-            col = min(math.floor((x + 0.5) * gw / w), gw - 1)
+            row = min(math.floor((y + offset) * gh / h), gh - 1)
+            col = min(math.floor((x + offset) * gw / w), gw - 1)
             out[y, x] = grid[row, col] >= tau
     return out
 
@@ -72,6 +74,8 @@ def test_predicted_mask_nearest_equals_the_formula(seed, grid_shape, shape):
         mask = predicted_mask(grid, shape, tau, "nearest")
         assert mask.dtype == bool and mask.shape == shape
         np.testing.assert_array_equal(mask, reference_nearest(grid, shape, tau))
+        floor = predicted_mask(grid, shape, tau, "nearest", "floor")
+        np.testing.assert_array_equal(floor, reference_nearest(grid, shape, tau, "floor"))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -102,17 +106,24 @@ def test_predicted_mask_compares_in_float64():
 
 
 # ----------------------------------------------------------------------------- segment agrees
-def assert_rows_are_ious_of_predicted_masks(features, sample, rows, thresholds, upsample):
-    kept, _ = object_prompts(sample, features.shape[:2], "center", 2, 0)
+def assert_rows_are_ious_of_predicted_masks(
+    features, sample, rows, thresholds, upsample, pixel_to_patch="center", prompt_border="outside"
+):
+    kept, _ = object_prompts(
+        sample, features.shape[:2], "center", 2, 0, pixel_to_patch=pixel_to_patch, prompt_border=prompt_border
+    )
     assert [obj.object_id for obj, _, _ in kept] == [row["object_id"] for row in rows]
+    assert [(y, x, r, c) for _, (y, x), (r, c) in kept] == [
+        (row["prompt_y"], row["prompt_x"], row["prompt_row"], row["prompt_col"]) for row in rows
+    ]
     sims = prompt_similarities(features, [token for _, _, token in kept])
     for k, (obj, _, _) in enumerate(kept):
         row = rows[k]
         for tau in thresholds:
-            mask = predicted_mask(sims[..., k], sample.void.shape, tau, upsample)
+            mask = predicted_mask(sims[..., k], sample.void.shape, tau, upsample, pixel_to_patch)
             assert iou(mask, obj.mask, sample.void) == row[iou_column(tau)], (obj.object_id, tau)
         if math.isfinite(row["oracle_tau"]):  # the oracle's threshold reaches the oracle's IoU
-            mask = predicted_mask(sims[..., k], sample.void.shape, row["oracle_tau"], upsample)
+            mask = predicted_mask(sims[..., k], sample.void.shape, row["oracle_tau"], upsample, pixel_to_patch)
             assert iou(mask, obj.mask, sample.void) == pytest.approx(row["oracle_iou"], abs=1e-12)
 
 
@@ -139,4 +150,7 @@ def test_segment_ious_are_those_of_the_predicted_masks_on_vit_features(tmp_path,
         rows, _ = evaluate_image(features, sample, thresholds, upsample=upsample, min_patches=2)
         assert_rows_are_ious_of_predicted_masks(features, sample, rows, thresholds, upsample)
         checked += len(rows)
+        conventions = {"pixel_to_patch": "floor", "prompt_border": "ignore"}
+        rows, _ = evaluate_image(features, sample, thresholds, upsample=upsample, min_patches=2, **conventions)
+        assert_rows_are_ious_of_predicted_masks(features, sample, rows, thresholds, upsample, **conventions)
     assert checked >= 6

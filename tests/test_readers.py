@@ -96,5 +96,5 @@ def test_davis_frame_step_and_indexed_png_required(tmp_path):
     ids = [s.image_id for s in open_reader(dataset_config("davis", tmp_path, frame_step=2))]
     assert ids == ["bike-packing/00000", "bike-packing/00002", "bike-packing/00004", "blackswan/00000", "blackswan/00002"]
     Image.new("RGB", (26, 18)).save(tmp_path / "Annotations/480p/blackswan/00000.png")
-    with pytest.raises(MMCError, match="expected an indexed or greyscale PNG label map, got mode RGB"):
+    with pytest.raises(MMCError, match=r"expected an indexed \(palette\) or greyscale PNG label map, got mode RGB"):
         list(open_reader(dataset_config("davis", tmp_path)))

@@ -72,7 +72,7 @@ def test_voc_reader_errors(voc, tmp_path):
         VOCReader(tmp_path / "devkit", "val")
     bad = make_voc(tmp_path / "bad" / "VOC2012", n_images=1)
     Image.new("RGB", (64, 48)).save(bad / "SegmentationObject" / "2007_000000.png")
-    with pytest.raises(MMCError, match=r"2007_000000.png: expected an indexed \(palette\) PNG"):
+    with pytest.raises(MMCError, match=r"2007_000000.png: expected an indexed \(palette\) or greyscale PNG label map"):
         VOCReader(bad)[0]
     Image.new("P", (60, 48)).save(bad / "SegmentationObject" / "2007_000000.png")
     with pytest.raises(MMCError, match="sizes differ"):
@@ -302,8 +302,8 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     (cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()  # one directory per key
     entries = sorted(cache.iterdir())
     assert len(entries) == 3
-    # 8 x 8 tokens x 48 floats each: an entry stores its own tensor, not its batch's
-    assert all(64 * 48 * 4 < e.stat().st_size < 2 * 64 * 48 * 4 for e in entries)
+    # 8 x 8 tokens x 48 float16 each: an entry stores its own tensor, not its batch's
+    assert all(64 * 48 * 2 < e.stat().st_size < 64 * 48 * 2 + 1024 for e in entries)
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "b") == 0
     first, second = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
     assert first["features"] == {"computed": 3, "cached": 0} and second["features"] == {
@@ -359,10 +359,13 @@ def test_segment_runs_as_a_process(voc, tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        # as in a job's log: a progress line per image (interval 0), then a last one
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MMC_PROGRESS_INTERVAL": "0"},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("segment tiny on scenes: ")]
+    assert lines[0].startswith("segment tiny on scenes: 1/") and "done in" in lines[-1], result.stderr
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["thresholds"] == [0.2, 0.625, 0.9]  # the demo tau is always evaluated
     assert summary["settings"]["upsample"] == "bilinear" and summary["settings"]["prompt"] == "random"

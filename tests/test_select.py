@@ -171,7 +171,7 @@ def test_cli_writes_the_record(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr and "none" in done.stderr
 
 
-def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path):
+def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path, monkeypatch, capsys):
     from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format
 
     from mmc.cli import main
@@ -193,7 +193,12 @@ def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path):
         "selection": {"policy": "best:miou", "dataset": "sel"},
     }
     path = write_config(tmp_path, **sections)
+    monkeypatch.setenv("MMC_PROGRESS", "lines")
+    monkeypatch.setenv("MMC_PROGRESS_INTERVAL", "0")
     record = select(config.load(path), "mmc", tmp_path / "run")
+    shown = capsys.readouterr().err  # progress per image of each scored checkpoint
+    assert all(f"select: epoch_{e:04d}.pth on sel: 2/2 images (100%)" in shown for e in files), shown
+    monkeypatch.setenv("MMC_PROGRESS", "off")
     scores = {}
     for epoch in files:
         out = tmp_path / "segment" / str(epoch)

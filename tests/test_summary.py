@@ -26,7 +26,7 @@ SUMMARY_KEYS = [
 SIMILARITY_KEYS = [
     "model", "dataset", "n_intra", "n_inter", "mean_intra", "mean_inter", "overlap",
     "best_balanced_accuracy", "best_threshold", "bins", "hist_intra", "hist_inter", "checkpoint_sha256",
-    "features", "seed",
+    "settings", "features", "seed",
 ]  # fmt: skip
 
 

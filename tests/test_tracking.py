@@ -66,6 +66,14 @@ def _write_config(tmp_path: Path, **tracking_opts) -> Path:
     return path
 
 
+def _start(cfg_path: Path, cwd: Path) -> str:
+    """`mmc track start`: a sentence naming the new invocation (kept in invocation.json)."""
+    said = _mmc("track", "start", "--config", str(cfg_path), cwd=cwd).stdout
+    invocation = json.loads((cwd / "results" / "tracking" / "invocation.json").read_text())["invocation_id"]
+    assert said.startswith(f"mmc: invocation {invocation} started: MLflow parent run unit-{invocation[:8]}"), said
+    return invocation
+
+
 def _run_jobs(tmp_path: Path, cfg_path: Path, indices, **env: str) -> None:
     script = tmp_path / "job.py"
     script.write_text(JOB_SCRIPT)
@@ -123,6 +131,29 @@ def test_record_carries_provenance_tags(tmp_path, monkeypatch):
     assert Path(record["config"]["snapshot"]).read_text() == config.dump(cfg)
 
 
+def test_record_says_whether_the_job_ran_deterministically(tmp_path, monkeypatch):
+    import torch
+
+    cfg = config.load(_write_config(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "on"}):
+            torch.use_deterministic_algorithms(True)
+        with tracking.job("pretrain", cfg, wildcards={"experiment": "off"}):
+            torch.use_deterministic_algorithms(False)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    on, off = (json.loads((records.record_dir(cfg) / f"pretrain-experiment={e}.json").read_text())["tags"]
+               for e in ("on", "off"))
+    assert on["mmc.deterministic"] == on["mmc.deterministic_algorithms"] == "true"  # on CPU: the flag suffices
+    assert off["mmc.deterministic"] == off["mmc.deterministic_algorithms"] == "false"
+    assert on["mmc.num_threads"] == str(torch.get_num_threads())
+    assert on["mmc.env.OMP_NUM_THREADS"] == "1" and on["mmc.env.CUBLAS_WORKSPACE_CONFIG"] == "unset"
+    assert set(versions.REPRODUCIBILITY_ENV) <= {k.removeprefix("mmc.env.") for k in on if k.startswith("mmc.env.")}
+
+
 def test_failed_job_is_recorded_as_failed(tmp_path):
     cfg = config.load(_write_config(tmp_path))
     with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
@@ -145,7 +176,7 @@ def test_disabled_tracking_writes_nothing(tmp_path):
 def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
     cfg_path = _write_config(tmp_path)
     (tmp_path / "data.dvc").write_text("outs:\n- md5: aaaabbbbccccddddeeeeffff00001111.dir\n  path: data\n")
-    invocation = _mmc("track", "start", "--config", str(cfg_path), cwd=tmp_path).stdout.strip()
+    invocation = _start(cfg_path, tmp_path)
     jobs = range(8)
     _run_jobs(tmp_path, cfg_path, jobs, MLFLOW_RUN_ID="must-not-be-resumed")
     # Two loaders at once (e.g. onsuccess and a user): the file lock makes them take turns.
@@ -174,6 +205,59 @@ def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
     assert uploaded == {"summary.csv", "mmc_job_record.json"}  # the .pth is tagged, never uploaded
     assert any(k.startswith("mmc.artifact_not_uploaded") and "weights.pth sha256=" in v
                for k, v in children[0].data.tags.items())
+
+
+def test_store_holds_mlflows_own_fields(tmp_path):
+    """What the MLflow UI shows besides the mmc.* tags, read back from the store (no screenshots)."""
+    import getpass
+
+    import mlflow
+
+    cfg_path = _write_config(tmp_path)
+    raw = json.loads(cfg_path.read_text())
+    raw["datasets"] = {"toy": {"format": "synthetic", "root": "data/toy", "split": "val"}}
+    cfg_path.write_text(json.dumps(raw))
+    md5 = "aaaabbbbccccddddeeeeffff00001111.dir"
+    (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {md5}\n  path: data\n")
+    first = _start(cfg_path, tmp_path)
+    _run_jobs(tmp_path, cfg_path, [1])  # then snakemake is killed: no hook closes this invocation
+    second = _start(cfg_path, tmp_path)
+    _run_jobs(tmp_path, cfg_path, [2])
+    loaded = _mmc("track", "load", "--config", str(cfg_path), "--status", "finished", cwd=tmp_path).stdout
+    cfg = config.load(cfg_path)
+    client = mlflow_store._client(mlflow_store.store_uri(cfg))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in loaded
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training kind
+    # MLflow makes an artefact location absolute: where it is, docs/sharing.md says
+    assert experiment.artifact_location == (tmp_path / "results" / "tracking" / "artifacts").as_uri()
+
+    commit = versions.git_state()["commit"]
+    for invocation, index in ((first, 1), (second, 2)):
+        parent, children = _runs_of_invocation(cfg, invocation)
+        assert parent.info.status == "FINISHED"  # the first from its children, the second by the hook
+        assert parent.info.run_name == f"unit-{invocation[:8]}"
+        assert [c.info.run_name for c in children] == [f"segment-model=m{index}-dataset=toy"]
+        for run in (parent, *children):
+            run = client.get_run(run.info.run_id)
+            tags = run.data.tags
+            assert tags["mlflow.user"] == getpass.getuser() and tags["mlflow.source.type"] == "JOB"
+            assert tags["mlflow.runName"] == run.info.run_name
+            if commit != "unknown":
+                assert tags["mlflow.source.git.commit"] == commit
+            inputs = [(i.dataset.name, i.dataset.digest, i.dataset.source_type, {t.key: t.value for t in i.tags})
+                      for i in run.inputs.dataset_inputs]
+            assert inputs == [("toy", md5, "dvc", {"mlflow.data.context": "evaluation"})], inputs
+            assert json.loads(run.inputs.dataset_inputs[0].dataset.source) == {
+                "dvc_file": "data.dvc", "md5": md5, "path": "data/toy"}
+        assert tags["mlflow.source.name"] == "mmc segment"
+        source = f"snakemake --configfile {cfg_path}" if invocation == second else "mmc track"  # (no --config in argv)
+        assert client.get_run(parent.info.run_id).data.tags["mlflow.source.name"] == source
+        # the artefacts can be fetched back through MLflow from the absolute location
+        got = mlflow.artifacts.download_artifacts(run_id=children[0].info.run_id, artifact_path="summary.csv",
+                                                  tracking_uri=mlflow_store.store_uri(cfg), dst_path=str(tmp_path / "dl"))
+        assert Path(got).read_text() == f"model,miou\nm{index},0.{index}\n"
+    assert json.loads((tmp_path / "results/tracking/invocation.json").read_text())["status"] == "FINISHED"
 
 
 def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
@@ -239,7 +323,7 @@ def mlflow_server(tmp_path):
 @pytest.mark.slow
 def test_jobs_log_directly_to_a_tracking_server(tmp_path, mlflow_server):
     cfg_path = _write_config(tmp_path, uri=mlflow_server)
-    invocation = _mmc("track", "start", "--config", str(cfg_path), cwd=tmp_path).stdout.strip()
+    invocation = _start(cfg_path, tmp_path)
     stored = json.loads((tmp_path / "results" / "tracking" / "invocation.json").read_text())
     assert stored["invocation_id"] == invocation and stored["parent_run_id"]
     _run_jobs(tmp_path, cfg_path, range(3), MLFLOW_RUN_ID=stored["parent_run_id"])
@@ -344,3 +428,20 @@ def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs
     for child in children1 + children2:
         assert not [t for t in wanted if t not in child.data.tags], child.data.tags
         assert child.data.tags["mlflow.parentRunId"] in (parent1.info.run_id, parent2.info.run_id)
+
+
+def test_dvc_pointer_files_do_not_make_the_code_dirty(tmp_path):
+    # a run rewrites data.dvc (mmc data version) and E.pth.dvc (mmc publish) in a clean checkout
+    repo = tmp_path / "project"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "data.dvc").write_text("outs:\n- md5: 0.dir\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run([*git, *args], cwd=repo, check=True)
+    state = versions.git_state.__wrapped__  # uncached
+    (repo / "data.dvc").write_text("outs:\n- md5: 1.dir\n")
+    assert state(repo / "pkg")["dirty"] == "false"
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert state(repo / "pkg") == {"commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                                            text=True).stdout.strip(), "dirty": "true"}

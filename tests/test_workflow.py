@@ -25,6 +25,7 @@ STAGES = [
     "similarity",
     "tables",
     "figures",
+    "explorer",
     "report",
     "all",
 ]
@@ -98,7 +99,7 @@ def test_seeds_are_a_dimension_of_the_dag(tmp_path):
     assert counts["pretrain"] == counts["select"] == counts["publish"] == 2 * 3
     assert counts["segment"] == counts["similarity"] == 3 * 3 + 1  # mmc, mim_only, init x 3 seeds; colour
     for seed in (0, 1, 2):
-        assert f"--experiment mim_only --seed {seed} --out results/test/pretrain/mim_only/seed{seed})" in done.stdout
+        assert f"--experiment mim_only --seed {seed} --out results/test/pretrain/mim_only/seed{seed}\n" in done.stdout
         assert (
             f"--model init --seed {seed} --checkpoint results/test/pretrain/mmc/seed{seed}/epoch_0000.pth "
             f"--dataset synthetic_val --out results/test/segment/init/seed{seed}/synthetic_val)"
@@ -109,6 +110,9 @@ def test_seeds_are_a_dimension_of_the_dag(tmp_path):
     assert tables.count("summary.json") == tables.count("objects.parquet") == 10
     figures = next(line for line in done.stdout.splitlines() if "mmc figures" in line)
     assert figures.count("summary.json") == 4 and "seed1" not in figures
+    explorer = next(line for line in done.stdout.splitlines() if "mmc explorer" in line)
+    assert explorer.count("summary.json") == 4 and "seed1" not in explorer
+    assert "--checkpoint init=results/test/pretrain/mmc/seed0/epoch_0000.pth" in explorer
 
 
 def test_bad_config_fails_at_parse_time(tmp_path):
@@ -119,6 +123,16 @@ def test_bad_config_fails_at_parse_time(tmp_path):
     typo = write_config(tmp_path / "typo.yaml", config_with(selection={"policy": "best:accuracy"}))
     done = snakemake(tmp_path, "-n", "--configfile", str(typo), check=False)
     assert done.returncode != 0 and "best:accuracy" in done.stderr + done.stdout
+
+
+def test_a_versioned_run_folder_must_be_the_runs_own_folder_in_the_repository(tmp_path):
+    """dvc.version_results (default true) needs results_dir inside the repository, not results/ itself."""
+    for results_dir in (str(tmp_path.parent / "elsewhere"), "results"):
+        bad = write_config(tmp_path / "bad.yaml", config_with(results_dir=results_dir))
+        done = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+        assert done.returncode != 0 and "dvc.version_results" in done.stderr + done.stdout, results_dir
+    off = write_config(tmp_path / "off.yaml", config_with(results_dir="results", dvc={"version_results": False}))
+    assert "Job stats" in snakemake(tmp_path, "-n", "--configfile", str(off)).stdout
 
 
 def test_only_one_config_file_and_no_overrides(tmp_path):

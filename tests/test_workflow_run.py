@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -23,29 +22,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from slurm_support import SLURM_CI_ARGS, ci_profile, require_slurm
 from workflow_helpers import (
     BIN,
-    REPO,
     SNAKEFILE,
-    config_with,
     job_counts,
     snakemake,
     snakemake_env,
+    tiny_config,
     write_config,
 )
 
 pytestmark = pytest.mark.slow
 RESULTS = "results/test"
-# Small enough for 2 CPU cores, large enough that pretraining takes several resume checkpoints.
-TINY = {
-    "synthetic": {"images": 24, "unlabelled_images": 64, "size": 64},
-    "pretrain": {
-        "optim": {"epochs": 3, "batch_size": 16, "warmup_epochs": 1},
-        "checkpoint": {"every_steps": 2, "save_epochs": [2]},
-    },
-    "evaluation": {"resolution": 64},
-    "datasets": {"synthetic_select": {"max_images": 8}},
-}
 COMPARED = [
     "tables/segmentation.csv",
     "tables/similarity.csv",
@@ -58,10 +47,7 @@ PUBLISHED = ["checkpoints/test/mmc/seed0.pth", "checkpoints/test/mim_only/seed0.
 
 def make_workdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    raw = config_with(**TINY)
-    # three rows suffice: a trained model, its initial weights (its reference) and the colour floor
-    raw["models"] = {name: raw["models"][name] for name in ("mmc", "init", "colour")}
-    write_config(path / "tiny.yaml", raw)
+    write_config(path / "tiny.yaml", tiny_config())
     return path
 
 
@@ -81,13 +67,9 @@ def assert_same_results(workdir: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """One uninterrupted local run; its wall time is the test workflow's end-to-end time."""
-    workdir = make_workdir(tmp_path_factory.mktemp("reference"))
-    start = time.perf_counter()
-    snakemake(workdir, *run_args(), timeout=600)
-    print(f"\nend-to-end local run of the tiny test workflow: {time.perf_counter() - start:.1f} s")
-    return workdir
+def reference(demo_run) -> Path:
+    """One uninterrupted local run (conftest's demo project, shared with tests/test_reproduce.py)."""
+    return demo_run
 
 
 def test_local_run_and_noop_rerun(reference):
@@ -106,63 +88,31 @@ def test_local_run_and_noop_rerun(reference):
     for record in readers:
         assert json.loads(record.read_text())["tags"]["mmc.dataset_dvc_md5"] == data_md5, record.name
     start = time.perf_counter()
-    done = snakemake(reference, *run_args())
+    done = snakemake(reference, *run_args(), code=reference)
     print(f"\nno-op rerun of the finished test workflow: {time.perf_counter() - start:.1f} s")
     assert "Nothing to be done" in done.stdout + done.stderr
-    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html")
+    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html", code=reference)
     html = (reference / "report.html").read_text()
     for name in ("segmentation.csv", "similarity.csv", "qualitative_synthetic_val.png", "summary.md"):
         assert name in html, f"{name} is missing from the HTML report"
 
 
 # ----------------------------------------------------------------------------- SLURM
-def slurm_cluster_up() -> str | None:
-    """None when a SLURM controller answers with an idle node, else why not."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "the SLURM client (sbatch, sinfo) is not installed"
-    try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer in 15 s"
-    if state.returncode != 0 or not state.stdout.strip():
-        return f"no SLURM controller answers: {state.stderr.strip()[:200]}"
-    if "idle" not in state.stdout and "mix" not in state.stdout:
-        return f"no idle SLURM node (states: {state.stdout.split()})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm():
-    why = slurm_cluster_up()
-    if why is not None:
-        if os.environ.get("MMC_REQUIRE_SLURM"):
-            pytest.fail(f"MMC_REQUIRE_SLURM is set but SLURM is unusable: {why} (start it with .ci/slurm.sh)")
-        pytest.skip(f"SLURM tests need a running cluster (.ci/run starts one): {why}")
+    require_slurm()
 
 
-# CI-only settings on top of workflow/profiles/slurm: a 2-CPU node, no slurmdbd (squeue status),
-# fast status checks. --set-resources replaces the profile's mapping, so it is given whole.
-SLURM_CI = [
-    "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "2",
-    "--seconds-between-status-checks", "2",
-    "--jobs", "4",
-    "--default-resources", "mem_mb=1000", "runtime=30", "cpus_per_task=1",
-    "--set-resources",
-    *[f"{rule}:{key}={value}" for rule in ("pretrain", "segment", "similarity")
-      for key, value in (("gpu", 1), ("cpus_per_gpu", 1), ("mem_mb", 2000))],
-    "select:mem_mb=2000",
-    "figures:mem_mb=2000",
-]  # fmt: skip
 GPU_RULES = ("pretrain", "segment", "similarity")
 CLUSTER_RULES = (*GPU_RULES, "select", "figures")
 
 
 def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
     workdir = make_workdir(tmp_path / "slurm")
+    # the repository's profile with its node-size numbers scaled to the 2-CPU CI node
+    profile = ci_profile(tmp_path / "profile")
     start = time.perf_counter()
-    done = snakemake(workdir, "--configfile", "tiny.yaml", *SLURM_CI, timeout=900)
+    done = snakemake(workdir, "--configfile", "tiny.yaml", "--profile", str(profile), *SLURM_CI_ARGS, timeout=900)
     print(f"\nend-to-end run through SLURM: {time.perf_counter() - start:.1f} s")
     run_logs = "".join(p.read_text() for p in (workdir / ".snakemake" / "log").glob("*.snakemake.log"))
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", done.stdout + done.stderr + run_logs)
@@ -175,11 +125,13 @@ def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
     assert len(cluster_logs) == 2 * 2 + 2 * 3 + 1, sorted(map(str, cluster_logs))
     assert len(submitted) >= len(cluster_logs)
     for path, text in cluster_logs.items():
-        info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+)", text)
+        info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+) cpus=(\S+)", text)
         assert info, f"{path}: no job line"
         assert info.group(1) in submitted, f"{path} ran outside SLURM: {info.group(0)}"
+        # the job step got what the profile asks for: one GPU and cpus_per_gpu (scaled to 1) per GPU
+        assert info.group(3) == "1", f"{path}: CPUs of the step: {info.group(0)}"
         if path.parts[0].removesuffix(".log") in GPU_RULES:
-            assert re.fullmatch(r"\d+(,\d+)*", info.group(2)), f"{path}: no GPU allocated: {info.group(0)}"
+            assert re.fullmatch(r"\d+", info.group(2)), f"{path}: not one GPU: {info.group(0)}"
         else:
             assert info.group(2) == "unset", f"{path}: a GPU was allocated to a CPU rule"
     assert_same_results(workdir, reference)
@@ -279,3 +231,86 @@ def test_resume_after_sigkill_of_training(reference, tmp_path):
     assert process.wait(timeout=300) != 0  # the job failed; snakemake finished the others and stopped
     # Snakemake stops the other running jobs when one fails: those resume too (not asserted).
     rerun_and_check(workdir, reference, resumed=["mmc"])
+
+
+# ----------------------------------------------------------------------------- the report in a browser
+def click_text(browser, text: str) -> None:
+    """A real click on the innermost visible element whose text is ``text``."""
+    browser.wait_for(
+        "return Array.from(document.querySelectorAll('body *')).some(e => e.textContent.trim() === arguments[0]"
+        " && e.getClientRects().length)",
+        text,
+    )
+    rect = browser.run(
+        "const all = Array.from(document.querySelectorAll('body *')).filter(e =>"
+        " e.textContent.trim() === arguments[0] && e.getClientRects().length);"
+        "const e = all[all.length - 1]; e.scrollIntoView({block: 'center'});"
+        "const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+        text,
+    )
+    browser.click(*rect)
+
+
+def click_view(browser, label: str) -> None:
+    """A real click on the "view" (eye) button of the report's result labelled ``label``."""
+    browser.wait_for(
+        "return Array.from(document.querySelectorAll('td')).some(e => e.textContent.trim() === arguments[0])", label
+    )
+    rect = browser.run(
+        "const td = Array.from(document.querySelectorAll('td')).find(e => e.textContent.trim() === arguments[0]);"
+        "const a = td.closest('tr').querySelector('a'); a.scrollIntoView({block: 'center'});"
+        "const r = a.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+        label,
+    )
+    browser.click(*rect)
+
+
+def test_the_report_shows_numbers_figures_and_the_explorer(reference, tmp_path):
+    """Headless Chromium on the HTML report: the dataset's tables are on screen (the CSV's numbers),
+    and the prompt explorer opens and draws its maps. Screenshots go to the test's tmp_path."""
+    import pandas as pd
+    from browser import Browser, browser_or_skip
+
+    from mmc.report import format_cell
+
+    browser_or_skip()
+    snakemake(reference, "--configfile", "tiny.yaml", "--report", "report.html")
+    segmentation = pd.read_csv(reference / RESULTS / "tables" / "segmentation.csv")
+    with Browser(tmp_path / "chromium", width=1500, height=1000) as browser:
+        browser.open(reference / "report.html")
+        browser.wait_for("return typeof app !== 'undefined' && app !== undefined")
+        shots = [browser.screenshot(tmp_path / "report_landing.png")]
+        click_text(browser, "synthetic_val")  # the dataset's category in the menu
+        click_view(browser, "tables: segmentation and similarity")
+        browser.wait_for("return document.querySelectorAll('iframe').length === 1")
+        browser.switch_to_frame(0)
+        cells = browser.wait_for(
+            "return document.querySelectorAll('td').length && Array.from(document.querySelectorAll('td'),"
+            " e => e.textContent)"
+        )
+        for row in segmentation.itertuples():
+            assert row.model in cells
+            for value in (row.best_miou, row.oracle_miou, row.miou_at_demo_tau, row.n_objects):
+                assert format_cell(value) in cells, (row.model, value)
+        browser.switch_to_frame(None)
+        shots.append(browser.screenshot(tmp_path / "report_tables.png"))
+
+        browser.run("app.setView({content: 'rulegraph'})")
+        click_text(browser, "prompt explorer of synthetic_val")
+        deadline = time.monotonic() + 30
+        while len(handles := browser._session("GET", "/window/handles")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(handles) == 2, "the explorer did not open in a new tab"
+        browser._session("POST", "/window", {"handle": handles[-1]})
+        browser.wait_for("return document.body && document.body.dataset.rendered")
+        models = browser.run("return explorer.data.models.map(m => m.name)")
+        assert models == ["mmc", "init", "colour"]
+        for model in models:
+            drawn = browser.run(
+                "const c = document.querySelector(`canvas.similarity[data-model='${arguments[0]}']`);"
+                "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).some(v => v > 0);",
+                model,
+            )
+            assert drawn, f"no similarity map drawn for {model}"
+        shots.append(browser.screenshot(tmp_path / "report_explorer.png"))
+    print("\nreport screenshots: " + ", ".join(map(str, shots)))

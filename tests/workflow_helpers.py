@@ -15,21 +15,24 @@ SNAKEFILE = REPO / "workflow" / "Snakefile"
 BIN = Path(sys.executable).parent
 
 
-def snakemake_env() -> dict[str, str]:
+def snakemake_env(code: Path = REPO) -> dict[str, str]:
+    """The environment of a workflow run whose jobs import ``mmc`` from ``code``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     env.pop("MLFLOW_RUN_ID", None)
     return env
 
 
 def snakemake(
-    workdir: Path, *args: str, timeout: int = 300, check: bool = True, **popen
+    workdir: Path, *args: str, timeout: int = 300, check: bool = True, code: Path = REPO, **popen
 ) -> subprocess.CompletedProcess:
-    """`snakemake` with the repository's Snakefile, run in ``workdir``, killed after ``timeout`` s."""
+    """`snakemake` with the Snakefile and ``mmc`` of ``code`` (this checkout), run in ``workdir``,
+    killed after ``timeout`` s."""
     snakemake_bin = shutil.which("snakemake", path=str(BIN)) or "snakemake"
-    cmd = ["timeout", "-k", "10", str(timeout), snakemake_bin, "--snakefile", str(SNAKEFILE), *args]
-    done = subprocess.run(cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True, **popen)
+    snakefile = code / "workflow" / "Snakefile"
+    cmd = ["timeout", "-k", "10", str(timeout), snakemake_bin, "--snakefile", str(snakefile), *args]
+    done = subprocess.run(cmd, cwd=workdir, env=snakemake_env(code), capture_output=True, text=True, **popen)
     if check and done.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
@@ -62,3 +65,53 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+# ----------------------------------------------------------------------------- the demo project
+# config/test.yaml made small enough for 2 CPU cores, large enough that pretraining takes several
+# resume checkpoints.
+TINY = {
+    "synthetic": {"images": 24, "unlabelled_images": 64, "size": 64},
+    "pretrain": {
+        "optim": {"epochs": 3, "batch_size": 16, "warmup_epochs": 1},
+        "checkpoint": {"every_steps": 2, "save_epochs": [2]},
+    },
+    "evaluation": {"resolution": 64},
+    "datasets": {"synthetic_select": {"max_images": 8}},
+}
+DEMO_CONFIG = "tiny.yaml"
+DEMO_RESULTS = "results/test"
+
+
+def tiny_config() -> dict:
+    raw = config_with(**TINY)
+    # three rows suffice: a trained model, its initial weights (its reference) and the colour floor
+    raw["models"] = {name: raw["models"][name] for name in ("mmc", "init", "colour")}
+    return raw
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=mmc tests", "-c", "user.email=tests@localhost", *args],
+        cwd=repo, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def make_project(path: Path) -> Path:
+    """A project as a user has it: a git repository holding this checkout's code (committed and
+    uncommitted files alike) and the tiny config, at one commit, with a clean working tree. Jobs
+    run with ``snakemake(path, ..., code=path)`` record that commit: `mmc reproduce` can check
+    it out again."""
+    path.mkdir(parents=True, exist_ok=True)
+    listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():  # a file deleted in the checkout but not yet from the index is skipped
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, path / name)
+    write_config(path / DEMO_CONFIG, tiny_config())
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "the demo project")
+    return path

@@ -198,6 +198,9 @@ def _version(args: argparse.Namespace) -> int:
         raise MMCError(f"data_dir: {cfg.data_dir!r} must be an existing directory inside the repository ({repo})")
     with tracking.job("version_data", cfg, config_path=args.config) as rec, dvc.locked(repo, cfg.dvc) as store:
         target = (repo / data).relative_to(store.root).as_posix()
+        # the extracted trees are versioned; their archives are not, a second time (docs/datasets.md)
+        dvc.ensure_ignored(store.root, [f"{dvc.anchored(store.root, repo / data / 'downloads')}/"],
+                           "mmc data version: downloaded archives (their sha256 are in the manifests)")
         dvc_file = dvc.add(store.root, target)
         if not args.no_push:
             dvc.push(store.root, f"{target}.dvc", remote=store.remote)

@@ -21,7 +21,6 @@ import os
 import queue
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -127,7 +126,8 @@ def download(
 ) -> Download:
     """Download ``url`` to ``dest`` and verify it; raise :class:`MMCError` with the reason if it fails.
 
-    ``progress=None`` shows a bar only on a terminal (stderr). ``retries`` counts extra attempts
+    ``progress=None`` shows a bar on a terminal (stderr) and a line now and then in a log
+    (:mod:`mmc.progress`); True forces the bar, False shows nothing. ``retries`` counts extra attempts
     after the first; the pause doubles from ``backoff_s`` (capped at a minute).
     """
     dest = Path(dest)
@@ -213,15 +213,13 @@ def _attempt(url, part: Path, offset: int, size, hashes: _Hashes, timeout_s, pro
 
 
 def _stream(url, response, part: Path, mode: str, offset: int, total, hashes: _Hashes, progress) -> int:
-    from tqdm import tqdm
+    from mmc.progress import Progress
 
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
     received = offset
-    bar = tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-        desc=part.name.removesuffix(".part"), disable=None if progress is None else not progress, leave=False,
-    )  # fmt: skip
+    # a bar on a terminal, a line now and then in a log (mmc.progress); --progress/--no-progress win
+    bar = Progress(total, part.name.removesuffix(".part"), unit="B", mode=progress, initial=offset)
     try:
         with open(part, mode) as out:
             while True:

@@ -15,6 +15,8 @@ def load_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise MMCError(f"{path}: image file not found") from None
     except OSError as e:
         raise MMCError(f"{path}: cannot read the image ({e})") from None
 
@@ -24,8 +26,12 @@ def load_labels(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
-                raise MMCError(f"{path}: expected an indexed or greyscale PNG label map, got mode {image.mode}")
+                raise MMCError(
+                    f"{path}: expected an indexed (palette) or greyscale PNG label map, got mode {image.mode}"
+                )
             return np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise MMCError(f"{path}: label file not found") from None
     except OSError as e:
         raise MMCError(f"{path}: cannot read the label map ({e})") from None
 

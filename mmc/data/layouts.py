@@ -7,7 +7,6 @@ evaluation dataset of the paper).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +61,6 @@ def missing_entries(root: Path, fmt: str, split: str) -> list[str]:
         elif entry.kind == "dir" and not (path.is_dir() and any(path.iterdir())):
             missing.append(entry.path + "/ (non-empty directory)")
     return missing
-
-
-def check_layout(root: str | os.PathLike, fmt: str, split: str) -> None:
-    missing = missing_entries(Path(root), fmt, split)
-    if missing:
-        raise MMCError(f"{root}: not a complete {fmt} dataset (split {split!r}): missing {', '.join(missing)}")
 
 
 def find_dataset_root(extracted: Path, fmt: str, split: str, what: str) -> Path:

@@ -133,7 +133,8 @@ class _ShardFile:
         self.name = shard_name(number)
         self.path = out / self.name
         self._context = atomic_path(self.path)
-        self.tar = tarfile.open(self._context.__enter__(), "w", format=tarfile.PAX_FORMAT)
+        # open across add() calls, closed by close()/abort(): no `with` can span them
+        self.tar = tarfile.open(self._context.__enter__(), "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self.rows: list[tuple] = []
         self.names: list[str] = []
 

@@ -266,7 +266,7 @@ def draw_scene(
             center=center,
             radius=radius,
             angle=angle,
-            colour=(int(round(colour[0])), int(round(colour[1])), int(round(colour[2]))),
+            colour=(round(colour[0]), round(colour[1]), round(colour[2])),
             palette_index=palette_index,
             texture=category.texture_name,
             texture_period=float(size * rng.uniform(*TEXTURE_PERIOD)),

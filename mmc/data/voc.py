@@ -19,37 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mmc.data.imageio import load_labels, load_rgb
 from mmc.data.readers import Sample, SegObject
 from mmc.errors import MMCError
 
 VOID = 255
-
-
-def read_indexed_png(path: Path) -> np.ndarray:
-    """The palette indices of an indexed (or greyscale) PNG; an RGB label image is refused."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise MMCError(f"{path}: expected an indexed (palette) PNG label map, got mode {img.mode}")
-            return np.array(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise MMCError(f"{path}: label file not found") from None
-    except OSError as e:
-        raise MMCError(f"{path}: cannot read label image ({e})") from None
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except FileNotFoundError:
-        raise MMCError(f"{path}: image file not found") from None
-    except OSError as e:
-        raise MMCError(f"{path}: cannot read image ({e})") from None
 
 
 class VOCReader:
@@ -75,9 +49,9 @@ class VOCReader:
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
-        image = read_rgb(self.root / "JPEGImages" / f"{image_id}.jpg")
-        instances = read_indexed_png(self.root / "SegmentationObject" / f"{image_id}.png")
-        classes = read_indexed_png(self.root / "SegmentationClass" / f"{image_id}.png")
+        image = load_rgb(self.root / "JPEGImages" / f"{image_id}.jpg")
+        instances = load_labels(self.root / "SegmentationObject" / f"{image_id}.png")
+        classes = load_labels(self.root / "SegmentationClass" / f"{image_id}.png")
         if instances.shape != classes.shape or instances.shape != image.shape[:2]:
             raise MMCError(
                 f"{self.root}: image {image_id}: sizes differ: image {image.shape[:2]}, "

@@ -4,21 +4,32 @@ Features are the output of one block (the last by default) **after the final Lay
 tokens ([CLS], registers) dropped, reshaped to the patch grid and L2-normalised (as timm's
 ``forward_intermediates(..., norm=True)``; its default, no norm, differs from DINO's
 ``get_intermediate_layers``). Off the training grid, position embeddings are resized by the method
-of ``evaluation.pos_embed_resize`` (:mod:`mmc.models.pos_embed`), once per grid.
+of ``evaluation.pos_embed_resize`` (:mod:`mmc.models.pos_embed`), once per grid. Images are resized
+by ``evaluation.resize`` (:func:`resize_image`). Every consumer gets the features rounded to
+``evaluation.feature_dtype`` (:func:`stored_features`), whether they were computed now or read from
+the cache, so a rerun with a warm cache gives the first run's numbers bit for bit.
 
 :func:`iter_features` pairs every sample of a reader with its features and, given a cache
 directory, reuses features computed by an earlier job on the same model, dataset and settings (so
 ``mmc similarity`` reuses ``mmc segment``'s forward passes). The cache is a :class:`FeatureCache`:
-one directory per (model, dataset, key), one file per image written atomically as soon as it is
-computed (memory stays one batch), each checked against a hash of the image's pixels before use.
+one directory per (model, dataset, key), one file per image (:func:`encode_entry`) written
+atomically by a background thread as soon as it is computed (memory stays one batch plus a bounded
+queue), each checked against a hash of the image's pixels and of its own bytes before use.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
+import os
+import queue
 import shutil
+import struct
+import sys
+import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +38,6 @@ import numpy as np
 
 from mmc.data.readers import Sample
 from mmc.errors import MMCError
-from mmc.files import atomic_path
 
 if TYPE_CHECKING:
     from mmc.evaluation.job import EvaluatedModel
@@ -36,7 +46,10 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one binary file per image (encode_entry), features in evaluation.feature_dtype
+RESIZE_METHODS = ("pil", "float_antialias", "float")
+FEATURE_DTYPES = ("float16", "bfloat16", "float32")
+CACHE_MODES = ("auto", True, False)
 
 
 def eval_size(height: int, width: int, resolution: int, patch: int, keep_aspect: bool) -> tuple[int, int]:
@@ -52,15 +65,41 @@ def eval_size(height: int, width: int, resolution: int, patch: int, keep_aspect:
     )
 
 
-def preprocess(image: np.ndarray, size: tuple[int, int]):
-    """uint8 HxWx3 -> float tensor 3 x size, resized (bilinear, as torchvision's Resize on PIL) and normalised."""
-    import torch
-    from PIL import Image
+def resize_image(image: np.ndarray, size: tuple[int, int], method: str = "pil"):
+    """uint8 H x W x 3 -> float32 tensor 3 x ``size`` in [0, 1], resized by ``evaluation.resize``.
 
-    pil = Image.fromarray(image)
-    if pil.size != (size[1], size[0]):
-        pil = pil.resize((size[1], size[0]), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    ``pil``: PIL's bilinear filter on the 8-bit image (what torchvision's ``Resize`` does on a PIL
+    image; antialiased when shrinking, the result rounded to 8 bits), then divided by 255;
+    ``float_antialias`` / ``float``: the image divided by 255 first, then
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` with / without
+    ``antialias`` (no rounding; without antialias, shrinking aliases). An image already of ``size``
+    is not resampled by any method.
+    """
+    import torch
+
+    if method not in RESIZE_METHODS:
+        raise MMCError(f"evaluation.resize: {method!r} is not one of {', '.join(RESIZE_METHODS)}")
+    same = tuple(image.shape[:2]) == tuple(size)
+    if method == "pil":
+        from PIL import Image
+
+        if not same:
+            image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if same:
+        return x
+    resized = torch.nn.functional.interpolate(
+        x[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=method == "float_antialias"
+    )
+    return resized[0]
+
+
+def preprocess(image: np.ndarray, size: tuple[int, int], resize: str = "pil"):
+    """uint8 HxWx3 -> float tensor 3 x size, resized (:func:`resize_image`) and normalised."""
+    import torch
+
+    x = resize_image(image, size, resize)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std
@@ -148,50 +187,174 @@ def cache_key(loaded, dataset_cfg: Any, settings: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# ----------------------------------------------------------------------------- stored precision
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in FEATURE_DTYPES:
+        raise MMCError(f"evaluation.feature_dtype: {name!r} is not one of {', '.join(FEATURE_DTYPES)}")
+    return getattr(torch, name)
+
+
+def stored_features(features, feature_dtype: str = "float16"):
+    """``features`` as kept and handed out: rounded to ``feature_dtype`` (round to nearest even),
+    in that dtype. Consumers compute in float32 (``.float()``), on the cold and the warm path alike."""
+    return features.to(_torch_dtype(feature_dtype))
+
+
+# ----------------------------------------------------------------------------- cache entries
+ENTRY_MAGIC = b"MMCFEAT\n"
+
+
+def encode_entry(header: dict, features) -> bytes:
+    """One cache file: magic, header length (uint32 LE), JSON header, raw C-order feature bytes.
+
+    The header holds the caller's fields plus ``dtype``, ``shape``, ``byteorder``, ``nbytes`` and the
+    ``crc32`` of the feature bytes, so a truncated or corrupted file is recognised without an fsync
+    per file.
+    """
+    import torch
+
+    tensor = features.detach().cpu().contiguous()
+    raw = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+    meta = {
+        **header,
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+        "shape": list(tensor.shape),
+        "byteorder": sys.byteorder,
+        "nbytes": len(raw),
+        "crc32": zlib.crc32(raw),
+    }
+    text = json.dumps(meta, sort_keys=True).encode()
+    return ENTRY_MAGIC + struct.pack("<I", len(text)) + text + raw
+
+
+def decode_entry(data: bytes | bytearray) -> tuple[dict, Any]:
+    """``(header, features)`` of :func:`encode_entry`'s bytes; ValueError when they are not one."""
+    import torch
+
+    head = len(ENTRY_MAGIC) + 4
+    if len(data) < head or bytes(data[: len(ENTRY_MAGIC)]) != ENTRY_MAGIC:
+        raise ValueError("not a feature cache entry")
+    (length,) = struct.unpack("<I", bytes(data[len(ENTRY_MAGIC) : head]))
+    try:
+        meta = json.loads(bytes(data[head : head + length]))
+        dtype = _torch_dtype(meta["dtype"])
+        shape, nbytes, crc = [int(n) for n in meta["shape"]], int(meta["nbytes"]), int(meta["crc32"])
+    except (ValueError, KeyError, TypeError, MMCError) as e:
+        raise ValueError(f"unreadable header ({e})") from None
+    if meta.get("byteorder") != sys.byteorder:
+        raise ValueError(f"written on a {meta.get('byteorder')}-endian machine")
+    payload = memoryview(data)[head + length :]
+    if len(payload) != nbytes or zlib.crc32(payload) != crc:
+        raise ValueError(f"{len(payload)} feature bytes do not match the header ({nbytes}, crc32)")
+    buffer = bytearray(payload)
+    features = torch.frombuffer(buffer, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+    if features.numel() != int(np.prod(shape)):
+        raise ValueError(f"shape {shape} does not fit {nbytes} bytes of {meta['dtype']}")
+    return meta, features.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- the cache
 class FeatureCache:
     """Per-image features under ``root/<key[:16]>/``; other keys' directories are removed.
 
-    A cache is only a cache: unreadable entries are recomputed and failed writes are logged.
+    A cache is only a cache: unreadable entries are recomputed and failed writes are logged. Writes
+    (:meth:`put`) go through a bounded queue to one background thread, so the backbone does not wait
+    for the file system; each file is written under a temporary name and renamed into place (not
+    fsync'ed: a file torn by a crash fails its crc32 and is recomputed). :meth:`close` (or leaving
+    the ``with`` block) waits for every queued write; it also runs at interpreter exit.
     """
 
-    def __init__(self, root: str | Path, key: str):
+    def __init__(self, root: str | Path, key: str, *, queue_size: int = 32):
         self.key = key
         self.dir = Path(root) / key[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in Path(root).iterdir():
             if stale.is_dir() and stale != self.dir:
                 shutil.rmtree(stale, ignore_errors=True)
+        self.written = 0
+        self.failed = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def _path(self, image_id: str) -> Path:
-        return self.dir / f"{hashlib.sha1(image_id.encode()).hexdigest()}.pt"
+        return self.dir / f"{hashlib.sha1(image_id.encode()).hexdigest()}.feat"
 
     def get(self, image_id: str, digest: str):
-        import torch
-
+        """The stored features of ``image_id`` (in the stored dtype) if its entry matches the key,
+        the image and its own checksum; else None."""
         path = self._path(image_id)
-        if not path.is_file():
-            return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
             log.warning("ignoring unreadable cached features %s (%s)", path, e)
             return None
-        ok = (
-            entry.get("key") == self.key
-            and entry.get("image_id") == image_id
-            and entry.get("digest") == digest
-        )
-        return entry["features"] if ok else None
+        try:
+            meta, features = decode_entry(data)
+        except ValueError as e:
+            log.warning("ignoring unreadable cached features %s (%s)", path, e)
+            return None
+        ok = meta.get("key") == self.key and meta.get("image_id") == image_id and meta.get("digest") == digest
+        return features if ok else None
+
+    def write(self, image_id: str, digest: str, features) -> None:
+        """Write one entry now (temporary name, then rename); raises OSError on failure."""
+        data = encode_entry({"key": self.key, "image_id": image_id, "digest": digest}, features)
+        path = self._path(image_id)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def put(self, image_id: str, digest: str, features) -> None:
-        import torch
+        """Queue one entry for the background writer (blocks while the queue is full)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="mmc-feature-cache", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+        self._queue.put((image_id, digest, features))
 
-        entry = {"key": self.key, "image_id": image_id, "digest": digest, "features": features}
-        try:
-            with atomic_path(self._path(image_id)) as tmp:
-                torch.save(entry, tmp)
-        except OSError as e:
-            log.warning("could not cache the features of %s (%s)", image_id, e)
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            image_id, digest, features = item
+            try:
+                self.write(image_id, digest, features)
+                self.written += 1
+            except Exception as e:  # a cache must never fail the job
+                self.failed += 1
+                if self.failed == 1:
+                    log.warning("could not cache the features of %s in %s (%s)", image_id, self.dir, e)
+
+    def close(self) -> None:
+        """Wait for every queued write; idempotent."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join()
+        atexit.unregister(self.close)
+        if self.failed:
+            log.warning(
+                "could not cache the features of %d image(s) in %s (%d written); they will be recomputed",
+                self.failed,
+                self.dir,
+                self.written,
+            )
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def iter_features(
@@ -208,14 +371,18 @@ def iter_features(
     cache: FeatureCache | None = None,
     stats: dict | None = None,
     pos_embed=None,
+    resize: str = "pil",
+    feature_dtype: str = "float16",
 ) -> Iterator[tuple[Sample, Any]]:
-    """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors.
+    """Yield ``(sample, features)`` in reader order; features are (gh, gw, D) float32 CPU tensors,
+    the values of :func:`stored_features` (``feature_dtype``), computed or read from ``cache``.
 
     Images of one batch share an input size (always so unless ``keep_aspect``); a batch is flushed
     when it is full or the next image has another size. With ``num_workers > 0`` images are read,
     hashed and preprocessed by that many threads (image decoding releases the GIL) while the
     backbone runs. ``stats`` (if given) receives counts of computed and cached images.
     ``pos_embed`` is the model's :class:`~mmc.models.pos_embed.GridPosEmbed` (None: timm's resize).
+    The caller owns ``cache`` (and closes it; :func:`dataset_features` does).
     """
     import torch
 
@@ -224,6 +391,9 @@ def iter_features(
 
     colour = is_colour_network(model)
     patch = model.patch_size if colour else model.patch_embed.patch_size[0]
+    _torch_dtype(feature_dtype)  # a bad name fails before any work
+    if resize not in RESIZE_METHODS:
+        raise MMCError(f"evaluation.resize: {resize!r} is not one of {', '.join(RESIZE_METHODS)}")
     counts = stats if stats is not None else {}
     counts.update(computed=0, cached=0)
     model = model.to(device).eval()
@@ -235,25 +405,28 @@ def iter_features(
         feats = {}
         if todo:
             xs = torch.stack([x for _, x in todo]).to(device)
-            out = patch_features(model, xs, layer, precision, pos_embed).cpu()
-            # clone: a view would make torch.save store the whole batch with every entry
+            out = stored_features(patch_features(model, xs, layer, precision, pos_embed), feature_dtype).cpu()
+            # clone: an entry must not keep its whole batch alive (in the writer's queue)
             feats = {i: out[j].clone() for j, (i, _) in enumerate(todo)}
             counts["computed"] += len(todo)
         for i, (sample, _, cached, digest) in enumerate(batch):
             if cached is None:
                 if cache is not None:
                     cache.put(sample.image_id, digest, feats[i])
-                yield sample, feats[i]
+                yield sample, feats[i].float()
             else:
                 counts["cached"] += 1
-                yield sample, cached
+                yield sample, cached.float()
 
     def prepare(sample):
         digest = image_digest(sample.image) if cache is not None else None
         cached = cache.get(sample.image_id, digest) if cache is not None else None
+        if cached is not None and cached.dtype != _torch_dtype(feature_dtype):
+            cached = None  # the key covers the dtype; this guards a hand-made cache
         h, w = sample.image.shape[:2]
         size = eval_size(h, w, resolution, patch, keep_aspect)
-        return sample, size, cached, digest, preprocess(sample.image, size) if cached is None else None
+        x = preprocess(sample.image, size, resize) if cached is None else None
+        return sample, size, cached, digest, x
 
     batch: list = []
     size = None
@@ -291,14 +464,36 @@ def settings_of(evaluation: Any, loaded) -> dict:
         "precision": str(evaluation.precision),
         "patch_size": int(loaded.arch.patch_size),
         "pos_embed_resize": "none" if colour else method_for(evaluation.pos_embed_resize, loaded.format),
+        "resize": str(evaluation.resize),
+        "feature_dtype": str(evaluation.feature_dtype),
     }
+
+
+def cache_enabled(setting: Any, environ: Any = None) -> bool:
+    """``evaluation.feature_cache``: true / false as written; ``auto`` = off inside a SLURM job
+    (``SLURM_JOB_ID`` set: features are recomputed rather than written to a shared file system) and
+    on elsewhere."""
+    if setting is True or setting is False:
+        return setting
+    if setting != "auto":
+        raise MMCError(f"evaluation.feature_cache: {setting!r} is not one of auto, true, false")
+    environ = os.environ if environ is None else environ
+    return not environ.get("SLURM_JOB_ID")
 
 
 def cache_root(cfg: Any, model_name: str, dataset_name: str) -> Path | None:
     """Where the features of one model on one dataset are cached (None when caching is off)."""
-    if not cfg.evaluation.feature_cache:
+    if not cache_enabled(cfg.evaluation.feature_cache):
         return None
     return Path(cfg.state_dir) / "features" / model_name / dataset_name
+
+
+def _closing(features: Iterator, cache: FeatureCache) -> Iterator:
+    """``features``, then every queued cache write finished (also when the consumer stops early)."""
+    try:
+        yield from features
+    finally:
+        cache.close()
 
 
 def dataset_features(
@@ -310,18 +505,18 @@ def dataset_features(
 ) -> Iterator[tuple[Sample, Any]]:
     """:func:`iter_features` of ``reader`` (samples of dataset ``dataset_name``, or some of them) with
     the ``evaluation`` options of ``cfg``; cached when ``model.name`` is set and
-    ``evaluation.feature_cache`` is on. ``mmc segment``, ``mmc similarity`` and ``mmc figures`` all
-    get their features here, so they see the same numbers."""
+    ``evaluation.feature_cache`` is on (:func:`cache_enabled`). ``mmc segment``, ``mmc similarity``
+    and ``mmc figures`` all get their features here, so they see the same numbers. The cache's
+    writes are all finished when the iterator is exhausted or closed."""
     from mmc.models.pos_embed import pos_embed_for
 
     evaluation = cfg.evaluation
-    resize = evaluation.pos_embed_resize
     settings = settings_of(evaluation, model.loaded)
     root = cache_root(cfg, model.name, dataset_name) if model.name is not None else None
     cache = None
     if root is not None:
         cache = FeatureCache(root, cache_key(model.loaded, cfg.datasets[dataset_name], settings))
-    return iter_features(
+    features = iter_features(
         model.network,
         reader,
         resolution=evaluation.resolution,
@@ -333,5 +528,10 @@ def dataset_features(
         device=resolve_device(cfg.device),
         cache=cache,
         stats=stats,
-        pos_embed=None if settings["pos_embed_resize"] == "none" else pos_embed_for(model.loaded, resize),
+        pos_embed=(
+            None if settings["pos_embed_resize"] == "none" else pos_embed_for(model.loaded, evaluation.pos_embed_resize)
+        ),
+        resize=evaluation.resize,
+        feature_dtype=evaluation.feature_dtype,
     )
+    return features if cache is None else _closing(features, cache)

@@ -1,9 +1,10 @@
 """Pure maths of the zero-shot protocol (docs/evaluation.md), on numpy arrays.
 
-Conventions shared by every function here:
+Conventions shared by every function here (docs/method.md#conventions):
 - a label pixel (y, x) of an H x W label map belongs to the patch (row, col) of a gh x gw grid given
-  by centre-aligned nearest neighbour: ``row = floor((y + 0.5) * gh / H)``. Upsampling a patch map,
-  placing a prompt and token membership all use this one mapping;
+  by ``evaluation.pixel_to_patch``: ``center`` (default) = centre-aligned nearest neighbour,
+  ``row = floor((y + 0.5) * gh / H)``; ``floor`` = ``row = floor(y * gh / H)``. Upsampling a patch
+  map, placing a prompt token and token membership all use this one mapping;
 - IoU excludes void pixels from prediction and ground truth; an empty prediction of an empty target
   scores 1;
 - a threshold ``tau`` predicts ``score >= tau``.
@@ -15,28 +16,42 @@ import math
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- grid geometry
-def grid_index(size: int, grid: int) -> np.ndarray:
-    """For each of ``size`` label pixels along one axis, the index of its patch among ``grid``."""
-    return np.minimum(((np.arange(size) + 0.5) * grid / size).astype(np.int64), grid - 1)
+PIXEL_TO_PATCH = ("center", "floor")
 
 
-def patch_of_pixel(y: int, x: int, shape: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
+def grid_index(size: int, grid: int, pixel_to_patch: str = "center") -> np.ndarray:
+    """For each of ``size`` label pixels along one axis, the index of its patch among ``grid``:
+    ``floor((i + 0.5) * grid / size)`` (``center``) or ``floor(i * grid / size)`` (``floor``)."""
+    index = np.arange(size)
+    if pixel_to_patch == "center":
+        patch = ((index + 0.5) * grid / size).astype(np.int64)
+    elif pixel_to_patch == "floor":
+        patch = index * grid // size  # integers: exact
+    else:
+        raise ValueError(f"unknown pixel_to_patch {pixel_to_patch!r} (expected one of {PIXEL_TO_PATCH})")
+    return np.minimum(patch, grid - 1)
+
+
+def patch_of_pixel(
+    y: int, x: int, shape: tuple[int, int], grid: tuple[int, int], pixel_to_patch: str = "center"
+) -> tuple[int, int]:
+    """The (row, col) patch of label pixel (y, x), by the mapping of :func:`grid_index`."""
     (h, w), (gh, gw) = shape, grid
-    return int(min(int((y + 0.5) * gh / h), gh - 1)), int(min(int((x + 0.5) * gw / w), gw - 1))
+    return int(grid_index(h, gh, pixel_to_patch)[y]), int(grid_index(w, gw, pixel_to_patch)[x])
 
 
-def patch_ids(shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+def patch_ids(shape: tuple[int, int], grid: tuple[int, int], pixel_to_patch: str = "center") -> np.ndarray:
     """H x W map of flat patch indices (row * gw + col)."""
-    rows, cols = grid_index(shape[0], grid[0]), grid_index(shape[1], grid[1])
+    rows = grid_index(shape[0], grid[0], pixel_to_patch)
+    cols = grid_index(shape[1], grid[1], pixel_to_patch)
     return rows[:, None] * grid[1] + cols[None, :]
 
 
-def upsample_nearest(grid_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(..., gh, gw) -> (..., H, W), centre-aligned nearest neighbour."""
-    rows = grid_index(shape[0], grid_map.shape[-2])
-    cols = grid_index(shape[1], grid_map.shape[-1])
+def upsample_nearest(grid_map: np.ndarray, shape: tuple[int, int], pixel_to_patch: str = "center") -> np.ndarray:
+    """(..., gh, gw) -> (..., H, W): each pixel takes the value of its patch (:func:`grid_index`)."""
+    rows = grid_index(shape[0], grid_map.shape[-2], pixel_to_patch)
+    cols = grid_index(shape[1], grid_map.shape[-1], pixel_to_patch)
     return grid_map[..., rows[:, None], cols[None, :]]
 
 
@@ -110,23 +125,44 @@ def oracle_iou(scores: np.ndarray, pos_weight: np.ndarray, neg_weight: np.ndarra
 
 
 # ----------------------------------------------------------------------------- prompts
+PROMPT_BORDERS = ("outside", "ignore")
+
+
 def prompt_point(
-    mask: np.ndarray, mode: str = "center", rng: np.random.Generator | None = None
+    mask: np.ndarray, mode: str = "center", rng: np.random.Generator | None = None, border: str = "outside"
 ) -> tuple[int, int]:
-    """A pixel on the object: ``center`` = the maximum of the distance transform (first in raster
-    order on ties; the image border counts as outside the object), ``random`` = uniform in the mask."""
+    """A pixel on the object: ``center`` = the maximum of the Euclidean distance to the nearest
+    non-object pixel (first in raster order on ties), ``random`` = uniform in the mask.
+
+    ``border`` (``center`` only): ``outside`` = the image border counts as outside the object (as if
+    the image were surrounded by background); ``ignore`` = only pixels of the image count, so an
+    object cut off by the border gets its prompt nearer that border (and one covering the whole image,
+    where every distance is infinite, gets the first pixel).
+    """
     if not mask.any():
         raise ValueError("cannot place a prompt on an empty mask")
     if mode == "center":
         from scipy.ndimage import distance_transform_edt
 
-        # On the bounding box padded by one background pixel: exact, since every pixel outside
-        # the box is at least as far as its projection onto that padding ring (and far cheaper).
+        if border not in PROMPT_BORDERS:
+            raise ValueError(f"unknown prompt border {border!r} (expected one of {PROMPT_BORDERS})")
+        # On the bounding box padded by a ring of background: exact, since every background pixel
+        # outside the box is at least as far as its projection onto that ring, which lies in the
+        # image where the box does not touch its border (and is far cheaper than the whole image).
+        # With `ignore`, ring sides outside the image are marked as object: no boundary there.
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        y0, x0 = rows[0], cols[0]
-        box = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1]
-        dist = distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dist)), box.shape)
+        (y0, y1), (x0, x1) = (rows[0], rows[-1]), (cols[0], cols[-1])
+        padded = np.pad(mask[y0 : y1 + 1, x0 : x1 + 1], 1)
+        if border == "ignore":
+            height, width = mask.shape
+            padded[0, :] |= y0 == 0
+            padded[-1, :] |= y1 == height - 1
+            padded[:, 0] |= x0 == 0
+            padded[:, -1] |= x1 == width - 1
+            if padded.all():  # no boundary anywhere: every pixel ties
+                return int(y0), int(x0)
+        dist = distance_transform_edt(padded)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         return int(y0 + y), int(x0 + x)
     if mode == "random":
         if rng is None:
@@ -138,13 +174,15 @@ def prompt_point(
 
 
 # ----------------------------------------------------------------------------- similarity analysis
-def token_fractions(labels: np.ndarray, n_labels: int, grid: tuple[int, int]) -> np.ndarray:
+def token_fractions(
+    labels: np.ndarray, n_labels: int, grid: tuple[int, int], pixel_to_patch: str = "center"
+) -> np.ndarray:
     """(gh*gw, n_labels + 1): the fraction of each token's pixels carrying each label.
 
     ``labels`` is H x W with values -1 (void) or 0..n_labels-1; column 0 of the result is void,
-    column j + 1 is label j.
+    column j + 1 is label j. A pixel belongs to the token of :func:`grid_index`.
     """
-    pid = patch_ids(labels.shape, grid).ravel()
+    pid = patch_ids(labels.shape, grid, pixel_to_patch).ravel()
     n_tokens = grid[0] * grid[1]
     counts = np.bincount(pid * (n_labels + 1) + (labels.ravel() + 1), minlength=n_tokens * (n_labels + 1))
     counts = counts.reshape(n_tokens, n_labels + 1).astype(np.float64)

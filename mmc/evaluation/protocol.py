@@ -46,12 +46,23 @@ def prompt_rng(seed: int, image_id: str, object_id: int) -> np.random.Generator:
     return np.random.default_rng([seed % 2**32, zlib.crc32(image_id.encode()), object_id % 2**32])
 
 
-def object_prompts(sample: Any, grid: tuple[int, int], prompt: str, min_patches: float, seed: int):
+def object_prompts(
+    sample: Any,
+    grid: tuple[int, int],
+    prompt: str,
+    min_patches: float,
+    seed: int,
+    *,
+    pixel_to_patch: str = "center",
+    prompt_border: str = "outside",
+):
     """The prompts of one image (a ``mmc.data.readers.Sample``) on a ``grid`` of tokens.
 
     Returns ``(kept, skipped)``: per object large enough, in the reader's order,
     ``(object, (y, x) prompt pixel, (row, col) prompt token)``; and the number of objects covering
-    fewer than ``min_patches`` tokens (or empty), which are skipped.
+    fewer than ``min_patches`` tokens (or empty), which are skipped. ``pixel_to_patch`` and
+    ``prompt_border`` are ``evaluation.pixel_to_patch`` and ``evaluation.prompt_border``
+    (:func:`mmc.evaluation.metrics.grid_index`, :func:`mmc.evaluation.metrics.prompt_point`).
     """
     h, w = sample.void.shape
     kept, skipped = [], 0
@@ -61,8 +72,8 @@ def object_prompts(sample: Any, grid: tuple[int, int], prompt: str, min_patches:
             skipped += 1
             continue
         rng = prompt_rng(seed, sample.image_id, obj.object_id) if prompt == "random" else None
-        y, x = metrics.prompt_point(obj.mask, prompt, rng)
-        kept.append((obj, (y, x), metrics.patch_of_pixel(y, x, (h, w), grid)))
+        y, x = metrics.prompt_point(obj.mask, prompt, rng, border=prompt_border)
+        kept.append((obj, (y, x), metrics.patch_of_pixel(y, x, (h, w), grid, pixel_to_patch)))
     return kept, skipped
 
 
@@ -80,18 +91,25 @@ def prompt_similarities(features: np.ndarray, tokens: list[tuple[int, int]]) -> 
     return (flat @ flat[index].T).reshape(grid_h, grid_w, len(index))
 
 
-def predicted_mask(similarity_grid: np.ndarray, shape: tuple[int, int], tau: float, upsample: str) -> np.ndarray:
+def predicted_mask(
+    similarity_grid: np.ndarray,
+    shape: tuple[int, int],
+    tau: float,
+    upsample: str,
+    pixel_to_patch: str = "center",
+) -> np.ndarray:
     """An object's predicted mask (bool, ``shape``) from its prompt's (gh, gw) similarity map.
 
-    ``nearest``: threshold on the grid, then centre-aligned nearest upsampling (each pixel takes the
-    token that covers it); ``bilinear``: upsample the map bilinearly (half-pixel centres), then
-    threshold. A pixel is predicted when its similarity ``>= tau``, compared in float64 as the
-    IoU curve of ``mmc segment`` compares (a float32 comparison would round ``tau``).
+    ``nearest``: threshold on the grid, then nearest upsampling (each pixel takes the token it
+    belongs to by ``pixel_to_patch``, :func:`mmc.evaluation.metrics.grid_index`); ``bilinear``:
+    upsample the map bilinearly (half-pixel centres, whatever ``pixel_to_patch``), then threshold. A
+    pixel is predicted when its similarity ``>= tau``, compared in float64 as the IoU curve of
+    ``mmc segment`` compares (a float32 comparison would round ``tau``).
     """
     check_upsample(upsample)
     grid = np.asarray(similarity_grid)
     if upsample == "nearest":
-        return metrics.upsample_nearest(grid.astype(np.float64) >= tau, shape)
+        return metrics.upsample_nearest(grid.astype(np.float64) >= tau, shape, pixel_to_patch)
     return metrics.upsample_bilinear(grid, shape).astype(np.float64) >= tau
 
 

@@ -36,7 +36,7 @@ OBJECT_COLUMNS = ["image_id", "object_id", "class_id", "area", "prompt_y", "prom
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_main)
 
 
 # ----------------------------------------------------------------------------- per image
@@ -49,19 +49,29 @@ def evaluate_image(
     upsample: str = "nearest",
     min_patches: float = 3,
     seed: int = 0,
+    pixel_to_patch: str = "center",
+    prompt_border: str = "outside",
 ) -> tuple[list[dict], int]:
     """Rows (one per evaluated object) and the number of skipped objects, for one image."""
     check_upsample(upsample)
     grid_h, grid_w, _ = features.shape
     h, w = sample.void.shape
-    kept, skipped = object_prompts(sample, (grid_h, grid_w), prompt, min_patches, seed)
+    kept, skipped = object_prompts(
+        sample,
+        (grid_h, grid_w),
+        prompt,
+        min_patches,
+        seed,
+        pixel_to_patch=pixel_to_patch,
+        prompt_border=prompt_border,
+    )
     if not kept:
         return [], skipped
     sims = prompt_similarities(features, [token for _, _, token in kept])  # (gh, gw, objects)
     valid = ~sample.void
     if upsample == "nearest":
         # Thresholding then nearest upsampling = weighting each token by its pixels.
-        pid = metrics.patch_ids((h, w), (grid_h, grid_w))
+        pid = metrics.patch_ids((h, w), (grid_h, grid_w), pixel_to_patch)
         valid_per_token = np.bincount(pid[valid], minlength=grid_h * grid_w)
     rows = []
     for k, (obj, (y, x), (r, c)) in enumerate(kept):
@@ -95,10 +105,12 @@ def evaluate_image(
 
 
 # ----------------------------------------------------------------------------- a dataset
-def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str):
-    """(per-object DataFrame, number skipped, feature stats) for one model on one dataset."""
+def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str, label: str | None = None):
+    """(per-object DataFrame, number skipped, feature stats) for one model on one dataset; progress
+    per image (:mod:`mmc.progress`) under ``label``."""
     import pandas as pd
 
+    from mmc import progress
     from mmc.data.readers import open_reader
     from mmc.evaluation.features import dataset_features
 
@@ -107,7 +119,9 @@ def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str):
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     rows, skipped = [], 0
-    for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
+    label = label or f"segment {model.name or 'checkpoint'} on {dataset_name}"
+    features = dataset_features(cfg, model, reader, dataset_name, stats)
+    for sample, feats in progress.track(features, label, total=len(reader)):
         image_rows, image_skipped = evaluate_image(
             feats.numpy(),
             sample,
@@ -116,6 +130,8 @@ def evaluate(cfg: Any, model: EvaluatedModel, dataset_name: str):
             upsample=evaluation.upsample,
             min_patches=evaluation.min_object_patches,
             seed=cfg.seed,
+            pixel_to_patch=evaluation.pixel_to_patch,
+            prompt_border=evaluation.prompt_border,
         )
         rows.extend(image_rows)
         skipped += image_skipped
@@ -164,6 +180,8 @@ def summarize(
             "prompt": evaluation.prompt,
             "upsample": evaluation.upsample,
             "min_object_patches": float(evaluation.min_object_patches),
+            "pixel_to_patch": evaluation.pixel_to_patch,
+            "prompt_border": evaluation.prompt_border,
             "seed": int(cfg.seed),
         },
         features=features,
@@ -171,19 +189,19 @@ def summarize(
 
 
 def evaluate_checkpoint(
-    cfg: Any, checkpoint_path: str | Path, dataset_name: str, fmt: str = "mmc"
+    cfg: Any, checkpoint_path: str | Path, dataset_name: str, fmt: str = "mmc", label: str | None = None
 ) -> SegmentationSummary:
     """Summary (model ``"selection"``) of one checkpoint on one dataset, writing nothing and not
     touching the feature cache: the ``select`` stage scores candidate checkpoints with it."""
     if dataset_name not in cfg.datasets:
         raise MMCError(f"dataset {dataset_name!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
     model = checkpoint_model(checkpoint_path, fmt)
-    table, skipped, _ = evaluate(cfg, model, dataset_name)
+    table, skipped, _ = evaluate(cfg, model, dataset_name, label=label or f"score {Path(checkpoint_path).name} on {dataset_name}")
     return summarize(cfg, table, skipped, model, "selection", dataset_name)
 
 
 # ----------------------------------------------------------------------------- command
-def run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mmc.files import atomic_path

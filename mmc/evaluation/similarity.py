@@ -26,7 +26,7 @@ from mmc.evaluation.summary import SimilarityResult
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_main)
 
 
 def label_map(sample: Sample) -> np.ndarray:
@@ -46,15 +46,25 @@ def image_similarities(
     prompt: str = "center",
     min_patches: float = 3,
     seed: int = 0,
+    pixel_to_patch: str = "center",
+    prompt_border: str = "outside",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Intra and inter cosine similarities of every kept prompt of one image, pooled."""
     grid_h, grid_w, _ = features.shape
-    kept, _ = object_prompts(sample, (grid_h, grid_w), prompt, min_patches, seed)
+    kept, _ = object_prompts(
+        sample,
+        (grid_h, grid_w),
+        prompt,
+        min_patches,
+        seed,
+        pixel_to_patch=pixel_to_patch,
+        prompt_border=prompt_border,
+    )
     if not kept:
         return np.empty(0, np.float32), np.empty(0, np.float32)
     flat = features.reshape(grid_h * grid_w, -1)
     n_labels = len(sample.objects) + 1  # background + objects
-    fractions = metrics.token_fractions(label_map(sample), n_labels, (grid_h, grid_w))
+    fractions = metrics.token_fractions(label_map(sample), n_labels, (grid_h, grid_w), pixel_to_patch)
     member = fractions[:, 1:] >= membership  # (tokens, labels); column 0 background, i + 1 object i
     column = {obj.object_id: i + 1 for i, obj in enumerate(sample.objects)}
     intra, inter = [], []
@@ -96,13 +106,16 @@ def analyse(intra: np.ndarray, inter: np.ndarray, bins: int) -> dict:
 
 def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
     """Pooled (intra, inter) similarities of one model on one dataset, and the feature counts."""
+    from mmc import progress
     from mmc.data.readers import open_reader
     from mmc.evaluation.features import dataset_features
 
     reader = open_reader(cfg.datasets[dataset_name])
     stats: dict = {}
     intra, inter = [], []
-    for sample, feats in dataset_features(cfg, model, reader, dataset_name, stats):
+    features = dataset_features(cfg, model, reader, dataset_name, stats)
+    label = f"similarity {model.name or 'checkpoint'} on {dataset_name}"
+    for sample, feats in progress.track(features, label, total=len(reader)):
         a, b = image_similarities(
             feats.numpy(),
             sample,
@@ -110,10 +123,29 @@ def collect(cfg: Any, model: EvaluatedModel, dataset_name: str):
             prompt=cfg.evaluation.prompt,
             min_patches=cfg.evaluation.min_object_patches,
             seed=cfg.seed,
+            pixel_to_patch=cfg.evaluation.pixel_to_patch,
+            prompt_border=cfg.evaluation.prompt_border,
         )
         intra.append(a)
         inter.append(b)
     return np.concatenate(intra or [np.empty(0)]), np.concatenate(inter or [np.empty(0)]), stats
+
+
+def settings(cfg: Any, model: EvaluatedModel) -> dict:
+    """The options the numbers of ``similarity.json`` depend on (its ``settings``)."""
+    from mmc.evaluation.features import settings_of
+
+    evaluation = cfg.evaluation
+    return {
+        **settings_of(evaluation, model.loaded),
+        "prompt": evaluation.prompt,
+        "min_object_patches": float(evaluation.min_object_patches),
+        "pixel_to_patch": evaluation.pixel_to_patch,
+        "prompt_border": evaluation.prompt_border,
+        "seed": int(cfg.seed),
+        "membership": float(cfg.similarity.membership),
+        "bins": int(cfg.similarity.bins),
+    }
 
 
 def plot(result: SimilarityResult, title: str, base: Path) -> list[Path]:
@@ -137,7 +169,7 @@ def plot(result: SimilarityResult, title: str, base: Path) -> list[Path]:
     return save_figure(fig, base, ("png", "svg"), crop=False)
 
 
-def run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     from mmc.files import atomic_path
 
     out = Path(args.out)
@@ -148,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             **analyse(intra, inter, cfg.similarity.bins),
             checkpoint_sha256=model.sha256,
+            settings=settings(cfg, model),
             features=stats,
             seed=model.seed,
         )

@@ -68,6 +68,7 @@ class SimilarityResult:
     hist_intra: list[float]  # normalised (sums to 1)
     hist_inter: list[float]
     checkpoint_sha256: str | None
+    settings: dict | None = None  # the evaluation and similarity options the numbers depend on
     features: dict | None = None
     seed: int | None = None  # as in SegmentationSummary
 

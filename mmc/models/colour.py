@@ -24,6 +24,11 @@ class ColourArch:
 
     patch_size: int
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of a feature vector (what a ViT's ``embed_dim`` is to its tokens)."""
+        return FEATURE_DIM
+
     def as_dict(self) -> dict:
         return {"patch_size": self.patch_size, "features": "rgb mean and std per patch", "dim": FEATURE_DIM}
 

@@ -115,7 +115,8 @@ def load_backbone(
             path, heads, shape.embed_dim, fmt, usual,
         )  # fmt: skip
     check_arch(arch, expected, fmt, path)
-    model = build_vit(arch, no_embed_class=shape.no_embed_class, qkv_bias=shape.qkv_bias)
+    # every parameter and buffer is loaded (strictly) next: timm's initialisation would be wasted
+    model = build_vit(arch, no_embed_class=shape.no_embed_class, qkv_bias=shape.qkv_bias, init_weights=False)
     load_state_strict(model, conv.state_dict, path)
     return LoadedModel(
         model=model.eval(),

@@ -61,11 +61,18 @@ class ViTArch:
 
 
 def build_vit(
-    arch: Any, *, drop_path: float = 0.0, no_embed_class: bool = False, qkv_bias: bool = True
+    arch: Any,
+    *,
+    drop_path: float = 0.0,
+    no_embed_class: bool = False,
+    qkv_bias: bool = True,
+    init_weights: bool = True,
 ):
     """An untrained timm ``VisionTransformer`` with these numbers: no classifier head, and
     ``dynamic_img_size=True`` so that any input whose sides are multiples of the patch size runs
-    (local crops in pretraining; evaluation resolutions). ``drop_path`` is stochastic depth."""
+    (local crops in pretraining; evaluation resolutions). ``drop_path`` is stochastic depth.
+    ``init_weights=False`` skips timm's weight initialisation (truncated normals: most of the build
+    time) for a model whose every weight is loaded next, strictly."""
     from timm.models.vision_transformer import VisionTransformer
 
     a = ViTArch.from_config(arch)
@@ -83,6 +90,7 @@ def build_vit(
         num_classes=0,
         drop_path_rate=drop_path,
         dynamic_img_size=True,
+        weight_init="" if init_weights else "skip",
     )
 
 

@@ -1,4 +1,4 @@
-"""MMC pretraining (SPEC §1): masked image modelling + momentum self-distillation + global contrast.
+"""MMC pretraining (docs/method.md#pretraining): masked image modelling + momentum self-distillation + global contrast.
 
 Modules: ``model`` (student/teacher around a timm VisionTransformer), ``masking`` (block-wise masks),
 ``losses`` (pure loss functions), ``schedules`` (pure functions of the global step), ``augment``

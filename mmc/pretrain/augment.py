@@ -38,7 +38,7 @@ CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before falling back to a central
 BLUR_SIGMA = (0.1, 2.0)  # DINO's Gaussian blur radius range
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA[1])  # kernel half-width: 3 sigma of the widest blur
 SOLARIZE_THRESHOLD = 128 / 255  # RandomSolarize(128) on 8-bit images
-LOCAL_BLUR_P = 0.5  # DINO's local-crop setting; the spec does not name one
+LOCAL_BLUR_P = 0.5  # DINO's local-crop setting (docs/method.md#views)
 
 # Columns of a view's parameter row (float32; integers are exact up to 2**24).
 TOP, LEFT, HEIGHT, WIDTH, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)

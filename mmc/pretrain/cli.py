@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the training seed, one of the config's `seeds` (default: the base `seed`)",
     )
     parser.epilog = "Exit status 75 means SIGTERM stopped the run after a resume checkpoint: rerun to resume."
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_main)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     from mmc import config
     from mmc.pretrain.train import run
 

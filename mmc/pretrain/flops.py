@@ -1,7 +1,7 @@
 """Analytic matmul FLOPs of one MMC training step (2 FLOPs per multiply-add).
 
 Counted: patch embedding, attention (QKV, scores, weighted values, projection), MLPs, and the heads
-of the active losses. Not counted: norms, softmax, activations, the optimiser (all O(params) or
+of the active losses on the tokens they really run on (the step computes what a loss reads). Not counted: norms, softmax, activations, the optimiser (all O(params) or
 O(tokens x dim), a few per cent at ViT-S scale). Backward = 2 x forward for the student; the teacher
 runs forward only.
 """
@@ -16,25 +16,48 @@ def vit_forward_flops(tokens: int, patches: int, patch_size: int, dim: int, dept
     return 2 * (embed + depth * per_block)
 
 
+def _dino_mlp_macs(dim: int, d) -> int:
+    return dim * d.hidden_dim + d.hidden_dim * d.hidden_dim + d.hidden_dim * d.bottleneck_dim
+
+
 def _dino_head_macs(dim: int, d) -> int:
-    return dim * d.hidden_dim + d.hidden_dim * d.hidden_dim + d.hidden_dim * d.bottleneck_dim + d.bottleneck_dim * d.out_dim
+    return _dino_mlp_macs(dim, d) + d.bottleneck_dim * d.out_dim
 
 
-def step_flops(pcfg, batch: int) -> dict[str, int]:
-    """Forward FLOPs of student and teacher and the total step FLOPs for ``batch`` images (2 global views)."""
+def nominal_masked_tokens(pcfg, batch: int) -> int:
+    """Masked tokens of ``batch`` images over both global views at the mean of ``mask.ratio``."""
+    grid = pcfg.data.global_crop_size // pcfg.backbone.patch_size
+    return 2 * batch * round(sum(pcfg.mask.ratio) / 2 * grid * grid)
+
+
+def step_flops(pcfg, batch: int, masked_tokens: int | None = None) -> dict[str, int]:
+    """Forward FLOPs of student and teacher and the total step FLOPs for ``batch`` images (2 global views).
+
+    ``masked_tokens``: masked patch tokens over both views of the batch (default
+    :func:`nominal_masked_tokens`). The reconstruction head, and in ``patch`` mode the student's
+    DINO head and the teacher's prototype layer, run on the masked tokens only (docs/pretrain.md).
+    """
     b, w = pcfg.backbone, pcfg.loss
     grid = pcfg.data.global_crop_size // b.patch_size
     patches = grid * grid
     tokens = patches + 1
     views = 2 * batch
+    masked = nominal_masked_tokens(pcfg, batch) if masked_tokens is None else int(masked_tokens)
     backbone = vit_forward_flops(tokens, patches, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
     student = teacher = views * backbone
     if w.w_mim > 0:
-        student += views * 2 * patches * b.embed_dim * 3 * b.patch_size**2
+        student += masked * 2 * b.embed_dim * 3 * b.patch_size**2
     if w.w_distill > 0:
-        head = 2 * _dino_head_macs(b.embed_dim, pcfg.distill)
-        student += views * tokens * head
-        teacher += views * (tokens if pcfg.distill.mode == "patch" else 1) * head
+        d = pcfg.distill
+        head = 2 * _dino_head_macs(b.embed_dim, d)
+        if d.mode == "patch":
+            student += (views + masked) * head
+            teacher += views * tokens * 2 * _dino_mlp_macs(b.embed_dim, d)  # bottleneck of every token
+            teacher += (views + masked) * 2 * d.bottleneck_dim * d.out_dim  # logits of [CLS] and masked tokens
+            teacher += 2 * d.bottleneck_dim * d.out_dim  # the patch centre's sum through the prototypes
+        else:
+            student += views * tokens * head
+            teacher += views * head
     if w.w_contrast > 0:
         c = pcfg.contrast
         projector = 2 * (b.embed_dim * c.hidden_dim + c.hidden_dim * c.hidden_dim + c.hidden_dim * c.dim)

@@ -1,16 +1,24 @@
-"""The three MMC losses (SPEC §1) as pure functions of tensors.
+"""The three MMC losses (docs/method.md#losses) as pure functions of tensors.
 
-Shapes: V views, B images of this rank, N patch tokens, K prototypes, P pixels per patch (p*p*3).
-Normalisations that depend on counts (masked tokens, images with masked tokens) use the count over
-the **global** batch, scaled by the world size, so that DDP's gradient averaging yields exactly the
-single-process loss on the same global batch. Without a process group they are plain means.
+Shapes: V views, B images of this micro-batch, N patch tokens, M masked tokens (over all views and
+images, in the order of ``mask.nonzero()``), K prototypes, P pixels per patch (p*p*3).
+
+Normalisation. A loss is a sum over this micro-batch's terms divided by a count over the **global
+batch of the optimiser step** (every rank, every micro-batch), times the world size: DDP averages
+gradients over ranks and accumulation adds micro-batches, so the update equals the one of a single
+process on the whole global batch. The counts are a :class:`GlobalCounts`; without one, they are
+taken from this call's inputs (all-reduced when a process group exists): plain means on one process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
+from mmc.pretrain.diagnostics import entropy
 from mmc.pretrain.distributed import all_gather_cat, all_reduce_sum, rank, world_size
 
 
@@ -22,12 +30,49 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def _global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``total`` (this rank's sum) divided by the global ``count``, times the world size."""
-    global_count = all_reduce_sum(count.float())
-    if global_count.item() == 0:
-        return total * 0.0  # keeps the graph; nothing to learn from this batch
-    return total * world_size() / global_count
+# ----------------------------------------------------------------------------- normalisation
+@dataclasses.dataclass(frozen=True)
+class GlobalCounts:
+    """Counts over the global batch of one optimiser step, and where this micro-batch sits in it.
+
+    images: images in the global batch; masked_tokens: masked patch tokens over all its views;
+    masked_views: (view, image) pairs with at least one masked token (float tensors, no gradient);
+    key_offset: index of this micro-batch's first image among the global contrast keys;
+    world: the number of processes whose gradients DDP averages.
+    """
+
+    images: torch.Tensor
+    masked_tokens: torch.Tensor
+    masked_views: torch.Tensor
+    key_offset: int
+    world: int
+
+    @staticmethod
+    def of_masks(masks: torch.Tensor, key_offset: int | None = None) -> GlobalCounts:
+        """Counts of the global batch whose local part has ``masks`` (V, B, N): one all-reduce, no host sync."""
+        local = torch.stack(
+            [
+                torch.full((), float(masks.shape[1]), device=masks.device),
+                masks.sum().float(),
+                (masks.sum(dim=-1) > 0).sum().float(),
+            ]
+        )
+        total = all_reduce_sum(local)
+        offset = rank() * masks.shape[1] if key_offset is None else key_offset
+        return GlobalCounts(total[0], total[1], total[2], offset, world_size())
+
+
+def _global_mean(total: torch.Tensor, count: torch.Tensor, world: int) -> torch.Tensor:
+    """``total`` (this micro-batch's sum) over the global ``count``, times the world size.
+
+    A count of 0 means nothing was selected, so ``total`` is an empty sum (0, with a graph): the
+    clamp avoids 0/0 without reading the count on the host.
+    """
+    return total * world / count.clamp(min=1.0)
+
+
+def _local(counts: GlobalCounts | None, masks: torch.Tensor) -> GlobalCounts:
+    return counts if counts is not None else GlobalCounts.of_masks(masks)
 
 
 # ----------------------------------------------------------------------------- L_mim
@@ -37,6 +82,12 @@ def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind:
     pred, target: (..., N, P); mask: (..., N) bool. ``kind``: ``l1`` on the pixels, or ``mse_norm``
     (MAE): squared error against the target normalised per patch (mean 0, variance 1, eps 1e-6).
     """
+    counts = GlobalCounts.of_masks(mask.reshape(-1, 1, mask.shape[-1]))
+    return masked_mim_loss(pred[mask], target[mask], counts, kind)
+
+
+def masked_mim_loss(pred: torch.Tensor, target: torch.Tensor, counts: GlobalCounts, kind: str = "l1") -> torch.Tensor:
+    """:func:`mim_loss` on the masked patches only: pred, target (M, P), in the masks' order."""
     if kind == "l1":
         err = (pred - target).abs()
     elif kind == "mse_norm":
@@ -45,34 +96,59 @@ def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind:
         err = (pred - (target - mean) / (var + 1e-6).sqrt()) ** 2
     else:
         raise ValueError(f"mim loss kind must be 'l1' or 'mse_norm', got {kind!r}")
-    weights = mask.to(err.dtype).unsqueeze(-1)
-    return _global_mean((err * weights).sum(), mask.sum() * pred.shape[-1])
+    return _global_mean(err.sum(), counts.masked_tokens * pred.shape[-1], counts.world)
 
 
 # ----------------------------------------------------------------------------- L_distill
 def teacher_probs(logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
-    """Centred, sharpened teacher distribution (DINO)."""
-    return F.softmax((logits.float() - center) / temp, dim=-1)
+    """Centred, sharpened teacher distribution (DINO), in float32.
+
+    Kept in float32 under autocast: at a temperature of 0.04 a bfloat16 rounding of
+    (logits - centre) / T moves the exponent by up to ~0.1, i.e. ~10 % in a probability.
+    """
+    with _no_autocast(logits):
+        return F.softmax((logits.float() - center) / temp, dim=-1)
+
+
+def student_log_probs(student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
+    """log softmax(s / T_s) over the last dimension, in the dtype of ``student_logits``.
+
+    Under bfloat16/float16 autocast the logits arrive in that dtype and the log-softmax stays in it
+    (float32 accumulation inside the kernel, half the memory traffic): at T_s = 0.1 its rounding is
+    of the order of the logits' own (tests/test_pretrain_losses.py bounds the loss and gradient error
+    against float64). Autocast is switched off around it because CUDA autocast would run it in float32.
+    """
+    with _no_autocast(student_logits):
+        return F.log_softmax(student_logits / student_temp, dim=-1)
 
 
 def soft_cross_entropy(target_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
-    """-sum_k t_k log softmax(s / T_s)_k over the last dimension."""
-    return -(target_probs * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(dim=-1)
+    """-sum_k t_k log softmax(s / T_s)_k over the last dimension (summed in float32)."""
+    log_probs = student_log_probs(student_logits, student_temp)
+    return -(target_probs * log_probs).sum(dim=-1, dtype=torch.float32)
 
 
-def distill_cls_loss(student_cls: torch.Tensor, teacher_cls_probs: torch.Tensor, student_temp: float) -> torch.Tensor:
+def _image_mean(values: torch.Tensor, counts: GlobalCounts | None, per_image: int = 1) -> torch.Tensor:
+    """Mean over the images of the global batch of ``values`` (this micro-batch's images x ``per_image``)."""
+    if counts is None:
+        return values.mean()
+    return _global_mean(values.sum(), counts.images * per_image, counts.world)
+
+
+def distill_cls_loss(
+    student_cls: torch.Tensor, teacher_cls_probs: torch.Tensor, student_temp: float, counts: GlobalCounts | None = None
+) -> torch.Tensor:
     """[CLS] cross-entropy across views: student view i against teacher view j, i != j.
 
     student_cls: (Vs, B, K) logits, the first Vt of which are the global views the teacher saw;
     teacher_cls_probs: (Vt, B, K). Mean over images, then over the (i, j) pairs.
     """
-    terms = []
-    for j in range(teacher_cls_probs.shape[0]):
-        for i in range(student_cls.shape[0]):
-            if i != j:
-                terms.append(soft_cross_entropy(teacher_cls_probs[j], student_cls[i], student_temp).mean())
-    if not terms:
+    vt, vs = teacher_cls_probs.shape[0], student_cls.shape[0]
+    pairs = [(j, i) for j in range(vt) for i in range(vs) if i != j]
+    if not pairs:
         raise ValueError("distillation needs at least two views (no cross-view pair)")
+    log_probs = student_log_probs(student_cls, student_temp).float()  # once per view, not once per pair
+    terms = [_image_mean(-(teacher_cls_probs[j] * log_probs[i]).sum(dim=-1), counts) for j, i in pairs]
     return torch.stack(terms).mean()
 
 
@@ -89,34 +165,39 @@ def distill_patch_loss(
 
 
 def masked_distill_patch_loss(
-    student_masked: torch.Tensor, teacher_masked_probs: torch.Tensor, mask: torch.Tensor, student_temp: float
+    student_masked: torch.Tensor,
+    teacher_masked_probs: torch.Tensor,
+    mask: torch.Tensor,
+    student_temp: float,
+    counts: GlobalCounts | None = None,
 ) -> torch.Tensor:
     """:func:`distill_patch_loss` on the masked tokens only, gathered in ``mask``'s order: (M, K) each.
 
-    Softmaxes over K prototypes for every patch token dominate the step's non-matmul time on CPU;
-    only masked tokens enter this loss, so only they are normalised.
+    Only masked tokens enter this loss, so only their K-way distributions are computed.
     """
+    counts = _local(counts, mask)
     ce = soft_cross_entropy(teacher_masked_probs, student_masked, student_temp)  # (M,)
-    counts = mask.sum(dim=-1)  # (V, B)
-    per_token_weight = (1.0 / counts.clamp(min=1).to(ce.dtype)).unsqueeze(-1).expand(mask.shape)[mask]
-    return _global_mean((ce * per_token_weight).sum(), (counts > 0).sum())
+    per_view = mask.sum(dim=-1)  # (V, B)
+    per_token_weight = (1.0 / per_view.clamp(min=1).to(ce.dtype)).unsqueeze(-1).expand(mask.shape)[mask]
+    return _global_mean((ce * per_token_weight).sum(), counts.masked_views, counts.world)
 
 
 def distill_cls_to_patch_loss(
-    student_patch: torch.Tensor, teacher_cls_probs: torch.Tensor, student_temp: float
+    student_patch: torch.Tensor, teacher_cls_probs: torch.Tensor, student_temp: float, counts: GlobalCounts | None = None
 ) -> torch.Tensor:
     """``cls_to_patch``: the teacher [CLS] distribution of view j targets every patch of student view i != j.
 
     student_patch: (V, B, N, K) logits; teacher_cls_probs: (V, B, K). Mean over tokens and images,
     then over the (i, j) pairs.
     """
-    views = student_patch.shape[0]
+    views, tokens = student_patch.shape[0], student_patch.shape[2]
     terms = []
     for i in range(views):
+        log_probs = student_log_probs(student_patch[i], student_temp)  # (B, N, K)
         for j in range(views):
             if i != j:
-                target = teacher_cls_probs[j].unsqueeze(1).expand_as(student_patch[i])
-                terms.append(soft_cross_entropy(target, student_patch[i], student_temp).mean())
+                ce = -(teacher_cls_probs[j].unsqueeze(1) * log_probs).sum(dim=-1, dtype=torch.float32)  # (B, N)
+                terms.append(_image_mean(ce, counts, per_image=tokens))
     if not terms:
         raise ValueError("cls_to_patch distillation needs at least two global views")
     return torch.stack(terms).mean()
@@ -125,30 +206,54 @@ def distill_cls_to_patch_loss(
 @torch.no_grad()
 def updated_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
     """EMA of the teacher's mean output over every leading dimension of ``teacher_logits`` (global batch)."""
-    flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-    total = all_reduce_sum(flat.sum(dim=0))
-    count = all_reduce_sum(torch.tensor(float(flat.shape[0]), device=flat.device))
+    flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+    total = all_reduce_sum(flat.sum(dim=0, dtype=torch.float32))
+    count = all_reduce_sum(torch.full((), float(flat.shape[0]), device=flat.device))
+    return center_from_sum(center, total, count, momentum)
+
+
+@torch.no_grad()
+def center_from_sum(center: torch.Tensor, total: torch.Tensor, count, momentum: float) -> torch.Tensor:
+    """EMA of a mean given as a (global) float32 sum over ``count`` outputs: the reduced statistic."""
     return center * momentum + (total / count) * (1.0 - momentum)
 
 
 # ----------------------------------------------------------------------------- L_contrast
-def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MoCo v3 InfoNCE of this rank's queries (B, d) against the global keys (gathered, in rank order).
+def info_nce(
+    query: torch.Tensor, all_keys: torch.Tensor, temperature: float, key_offset: int, counts: GlobalCounts | None = None
+) -> torch.Tensor:
+    """MoCo v3 InfoNCE of queries (B, d) against every key of the global batch (B_global, d).
 
-    The positive of query b is key ``rank * B + b``; the loss is multiplied by 2T (MoCo v3).
+    The positive of query b is key ``key_offset + b``; the loss is multiplied by 2T (MoCo v3).
     """
     q = F.normalize(query.float(), dim=-1)
-    k = F.normalize(all_gather_cat(keys.float()), dim=-1)
+    k = F.normalize(all_keys.float(), dim=-1)
     logits = q @ k.t() / temperature
-    labels = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
-    return F.cross_entropy(logits, labels) * (2.0 * temperature)
+    labels = torch.arange(q.shape[0], device=q.device) + key_offset
+    if counts is None:
+        return F.cross_entropy(logits, labels) * (2.0 * temperature)
+    total = F.cross_entropy(logits, labels, reduction="sum")
+    return _global_mean(total, counts.images, counts.world) * (2.0 * temperature)
 
 
-def contrast_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetrised over two views as in MoCo v3: ctr(q1, k2) + ctr(q2, k1). queries, keys: (2, B, d)."""
+def contrast_loss(
+    queries: torch.Tensor, keys: torch.Tensor, temperature: float, counts: GlobalCounts | None = None
+) -> torch.Tensor:
+    """Symmetrised over two views as in MoCo v3: ctr(q1, k2) + ctr(q2, k1).
+
+    queries: (2, B, d) of this micro-batch. keys: (2, B, d) of this rank's batch, all-gathered here;
+    or, with ``counts``, (2, B_global, d) already gathered, the positives at ``counts.key_offset``.
+    """
     if queries.shape[0] != 2 or keys.shape[0] != 2:
         raise ValueError(f"contrast expects exactly two global views, got {queries.shape[0]} and {keys.shape[0]}")
-    return info_nce(queries[0], keys[1], temperature) + info_nce(queries[1], keys[0], temperature)
+    if counts is None:
+        keys = torch.stack([all_gather_cat(keys[0]), all_gather_cat(keys[1])])
+        offset = rank() * queries.shape[1]
+    else:
+        offset = counts.key_offset
+    return info_nce(queries[0], keys[1], temperature, offset, counts) + info_nce(
+        queries[1], keys[0], temperature, offset, counts
+    )
 
 
 # ----------------------------------------------------------------------------- total
@@ -160,44 +265,59 @@ def mmc_loss(
     centers: dict[str, torch.Tensor],
     teacher_temp: float,
     pcfg,
+    counts: GlobalCounts | None = None,
+    entropies: bool = False,
 ) -> dict[str, torch.Tensor]:
     """All active components and their weighted sum under ``"loss"``.
 
-    student: {"recon": (2, B, N, P), "dino": (2, B, 1+N, K), "dino_local": (L, B, K), "query": (2, B, d)}
-    (entries of switched-off losses absent); teacher: {"dino": (2, B, 1+N or 1, K), "key": (2, B, d)};
-    targets: (2, B, N, P) clean patchified pixels; masks: (2, B, N).
+    student (:class:`mmc.pretrain.model.MMCNetwork` outputs): {"recon": (M, P), "dino_cls": (2, B, K),
+    "dino_patch": (M, K) in ``patch`` mode or (2, B, N, K) in ``cls_to_patch`` mode, "dino_local":
+    (L, B, K), "query": (2, B, d)}; teacher: {"dino_cls": (2, B, K), "dino_patch": (M, K) (``patch``),
+    "key": (2, B, d), or with ``counts`` the global keys (2, B_global, d)}; targets: (M, P) clean
+    pixels of the masked patches; masks: (2, B, N). Entries of switched-off losses are absent.
+    ``entropies``: also the teacher distributions' entropies as sums, "entropy_cls" and
+    "entropy_patch" (``patch`` mode), each with its number of distributions under "...@count".
     """
+    counts = _local(counts, masks)
     w = pcfg.loss
     out: dict[str, torch.Tensor] = {}
     total = None
     if w.w_mim > 0:
-        out["mim"] = mim_loss(student["recon"], targets, masks, pcfg.mim.loss)
+        out["mim"] = masked_mim_loss(student["recon"], targets, counts, pcfg.mim.loss)
         total = w.w_mim * out["mim"]
     if w.w_distill > 0:
-        t_dino = teacher["dino"]
-        # split, not two slices: with both parts used, its backward is one concatenation, where
-        # each slice's backward would zero-fill a full (V, B, 1+N, K) gradient
-        s_cls, s_patch = student["dino"].split([1, student["dino"].shape[2] - 1], dim=2)
-        s_cls = s_cls.squeeze(2)
-        t_cls = teacher_probs(t_dino[:, :, 0], centers["cls"], teacher_temp)
+        t_cls = teacher_probs(teacher["dino_cls"], centers["cls"], teacher_temp)
+        s_cls = student["dino_cls"]
         if "dino_local" in student:
             s_cls = torch.cat([s_cls, student["dino_local"]])
-        out["distill_cls"] = distill_cls_loss(s_cls, t_cls, pcfg.distill.student_temp)
+        out["distill_cls"] = distill_cls_loss(s_cls, t_cls, pcfg.distill.student_temp, counts)
         if pcfg.distill.mode == "patch":
-            t_patch = teacher_probs(t_dino[:, :, 1:][masks], centers["patch"], teacher_temp)
+            t_patch = teacher_probs(teacher["dino_patch"], centers["patch"], teacher_temp)
             out["distill_patch"] = masked_distill_patch_loss(
-                s_patch[masks], t_patch, masks, pcfg.distill.student_temp
+                student["dino_patch"], t_patch, masks, pcfg.distill.student_temp, counts
             )
         else:
-            out["distill_patch"] = distill_cls_to_patch_loss(s_patch, t_cls, pcfg.distill.student_temp)
+            out["distill_patch"] = distill_cls_to_patch_loss(student["dino_patch"], t_cls, pcfg.distill.student_temp, counts)
+        if entropies:
+            out["entropy_cls"] = entropy(t_cls).sum()
+            out["entropy_cls@count"] = torch.full((), float(t_cls.shape[0] * t_cls.shape[1]), device=t_cls.device)
+            if pcfg.distill.mode == "patch":
+                out["entropy_patch"] = entropy(t_patch).sum()
+                out["entropy_patch@count"] = torch.full((), float(t_patch.shape[0]), device=t_patch.device)
         out["distill"] = out["distill_cls"] + out["distill_patch"]
         term = w.w_distill * out["distill"]
         total = term if total is None else total + term
     if w.w_contrast > 0:
-        out["contrast"] = contrast_loss(student["query"], teacher["key"], pcfg.contrast.temperature)
+        out["contrast"] = contrast_loss(student["query"], teacher["key"], pcfg.contrast.temperature, counts)
         term = w.w_contrast * out["contrast"]
         total = term if total is None else total + term
     if total is None:
         raise ValueError("every loss weight is 0: set at least one of loss.w_mim, w_distill, w_contrast > 0")
     out["loss"] = total
     return out
+
+
+def _no_autocast(tensor: torch.Tensor):
+    if not torch.is_autocast_enabled(tensor.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(tensor.device.type, enabled=False)

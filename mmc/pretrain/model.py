@@ -38,9 +38,15 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck features (..., bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+
+    def prototype_weight(self) -> torch.Tensor:
+        return F.normalize(self.last.weight, dim=1, eps=1e-6)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return F.linear(x, F.normalize(self.last.weight, dim=1, eps=1e-6))
+        return F.linear(self.bottleneck(x), self.prototype_weight())
 
 
 def _norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
@@ -106,27 +112,69 @@ class MMCNetwork(nn.Module):
     def forward(
         self, global_views: torch.Tensor, masks: torch.Tensor | None = None, local_views: list[torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
-        """global_views: (V, B, 3, H, W); masks: (V, B, N) bool (student only); local_views: [(B, 3, h, w)]."""
+        """The outputs the losses use, and only those (docs/pretrain.md, "What a step computes").
+
+        global_views: (V, B, 3, H, W); masks: (V, B, N) bool; local_views: [(B, 3, h, w)] (student).
+        The student replaces the masked patches by ``mask_token``; the teacher sees clean views and
+        uses ``masks`` only to select its patch outputs at the student's masked positions.
+
+        Student: "recon" (M, P) and, in ``patch`` mode, "dino_patch" (M, K) at the masked tokens
+        (M = masks.sum(), in the order of ``masks.nonzero()``), "dino_cls" (V, B, K), "dino_local"
+        (L, B, K), "query" (V, B, d); in ``cls_to_patch`` mode "dino_patch" is every patch (V, B, N, K).
+        Teacher: "dino_cls", "dino_patch" (M, K) (``patch`` mode), "dino_patch_sum" (K,) float32: the
+        sum of its logits over **all** V*B*N patch tokens (for the centre), and "key" (V, B, d).
+        """
         views, batch = global_views.shape[:2]
-        flat_masks = masks.flatten(0, 1) if masks is not None else None
-        tokens = self.encode(global_views.flatten(0, 1), flat_masks)
-        tokens = tokens.unflatten(0, (views, batch))
+        flat_masks = masks.flatten(0, 1) if masks is not None and self.is_student else None
+        tokens = self.encode(global_views.flatten(0, 1), flat_masks).unflatten(0, (views, batch))
+        if masks is None:  # nothing masked: no masked-token outputs
+            masks = torch.zeros((*tokens.shape[:2], tokens.shape[2] - 1), dtype=torch.bool, device=tokens.device)
         out: dict[str, torch.Tensor] = {}
+        patches = tokens[:, :, 1:]
         if hasattr(self, "recon_head"):
-            out["recon"] = self.recon_head(tokens[:, :, 1:])
+            out["recon"] = self.recon_head(patches[masks])
         if hasattr(self, "dino_head"):
-            need_patches = self.is_student or self.distill_mode == "patch"
-            out["dino"] = self.dino_head(tokens if need_patches else tokens[:, :, :1])
-            if local_views:
-                local_cls = [self.encode(v)[:, 0] for v in local_views]
-                out["dino_local"] = self.dino_head(torch.stack(local_cls))
+            out.update(self._dino(tokens, masks, local_views))
         if hasattr(self, "projector"):
-            cls = tokens[:, :, 0].flatten(0, 1)
-            projected = self.projector(cls)
+            projected = self.projector(tokens[:, :, 0].flatten(0, 1))
             if hasattr(self, "predictor"):
                 out["query"] = self.predictor(projected).unflatten(0, (views, batch))
             else:
                 out["key"] = projected.unflatten(0, (views, batch))
+        return out
+
+    def _dino(self, tokens: torch.Tensor, masks: torch.Tensor | None, local_views) -> dict[str, torch.Tensor]:
+        """The shared head on the tokens a distillation loss reads, in one call (one matmul per layer)."""
+        head, (views, batch) = self.dino_head, tokens.shape[:2]
+        cls, patches = tokens[:, :, 0].flatten(0, 1), tokens[:, :, 1:]
+        if not self.is_student:
+            if self.distill_mode != "patch":
+                return {"dino_cls": head(cls).unflatten(0, (views, batch))}
+            # the centre is the mean of the teacher's output over all its patch tokens: the last
+            # layer is linear, so it is the prototypes applied to the float32 sum of the normalised
+            # bottleneck features; the K-way logits are only needed at the masked tokens
+            features = head.bottleneck(tokens)  # (V, B, 1+N, bottleneck): every token
+            patch_features = features[:, :, 1:]
+            weight = head.prototype_weight()
+            masked = patch_features[masks]
+            logits = F.linear(torch.cat([features[:, :, 0].flatten(0, 1), masked]), weight)
+            with torch.autocast(tokens.device.type, enabled=False):
+                patch_sum = F.linear(patch_features.sum(dim=(0, 1, 2), dtype=torch.float32), weight.float())
+            dino_cls, dino_patch = logits.split([cls.shape[0], masked.shape[0]])
+            return {"dino_cls": dino_cls.unflatten(0, (views, batch)), "dino_patch": dino_patch, "dino_patch_sum": patch_sum}
+        parts = [cls]
+        if self.distill_mode == "patch":
+            parts.append(patches[masks])
+        else:
+            parts.append(patches.flatten(0, 2))
+        if local_views:
+            parts.append(torch.stack([self.encode(v)[:, 0] for v in local_views]).flatten(0, 1))
+        sizes = [p.shape[0] for p in parts]
+        logits = head(torch.cat(parts)).split(sizes)
+        out = {"dino_cls": logits[0].unflatten(0, (views, batch))}
+        out["dino_patch"] = logits[1] if self.distill_mode == "patch" else logits[1].unflatten(0, patches.shape[:3])
+        if local_views:
+            out["dino_local"] = logits[2].unflatten(0, (len(local_views), batch))
         return out
 
 
@@ -164,3 +212,15 @@ def param_groups(model: nn.Module) -> list[dict]:
         is_token = name.endswith(("cls_token", "pos_embed", "reg_token", "mask_token"))
         (no_decay if p.ndim <= 1 or is_token else decay).append(p)
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+
+
+def use_fused_attention(module: nn.Module, enabled: bool) -> None:
+    """Switch timm's attention layers between PyTorch's fused kernel and the explicit q @ k^T, softmax, @ v.
+
+    Same maths, different kernels: on CPU under 16-bit autocast the explicit form runs ViT-S's
+    attention (forward and backward) several times faster than PyTorch's CPU flash-attention
+    kernel (measured: docs/pretrain.md); on CUDA the fused kernel is the fast one.
+    """
+    for layer in module.modules():
+        if hasattr(layer, "fused_attn"):
+            layer.fused_attn = enabled

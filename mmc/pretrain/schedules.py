@@ -36,7 +36,7 @@ def linear_warmup(step: int, warmup_steps: int, start: float, end: float) -> flo
 
 
 def pretrain_schedules(step: int, steps_per_epoch: int, pcfg) -> dict[str, float]:
-    """Every scheduled value of SPEC §1 at global ``step`` for the pretrain config ``pcfg``."""
+    """Every scheduled value (docs/method.md#schedules) at global ``step`` for the pretrain config ``pcfg``."""
     optim, distill = pcfg.optim, pcfg.distill
     total = optim.epochs * steps_per_epoch
     peak_lr = optim.base_lr * optim.batch_size / 256.0

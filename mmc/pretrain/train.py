@@ -1,4 +1,4 @@
-"""The MMC pretraining loop (SPEC §1): one process, or DDP under ``torchrun``.
+"""The MMC pretraining loop (docs/method.md#pretraining): one process, or DDP under ``torchrun``.
 
 Exit codes: 0 done; 2 a user error (bad config, missing data, non-finite loss); 75 (EX_TEMPFAIL)
 stopped by SIGTERM after writing a resume checkpoint at the next step boundary, so a scheduler
@@ -28,8 +28,11 @@ from mmc.files import atomic_path, sha256_file
 from mmc.pretrain import checkpoint as ckpt_mod
 from mmc.pretrain import distributed as dist_util
 from mmc.pretrain.data import PretrainDataset, make_run_loader, to_device
-from mmc.pretrain.losses import mmc_loss, patchify, updated_center
-from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups
+from mmc.pretrain.diagnostics import CollapseWatch
+from mmc.pretrain.distributed import all_gather_cat
+from mmc.pretrain.gradients import clip_
+from mmc.pretrain.losses import GlobalCounts, center_from_sum, mmc_loss, patchify
+from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups, use_fused_attention
 from mmc.pretrain.schedules import pretrain_schedules
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the rerun resumes from the checkpoint
@@ -108,12 +111,11 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
         _log(f"SIGTERM: resume checkpoint written to {state}; exiting with {EXIT_PREEMPTED} (rerun to resume)")
         return EXIT_PREEMPTED
     finally:
-        if dist_util.is_distributed():
-            torch.distributed.destroy_process_group()
+        dist_util.shutdown()
 
 
 # Keys that change how a run is executed or logged, not what it computes: a resume may differ in them.
-EXECUTION_KEYS = frozenset({"data.num_workers", "checkpoint", "log_every_steps", "compile"})
+EXECUTION_KEYS = frozenset({"data.num_workers", "checkpoint", "log_every_steps", "compile", "diagnostics"})
 
 
 def _semantic_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -131,6 +133,23 @@ def _semantic_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changed
 
 
+def micro_batching(global_batch: int, world: int, micro_batch_size: int | None) -> tuple[int, int]:
+    """(micro-batch per process, accumulation steps) for a global batch split over ``world`` processes.
+
+    ``micro_batch_size`` None: the whole per-process batch in one forward/backward.
+    """
+    if global_batch % world:
+        raise MMCError(f"optim.batch_size {global_batch} is not divisible by the number of processes {world}")
+    per_process = global_batch // world
+    micro = per_process if micro_batch_size is None else int(micro_batch_size)
+    if per_process % micro:
+        raise MMCError(
+            f"optim.batch_size {global_batch} is not divisible by processes x optim.micro_batch_size "
+            f"({world} x {micro}): each process's {per_process} images must split into whole micro-batches"
+        )
+    return micro, per_process // micro
+
+
 class Trainer:
     def __init__(self, cfg, pcfg, out: Path, state: Path, device: torch.device, rec):
         self.cfg, self.pcfg, self.out, self.state, self.device, self.rec = cfg, pcfg, out, state, device, rec
@@ -145,6 +164,7 @@ class Trainer:
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         self.dataset = PretrainDataset(pcfg, self.seed)
         self.batch_size = int(pcfg.optim.batch_size)
+        self.micro_batch, self.accumulation = micro_batching(self.batch_size, self.world, pcfg.optim.micro_batch_size)
         self.steps_per_epoch = len(self.dataset) // self.batch_size
         if self.steps_per_epoch == 0:
             raise MMCError(
@@ -158,14 +178,19 @@ class Trainer:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
+        self._fused_attention = True  # timm's default; see _choose_attention
         k = pcfg.distill.out_dim
         self.centers = {"cls": torch.zeros(k, device=device), "patch": torch.zeros(k, device=device)}
         # fused AdamW: one kernel per parameter group instead of ~6 per tensor (CPU and CUDA)
         self.optimizer = torch.optim.AdamW(param_groups(self.student), lr=0.0, weight_decay=0.0, fused=True)
-        self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=pcfg.precision == "float16")
         self.step = 0
         self.stop_requested = False
+        self.ddp = None  # the DistributedDataParallel wrapper while _loop runs (for no_sync)
+        diag = pcfg.diagnostics
+        self.collapse = CollapseWatch(k, diag.collapse_tolerance, diag.collapse_span_steps)
+        self._first_nonfinite = None  # (step, loss values) on the device, found between two host reads
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
@@ -204,7 +229,8 @@ class Trainer:
             centers={k: v.cpu() for k, v in self.centers.items()},
             rng=ckpt_mod.rng_state(),
             sampler={"epoch": epoch, "step_in_epoch": self.step % self.steps_per_epoch, "seed": self.seed,
-                     "global_batch": self.batch_size, "num_images": len(self.dataset)},
+                     "global_batch": self.batch_size, "num_images": len(self.dataset),
+                     "micro_batch": self.micro_batch, "accumulation_steps": self.accumulation},
         )  # fmt: skip
         ckpt_mod.save(ckpt, self.state / ckpt_mod.resume_name(self.step))
         ckpt_mod.prune(self.state, self.pcfg.checkpoint.keep_last)
@@ -241,6 +267,7 @@ class Trainer:
                 if row["step"] < self.step:
                     kept.append(line)
                     self.rec.log_metrics({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=row["step"])
+                    self._watch_collapse(row, report=False)
         with atomic_path(path) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in kept))
 
@@ -283,7 +310,7 @@ class Trainer:
         model = self.student
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+            model = self.ddp = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
         forward = torch.compile(model) if pcfg.compile else model
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
@@ -291,7 +318,7 @@ class Trainer:
         )  # fmt: skip
         metrics_file = open(self._metrics_path(), "a") if self.is_main else None  # noqa: SIM115
         try:
-            last = time.perf_counter()
+            self._since = (time.perf_counter(), self.step)  # images/s between two host reads
             # one loader for the whole run: its workers start once, its sampler spans the epochs
             loader = make_run_loader(
                 self.dataset, self.batch_size, self.seed, self.rank, self.world, self.step, self.total_steps,
@@ -301,41 +328,127 @@ class Trainer:
                 epoch = self.step // self.steps_per_epoch
                 row = self._train_step(forward, batch, epoch)
                 self.step += 1
-                now = time.perf_counter()
-                row["images_per_s"] = self.batch_size / max(now - last, 1e-9)
-                last = now
                 self._after_step(row, epoch, bar, metrics_file)
                 if row["stop"]:
+                    if self.world > 1:
+                        # no rank leaves before rank 0 has written the resume checkpoint: the
+                        # launchers stop every process once one exits (torchrun; srun
+                        # --kill-on-bad-exit on several nodes), which would cut the write short
+                        torch.distributed.barrier()
                     raise Preempted()  # _after_step wrote the resume checkpoint
         finally:
             bar.close()
             if metrics_file:
                 metrics_file.close()
+            self.ddp = None
+
+    def _logged(self, step: int) -> bool:
+        """Whether step index ``step`` (0-based) is written to the metrics: every N-th, the diagnostics' and the last."""
+        every = self.pcfg.diagnostics.every_steps
+        return step % self.pcfg.log_every_steps == 0 or step == self.total_steps - 1 or bool(every and step % every == 0)
 
     def _after_step(self, row: dict, epoch: int, bar, metrics_file) -> None:
         step, every = self.step, self.pcfg.checkpoint.every_steps
-        if self.is_main and ((step - 1) % self.pcfg.log_every_steps == 0 or step == self.total_steps):
-            line = {"step": step - 1, "epoch": epoch, **{k: v for k, v in row.items() if k != "stop"}}
-            metrics_file.write(json.dumps(line) + "\n")
-            metrics_file.flush()
-            self.rec.log_metrics({k: v for k, v in line.items() if k not in ("step", "epoch")}, step=step - 1)
-        bar.update(1)
-        bar.set_postfix(
-            {k: f"{row[k]:.4g}" for k in ("loss", "mim", "distill", "contrast") if k in row}
-            | {"img/s": f"{row['images_per_s']:.1f}"},
-            refresh=False,
-        )
         epoch_end = step % self.steps_per_epoch == 0
+        save = epoch_end or (every and step % every == 0) or row["stop"]
+        logged = self._logged(step - 1)
+        if logged or save:  # the only host reads of the step's values
+            values = self._host_values(row)
+            now = time.perf_counter()
+            values["images_per_s"] = self.batch_size * (step - self._since[1]) / max(now - self._since[0], 1e-9)
+            self._since = (now, step)
+            bar.set_postfix(
+                {k: f"{values[k]:.4g}" for k in ("loss", "mim", "distill", "contrast") if k in values}
+                | {"img/s": f"{values['images_per_s']:.1f}"},
+                refresh=False,
+            )
+            if logged and self.is_main:
+                line = {"step": step - 1, "epoch": epoch, **values}
+                metrics_file.write(json.dumps(line) + "\n")
+                metrics_file.flush()
+                self.rec.log_metrics(values, step=step - 1)
+                self._watch_collapse(line)
+        bar.update(1)
         if epoch_end and (epoch + 1) in self.expected_epochs:
             self._save_epoch(epoch + 1)
-        if epoch_end or (every and step % every == 0) or (row["stop"] and not epoch_end):
+        if save:
             self._save_resume()
 
-    def _to_device(self, batch):
-        """Host batch -> (global views (V, B, 3, H, W) float normalised, [local views], masks (V, B, N)) on the device."""
-        return to_device(batch, self.device)
+    def _host_values(self, row: dict) -> dict:
+        """Reduce the step's device values over ranks, read them in one transfer, stop on a non-finite loss.
+
+        Loss terms are each rank's share of the global-batch loss (summed, then / world); entropies
+        come as (sum, ``@count``) pairs over all ranks; other tensors are identical on every rank.
+        """
+        tensors = {k: v.detach().float().reshape(()) for k, v in row.items() if isinstance(v, torch.Tensor)}
+        reduced = sorted(k for k in tensors if k in self._LOSS_KEYS or k.startswith("teacher_entropy_"))
+        local = sorted(k for k in tensors if k not in reduced)
+        parts = [dist_util.all_reduce_sum(torch.stack([tensors[k] for k in reduced]))] if reduced else []
+        parts += [torch.stack([tensors[k] for k in local])] if local else []
+        first = self._first_nonfinite
+        if first is not None:
+            parts.append(dist_util.all_reduce_min(first[0]).reshape(1))
+            parts.append(torch.stack([first[0]] + [first[1][k] for k in sorted(first[1])]))
+        flat = torch.cat(parts).tolist() if parts else []
+        values = dict(zip(reduced + local, flat, strict=False))
+        if first is not None and math.isfinite(flat[len(reduced) + len(local)]):
+            bad = int(flat[len(reduced) + len(local)])
+            mine = flat[len(reduced) + len(local) + 1 :]
+            if mine[0] == bad:
+                shares = "" if self.world == 1 else f" (rank {self.rank}'s share)"
+                described = ", ".join(f"{k}={v:.6g}" for k, v in zip(sorted(first[1]), mine[1:], strict=True)) + shares
+            else:
+                described = "first seen on another rank"
+            raise MMCError(f"non-finite loss at step {bad} (epoch {bad // self.steps_per_epoch}): {described}; stopping")
+        for name in list(values):
+            if name in self._LOSS_KEYS:
+                values[name] /= self.world
+            elif name.endswith("@count"):
+                count = values.pop(name)
+                base = name.removesuffix("@count")
+                values[base] = values[base] / count if count else float("nan")
+            elif name.startswith("backbone_grad_norm_"):
+                values[name] = math.sqrt(values[name])
+        return {**values, **{k: v for k, v in row.items() if not isinstance(v, torch.Tensor) and k != "stop"}}
+
+    _LOSS_KEYS = frozenset({"loss", "mim", "distill", "distill_cls", "distill_patch", "contrast"})
+
+    def _watch_collapse(self, row: dict, report: bool = True) -> None:
+        for key, name in (("teacher_entropy_cls", "teacher [CLS] distribution"),
+                          ("teacher_entropy_patch", "teacher patch distribution")):  # fmt: skip
+            if key in row:
+                message = self.collapse.observe(name, row["step"], row[key])
+                if message and report:
+                    _log(message)
+
+    # ------------------------------------------------------------------ step
+    def _to_device(self, batch) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """A host batch from the loader -> (global views (V, B, 3, H, W) float, normalised; local views
+        [(B, 3, h, w)] (empty unless L_distill uses them); masks (V, B, N) bool), on the device.
+
+        The only place that knows the loader's host layout (:func:`mmc.pretrain.data.to_device`).
+        """
+        global_views, local_views, masks = to_device(batch, self.device)
+        return global_views, (local_views if self.pcfg.loss.w_distill > 0 else []), masks
+
+    def _choose_attention(self) -> None:
+        """PyTorch's CPU flash-attention kernel is slow in 16-bit floats: use the explicit form there."""
+        fused = not (self.device.type == "cpu" and self.amp_dtype is not None)
+        if fused != self._fused_attention:
+            for network in (self.student, self.teacher):
+                if network is not None:
+                    use_fused_attention(network, fused)
+            self._fused_attention = fused
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def _train_step(self, forward, batch, epoch: int) -> dict:
+        """One optimiser step over this rank's part of the global batch, in micro-batches.
+
+        Returns the step's values as device tensors (read on the host only when logged: no host
+        synchronisation per step), the schedule values, and ``stop`` (SIGTERM on any rank).
+        """
         pcfg, step = self.pcfg, self.step
         sched = pretrain_schedules(step, self.steps_per_epoch, pcfg)
         for group in self.optimizer.param_groups:
@@ -343,47 +456,125 @@ class Trainer:
             if group["apply_wd"]:
                 group["weight_decay"] = sched["wd"]
         torch.manual_seed(_step_seed(self.seed, step, self.rank))
-        global_views, local_views, masks = self._to_device(batch)
-        local_views = local_views if pcfg.loss.w_distill > 0 and local_views else None
-        targets = None
-        if pcfg.loss.w_mim > 0:
-            targets = patchify(global_views.flatten(0, 1), pcfg.backbone.patch_size).unflatten(0, global_views.shape[:2])
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            s_out = forward(global_views, masks, local_views)
-            t_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_out = self.teacher(global_views)
-            losses = mmc_loss(s_out, t_out, targets, masks, self.centers, sched["teacher_temp"], pcfg)
-        names = sorted(losses)
-        values = torch.stack([losses[k].detach().float() for k in names])
-        reduced = dist_util.all_reduce_sum(
-            torch.cat([values, torch.tensor([float(self.stop_requested)], device=values.device)])
-        )
-        values = (reduced[:-1] / self.world).tolist()
-        row = dict(zip(names, values, strict=True))
-        if not all(math.isfinite(v) for v in values):
-            parts = ", ".join(f"{k}={v:.6g}" for k, v in row.items())
-            raise MMCError(f"non-finite loss at step {step} (epoch {epoch}): {parts}; stopping")
+        self._choose_attention()
+        views, local_views, masks = self._to_device(batch)
+        counts = GlobalCounts.of_masks(masks)
+        micros = [slice(a * self.micro_batch, (a + 1) * self.micro_batch) for a in range(views.shape[1] // self.micro_batch)]
+        keys_after_ema = self.teacher is not None and pcfg.contrast.keys_after_ema
+        if keys_after_ema:  # MoCo v3's order: the teacher takes this step's student before it is used
+            ema_update(self.teacher, self.student, sched["momentum"])
+        teacher_out = self._teacher_pass(views, masks, micros)
+        diagnose = bool(pcfg.diagnostics.every_steps) and step % pcfg.diagnostics.every_steps == 0
+        entropies = self._logged(step) and pcfg.loss.w_distill > 0
+        row: dict = {}
+        term_grads: dict[str, list[torch.Tensor]] = {}
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        for a, part in enumerate(micros):
+            last = a == len(micros) - 1
+            sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            with sync:
+                with self._autocast():
+                    s_out = forward(views[:, part], masks[:, part], [v[part] for v in local_views] or None)
+                    t_out = teacher_out[a] if teacher_out else None
+                    targets = None
+                    if pcfg.loss.w_mim > 0:
+                        part_views = views[:, part]
+                        targets = patchify(part_views.flatten(0, 1), pcfg.backbone.patch_size)
+                        targets = targets.unflatten(0, part_views.shape[:2])[masks[:, part]]
+                    micro_counts = dataclasses.replace(counts, key_offset=self.rank * views.shape[1] + part.start)
+                    losses = mmc_loss(s_out, t_out, targets, masks[:, part], self.centers, sched["teacher_temp"], pcfg,
+                                      micro_counts, entropies=entropies)  # fmt: skip
+                for name in [k for k in losses if k.startswith("entropy_")]:  # (sum, "@count") pairs
+                    _accumulate(row, f"teacher_{name}", losses.pop(name).detach())
+                if diagnose:
+                    self._term_gradients(losses, term_grads)
+                self.scaler.scale(losses["loss"]).backward()
+            for name, value in losses.items():
+                _accumulate(row, name, value.detach())
+        self._track_nonfinite(row, step)
         self.scaler.unscale_(self.optimizer)
-        clip = pcfg.optim.clip_grad
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip if clip else float("inf"))
+        grad_norm = clip_(self.student.parameters(), pcfg.optim.clip_grad, pcfg.optim.clip_mode)
+        if epoch < pcfg.distill.freeze_last_layer_epochs and hasattr(self.student, "dino_head"):
+            self.student.dino_head.last.weight.grad = None  # DINO: the prototypes stay put (no update, no decay)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.teacher is not None:
-            ema_update(self.teacher, self.student, sched["momentum"])
+            if not keys_after_ema:
+                ema_update(self.teacher, self.student, sched["momentum"])
             if pcfg.loss.w_distill > 0:
-                dino = t_out["dino"]
-                momentum = pcfg.distill.center_momentum
-                self.centers["cls"] = updated_center(self.centers["cls"], dino[:, :, 0], momentum)
-                if pcfg.distill.mode == "patch":
-                    self.centers["patch"] = updated_center(self.centers["patch"], dino[:, :, 1:], momentum)
+                self._update_centers(teacher_out, views.shape[1], masks.shape[-1])
+        for name, grads in term_grads.items():
+            grads = dist_util.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads])) / self.world
+            row[f"backbone_grad_norm_{name}"] = grads.float().square().sum()  # sqrt after the host read
+        if entropies:
+            row["center_norm_cls"] = self.centers["cls"].norm()
+            if pcfg.distill.mode == "patch":
+                row["center_norm_patch"] = self.centers["patch"].norm()
+        row["grad_norm"] = grad_norm.detach()
         row.update(sched)
-        row["grad_norm"] = float(grad_norm)
-        row["stop"] = bool(reduced[-1].item() > 0)
+        row["stop"] = dist_util.host_flag_any(self.stop_requested)
         return row
+
+    @torch.no_grad()
+    def _teacher_pass(self, views: torch.Tensor, masks: torch.Tensor, micros: list[slice]) -> list[dict] | None:
+        """Teacher outputs of every micro-batch, before any student pass: the contrast keys of the
+        whole global batch are all-gathered once and every micro-batch scores its queries against them."""
+        if self.teacher is None:
+            return None
+        with self._autocast():
+            outs = [self.teacher(views[:, part], masks[:, part]) for part in micros]
+        if self.pcfg.loss.w_contrast > 0:
+            keys = torch.cat([o["key"] for o in outs], dim=1)  # (2, B_rank, d)
+            keys = torch.stack([all_gather_cat(keys[0]), all_gather_cat(keys[1])])
+            for o in outs:
+                o["key"] = keys
+        return outs
+
+    @torch.no_grad()
+    def _update_centers(self, teacher_out: list[dict], images: int, patches: int) -> None:
+        """Both centres from float32 sums over every micro-batch and rank: one all-reduce."""
+        momentum = self.pcfg.distill.center_momentum
+        cls_sum = sum(o["dino_cls"].sum(dim=(0, 1), dtype=torch.float32) for o in teacher_out)
+        patch_mode = self.pcfg.distill.mode == "patch"
+        parts = [cls_sum] + ([sum(o["dino_patch_sum"] for o in teacher_out)] if patch_mode else [])
+        totals = dist_util.all_reduce_sum(torch.stack(parts))
+        cls_count = float(teacher_out[0]["dino_cls"].shape[0] * images * self.world)
+        self.centers["cls"] = center_from_sum(self.centers["cls"], totals[0], cls_count, momentum)
+        if patch_mode:
+            self.centers["patch"] = center_from_sum(self.centers["patch"], totals[1], cls_count * patches, momentum)
+
+    def _term_gradients(self, losses: dict, into: dict[str, list[torch.Tensor]]) -> None:
+        """Add each weighted loss term's gradient on the backbone parameters (diagnostics)."""
+        w = self.pcfg.loss
+        weights = {"mim": w.w_mim, "distill_cls": w.w_distill, "distill_patch": w.w_distill, "contrast": w.w_contrast}
+        params = [p for p in self.student.backbone.parameters() if p.requires_grad]
+        for name, weight in weights.items():
+            if name not in losses:
+                continue
+            scaled = self.scaler.scale(losses[name] * weight)
+            grads = torch.autograd.grad(scaled, params, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params, strict=True)]
+            if self.scaler.is_enabled():
+                inv = 1.0 / self.scaler.get_scale()
+                torch._foreach_mul_(grads, inv)
+            if name in into:
+                torch._foreach_add_(into[name], grads)
+            else:
+                into[name] = grads
+
+    def _track_nonfinite(self, row: dict, step: int) -> None:
+        """Remember, on the device, the first step whose loss is not finite (read at the next log)."""
+        values = {k: v for k, v in row.items() if k in self._LOSS_KEYS}
+        finite = torch.isfinite(torch.stack([v.float() for v in values.values()])).all()
+        if self._first_nonfinite is None:
+            inf = torch.full((), float("inf"), device=finite.device)
+            self._first_nonfinite = (inf, {k: torch.zeros_like(v, dtype=torch.float32) for k, v in values.items()})
+        first_step, first_values = self._first_nonfinite
+        new = ~finite & torch.isinf(first_step)
+        first_step = torch.where(new, torch.full((), float(step), device=finite.device), first_step)
+        first_values = {k: torch.where(new, v.float(), first_values[k]) for k, v in values.items()}
+        self._first_nonfinite = (first_step, first_values)
+
 
     # ------------------------------------------------------------------ outputs
     def _export(self) -> None:
@@ -401,3 +592,7 @@ class Trainer:
             shutil.copyfile(self._metrics_path(), tmp)
         self.rec.produced(self.out / METRICS_NAME)
         _log(f"done: {self.total_steps} steps; checkpoints in {self.out}")
+
+
+def _accumulate(row: dict, name: str, value: torch.Tensor) -> None:
+    row[name] = row[name] + value if name in row else value

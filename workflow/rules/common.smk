@@ -17,6 +17,7 @@ from snakemake.utils import validate
 
 from mmc import config as mmc_config
 from mmc.errors import MMCError
+from mmc.pretrain.launch import slurm_launcher
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 # Without --configfile, the paper run. With it, that file alone: Snakemake would otherwise merge
@@ -82,10 +83,10 @@ wildcard_constraints:
 
 
 # One line at the top of every compute job's log: where it ran and what it was given. The SLURM
-# tests read `slurm_job_id` and `CUDA_VISIBLE_DEVICES` from it.
+# tests read `slurm_job_id`, `CUDA_VISIBLE_DEVICES` and `cpus` (the job step's CPUs) from it.
 JOB_INFO = (
     'echo "job: host=$(hostname) slurm_job_id=${SLURM_JOB_ID:-none} '
-    'CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"'
+    'CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset} cpus=${SLURM_CPUS_ON_NODE:-unset}"'
 )
 
 
@@ -145,7 +146,7 @@ def pretrain_inputs(wildcards):
 
 
 def versioned_data():
-    """What `data.dvc` versions: every dataset the run reads, complete on disk."""
+    """What `data.dvc` versions: every dataset and fetched checkpoint the run reads, complete on disk."""
     names = list(CFG.evaluation.datasets)
     if CFG.selection.policy != "last":
         names.append(CFG.selection.dataset)
@@ -155,36 +156,23 @@ def versioned_data():
         for e in CFG.experiments.values()
         if _inside(e.data.path, SYNTHETIC_DIR)
     }
+    # checkpoints fetched under data_dir too: data.dvc is made after every write under data/
+    ready |= {
+        model_checkpoint(m, None)
+        for m, model in CFG.models.items()
+        if model.source == "url"
+    }
     return sorted(ready)
 
 
-def gpus_per_node(resources):
-    """GPUs of one node: `gpu` (single node) or the count in `gres: gpu[:model]:N`."""
-    gres = str(resources.get("gres", "") or "")
-    for part in gres.split(","):
-        if part.strip().startswith("gpu"):
-            return int(part.strip().split(":")[-1])
-    return int(resources.get("gpu", 0) or 0)
-
-
 def pretrain_launcher(wildcards, resources):
-    """How `mmc pretrain` is started: one process, or torchrun inside ONE task per node.
-
-    Never a SLURM task per GPU (`tasks`): torchrun starts and supervises one process per GPU.
-    Several nodes (opt-in profile): srun starts one torchrun per node; they meet at the job's
-    first node through the c10d rendezvous.
+    """How `mmc pretrain` is started: `mmc`, `torchrun --standalone` in ONE task on one node, or
+    (profile slurm-multinode, resource `mpi`) srun + one torchrun per node; see mmc.pretrain.launch.
     """
-    gpus = gpus_per_node(resources)
-    nodes = int(resources.get("nodes", 1) or 1)
-    if nodes > 1:
-        head = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)"
-        return (
-            f"srun --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc-per-node={max(gpus, 1)} "
-            f"--rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d --rdzv-endpoint={head}:29500 -m mmc"
-        )
-    return (
-        "mmc" if gpus <= 1 else f"torchrun --standalone --nproc-per-node={gpus} -m mmc"
-    )
+    try:
+        return slurm_launcher(resources).shell
+    except ValueError as error:
+        raise WorkflowError(f"pretrain resources: {error}") from None
 
 
 def select_inputs(wildcards):
@@ -372,16 +360,32 @@ def figure_files():
     )
 
 
+def report_files():
+    pages = [f"{RESULTS}/report/tables_{d}.html" for d in CFG.evaluation.datasets]
+    return [f"{RESULTS}/report/summary.md", f"{RESULTS}/report/summary.html", *pages]
+
+
+def explorer_files():
+    return [f"{RESULTS}/explorer/{d}.html" for d in CFG.evaluation.datasets]
+
+
 def final_targets():
     # Every experiment is trained, selected and published (once per seed); `models` says which
     # are evaluated.
     targets = [selection_file(e, s) for e, s in experiment_runs()]
     targets += [published_checkpoint(e, s) for e, s in experiment_runs()]
     if CFG.evaluation.datasets and CFG.models:
-        targets += table_files() + figure_files() + [f"{RESULTS}/report/summary.md"]
+        targets += table_files() + figure_files() + report_files() + explorer_files()
     return targets
 
 
 # ----------------------------------------------------------------------------- tracking hooks
 def run_hook(command):
     shell(f"{command} --config {CONFIG_FILE}")
+
+
+# The HTML report, rendered by the onsuccess hook (a second snakemake reading this run's metadata).
+REPORT_HTML = f"{RESULTS}/report.html"
+REPORT_COMMAND = (
+    f"snakemake --snakefile {workflow.main_snakefile} --configfile {CONFIG_FILE}"
+)

@@ -1,3 +1,11 @@
+# The figures of every evaluation dataset; each PNG is shown in the report under its dataset.
+FIGURES = {
+    "miou_vs_threshold": "figure: mIoU vs threshold",
+    "similarity_histograms": "figure: similarity histograms",
+    "qualitative": "figure: predicted masks",
+}
+
+
 rule figures:
     input:
         summaries=figure_inputs("summaries"),
@@ -6,33 +14,16 @@ rule figures:
         datasets=[dataset_ready(name) for name in CFG.evaluation.datasets],
         checkpoints=figure_checkpoint_inputs(),
     output:
-        report(
-            expand(
-                f"{RESULTS}/figures/miou_vs_threshold_{{dataset}}.png",
-                dataset=CFG.evaluation.datasets,
-            ),
-            caption="../report/miou_vs_threshold.rst",
-            category="Figures",
-            subcategory="mIoU vs threshold",
-        ),
-        report(
-            expand(
-                f"{RESULTS}/figures/similarity_histograms_{{dataset}}.png",
-                dataset=CFG.evaluation.datasets,
-            ),
-            caption="../report/similarity_histograms.rst",
-            category="Figures",
-            subcategory="Similarity histograms",
-        ),
-        report(
-            expand(
-                f"{RESULTS}/figures/qualitative_{{dataset}}.png",
-                dataset=CFG.evaluation.datasets,
-            ),
-            caption="../report/qualitative.rst",
-            category="Figures",
-            subcategory="Qualitative",
-        ),
+        [
+            report(
+                f"{RESULTS}/figures/{name}_{dataset}.png",
+                caption=f"../report/{name}.rst",
+                category=dataset,
+                labels={"result": label},
+            )
+            for dataset in CFG.evaluation.datasets
+            for name, label in FIGURES.items()
+        ],
         expand(
             f"{RESULTS}/figures/{{name}}_{{dataset}}.svg",
             name=["miou_vs_threshold", "similarity_histograms"],

@@ -4,11 +4,15 @@ rule tables:
         objects=segment_objects(),
         similarity=similarity_results(),
     output:
-        report(
-            expand(f"{RESULTS}/tables/{{table}}.csv", table=TABLES),
-            caption="../report/tables.rst",
-            category="Tables",
-        ),
+        [
+            report(
+                f"{RESULTS}/tables/{table}.csv",
+                caption="../report/tables_csv.rst",
+                category="Overview",
+                labels={"result": f"table as CSV: {table}"},
+            )
+            for table in TABLES
+        ],
         expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLES, ext=["md", "tex"]),
     log:
         f"{RESULTS}/logs/tables.log",

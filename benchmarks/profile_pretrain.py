@@ -1,0 +1,112 @@
+"""torch.profiler view of one MMC training step (the code `mmc pretrain` runs), on CPU or CUDA.
+
+Builds the same Trainer and synthetic batch as ``bench_pretrain.py`` (ViT-S/16 at 224 px by
+default), warms up, profiles ``--steps`` steps and prints the operators that take the most self
+time, plus the host synchronisations (``aten::item``, ``aten::_local_scalar_dense``) per step.
+``--trace FILE`` also writes a Chrome trace (open in chrome://tracing or Perfetto).
+
+    PYTHONPATH=$PWD python benchmarks/profile_pretrain.py [--precision bfloat16] [--case test] [--trace t.json]
+
+``--attention`` instead times one attention layer's forward and backward at the step's shapes with
+PyTorch's fused kernel and with the explicit q @ k^T, softmax, @ v (best of 5, fp32 and bf16): the
+measurement behind the step's choice of the explicit form on CPU under 16-bit autocast.
+
+``--code DIR`` profiles another checkout's ``mmc`` (e.g. ``git archive main mmc workflow/schemas``
+unpacked in DIR) with this script, to compare before and after a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
+    """Fused vs explicit attention, forward + backward, ViT-S/16 at 224 px (2 views x batch, 6 heads)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(2 * batch, 6, 197, 64, dtype=dtype, requires_grad=True) for _ in range(3))
+
+        def fused(q=q, k=k, v=v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+        def explicit(q=q, k=k, v=v):
+            return ((q * 64**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+        best = {}
+        for _ in range(repeats):  # interleaved
+            for name, fn in (("fused", fused), ("explicit", explicit)):
+                start = time.perf_counter()
+                fn().sum().backward()
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+        print(f"attention {str(dtype).removeprefix('torch.'):9s} fused {best['fused'] * 1e3:7.1f} ms, explicit "
+              f"{best['explicit'] * 1e3:7.1f} ms: fused / explicit = {best['fused'] / best['explicit']:.2f}")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=["test", "vits16"], default="vits16")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--trace", type=Path, help="write a Chrome trace here")
+    parser.add_argument("--attention", action="store_true", help="only time fused vs explicit attention")
+    parser.add_argument("--shapes", action="store_true", help="also group the operators by input shape")
+    parser.add_argument("--code", type=Path, help="the checkout whose mmc package is profiled (default: this one)")
+    args = parser.parse_args()
+    if args.attention:
+        print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+        attention_times(args.threads, args.batch)
+        return 0
+    sys.path.insert(0, str(HERE))
+    from bench_pretrain import case_config, make_trainer, synthetic_batch  # puts this checkout on sys.path
+
+    if args.code:
+        sys.path.insert(0, str(args.code.resolve()))
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(args.threads)
+    cfg = case_config(args.case, args.precision, args.batch, device=args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(cfg, args.batch, args.device, Path(tmp))
+    data = synthetic_batch(trainer.pcfg, args.batch, args.device)
+    for i in range(args.warmup):
+        trainer.step = i
+        trainer._train_step(trainer.student, data, 0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with profile(activities=activities, record_shapes=args.shapes) as prof:
+        for i in range(args.steps):
+            trainer.step = args.warmup + i
+            trainer._train_step(trainer.student, data, 0)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
+    print(f"{args.case} {args.precision} batch {args.batch}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+    print(averages.table(sort_by=sort, row_limit=args.rows))
+    if args.shapes:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=args.rows))
+    syncs = sum(e.count for e in averages if e.key in ("aten::_local_scalar_dense",))
+    print(f"host synchronisations (aten::_local_scalar_dense) per step: {syncs / args.steps:g}")
+    if args.trace:
+        prof.export_chrome_trace(str(args.trace))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
