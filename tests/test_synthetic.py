@@ -202,11 +202,14 @@ def test_categories_repeat_within_scenes_in_other_colours_and_textures_vary(many
     assert np.ptp(angles) > 2.5  # orientations over [0, pi)
 
 
-def test_a_thousand_images_take_seconds(tmp_path):
+def test_a_thousand_images(tmp_path):
     start = time.perf_counter()
     synthetic.generate(tmp_path / "big", synthetic.SyntheticSpec(1000, 0, 128, 0, 0.5, (1, 4), (0.2, 0.5), 1))
-    # a loose bound that catches an accidental quadratic loop, not a benchmark
-    assert time.perf_counter() - start < 60
+    # the time is printed (pytest -s), never asserted: tests assert behaviour
+    print(f"\n1,000 synthetic scenes at 128 px: {time.perf_counter() - start:.1f} s")
+    voc = tmp_path / "big" / "VOCdevkit" / "VOC2012"
+    assert len(list((voc / "JPEGImages").glob("*.jpg"))) == 1000
+    assert len(list((voc / "SegmentationObject").glob("*.png"))) == 1000
 
 
 def test_cli_rejects_bad_flags_with_the_schema_bounds(tmp_path):
