@@ -108,3 +108,23 @@ def test_segment_and_similarity_run_the_colour_floor_through_the_same_code(voc, 
     assert len(list((state / "tiny" / "seed0" / "scenes").iterdir())) == 1
     with pytest.raises(MMCError, match=r"--seed 1: model 'colour' \(source colour\) is evaluated once"):
         configured_model(config.load(cfg), "colour", seed=1)
+
+
+def test_similarities_do_not_depend_on_the_features_memory_layout():
+    """The same features in another layout (a channel-last view, as the colour statistics once were,
+    against a cache entry's contiguous copy) give the same similarities bit for bit: summed in float64."""
+    from mmc.evaluation.protocol import cosine_to, prompt_similarities
+
+    rng = np.random.default_rng(0)
+    for dim in (6, 96):
+        planes = rng.standard_normal((dim, 8, 8)).astype(np.float16).astype(np.float32)
+        view = planes.transpose(1, 2, 0)  # (8, 8, dim), not C-contiguous
+        copy = np.ascontiguousarray(view)
+        assert not view.flags["C_CONTIGUOUS"]
+        tokens = [(0, 0), (3, 5), (7, 7)]
+        assert np.array_equal(prompt_similarities(view, tokens), prompt_similarities(copy, tokens))
+        flat_view, flat_copy = view.reshape(64, dim), copy.reshape(64, dim)
+        got = cosine_to(flat_view, flat_view[[9]])
+        assert got.dtype == np.float32 and np.array_equal(got, cosine_to(flat_copy, flat_copy[[9]]))
+        expected = (flat_copy.astype(np.float64) @ flat_copy[9].astype(np.float64)).astype(np.float32)
+        assert np.array_equal(got[:, 0], expected)

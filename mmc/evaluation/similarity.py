@@ -20,7 +20,7 @@ from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.evaluation import metrics
 from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job
-from mmc.evaluation.protocol import object_prompts
+from mmc.evaluation.protocol import cosine_to, object_prompts
 from mmc.evaluation.summary import SimilarityResult
 
 
@@ -70,7 +70,7 @@ def image_similarities(
     intra, inter = [], []
     for obj, _, (r, c) in kept:
         index = r * grid_w + c
-        sims = flat @ flat[index]
+        sims = cosine_to(flat, flat[index][None])[:, 0]  # summed in float64: the same bits from any memory
         own = member[:, column[obj.object_id]].copy()
         others = np.delete(member, column[obj.object_id], axis=1).any(axis=1) & ~own
         own[index] = False

@@ -47,7 +47,8 @@ def colour_statistics(rgb, patch_size: int):
     std = x.var(dim=(3, 5), correction=0).sqrt()
     stats = torch.cat([mean, std], dim=1).permute(0, 2, 3, 1)  # (B, gh, gw, 6)
     stats = stats - stats.mean(dim=(1, 2), keepdim=True)
-    return torch.nn.functional.normalize(stats, dim=-1)
+    # contiguous, as a ViT's tokens and a cache entry are: the same values in the same layout
+    return torch.nn.functional.normalize(stats, dim=-1).contiguous()
 
 
 @functools.cache
