@@ -10,7 +10,10 @@ results of an older checkout) and prints the largest difference. Run after the d
 checkpoints):
 
     PYTHONPATH=. python benchmarks/conventions_demo.py --config config/test.yaml \\
-        --checkpoint mmc=checkpoints/test/mmc.pth --checkpoint mim_only=checkpoints/test/mim_only.pth
+        --checkpoint mmc=checkpoints/test/mmc/seed0.pth --checkpoint mim_only=checkpoints/test/mim_only/seed0.pth \\
+        --checkpoint init=results/test/pretrain/mmc/seed0/epoch_0000.pth
+
+Seeded models are evaluated with their first seed (the demo has one).
 """
 
 from __future__ import annotations
@@ -82,11 +85,11 @@ def results(cfg, checkpoints: dict[str, str]) -> dict:
 def stored(results_dir: Path) -> dict:
     """The same numbers from the files of a finished run."""
     out = {}
-    for path in results_dir.glob("segment/*/*/summary.json"):
+    for path in results_dir.glob("segment/**/summary.json"):  # segment/M/D and segment/M/seedS/D
         summary = json.loads(path.read_text())
         for key in SEGMENT_KEYS:
             out[(summary["model"], summary["dataset"], key)] = summary[key]
-    for path in results_dir.glob("similarity/*/*/similarity.json"):
+    for path in results_dir.glob("similarity/**/similarity.json"):
         result = json.loads(path.read_text())
         for key in SIMILARITY_KEYS:
             out[(result["model"], result["dataset"], key)] = result[key]

@@ -7,7 +7,10 @@ summary and the selection scores of every candidate checkpoint, and their differ
 (what ``auto`` uses for MMC/timm/random models). Run after the demo (it reads its checkpoints):
 
     PYTHONPATH=. python benchmarks/pos_embed_demo.py --config config/test.yaml \\
-        --checkpoint mmc=checkpoints/test/mmc.pth --checkpoint mim_only=checkpoints/test/mim_only.pth
+        --checkpoint mmc=checkpoints/test/mmc/seed0.pth --checkpoint mim_only=checkpoints/test/mim_only/seed0.pth \\
+        --checkpoint init=results/test/pretrain/mmc/seed0/epoch_0000.pth
+
+Seeded models are evaluated with their first seed, whose candidates are scored (the demo has one).
 """
 
 from __future__ import annotations
@@ -55,7 +58,11 @@ def main() -> None:
     cfg = config.load(args.config)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     pretrain_dir = Path(cfg.results_dir) / "pretrain"
-    candidates = {e: sorted((pretrain_dir / e).glob("epoch_*.pth")) for e in cfg.experiments}
+    seed = cfg.seeds[0]  # the initial weights (epoch 0) are never a candidate of the selection
+    candidates = {
+        e: sorted(p for p in (pretrain_dir / e / f"seed{seed}").glob("epoch_*.pth") if p.name != "epoch_0000.pth")
+        for e in cfg.experiments
+    }
     by_method = {}
     for method in METHODS:
         evaluation = dataclasses.replace(cfg.evaluation, pos_embed_resize=method)

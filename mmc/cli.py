@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("mmc.plan", "estimate a config's pretraining: FLOPs, GPU-hours, wall time, GPU memory, loader cores"),
     "pretrain": ("mmc.pretrain.cli", "pretrain a ViT with MMC (masked modelling, self-distillation, contrast)"),
     "select": ("mmc.select", "choose the checkpoint of an MMC experiment to evaluate"),
-    "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E.pth, dvc add and push it"),
+    "publish": ("mmc.publish", "copy a selected checkpoint to checkpoints/E/seedS.pth, dvc add and push it"),
     "segment": ("mmc.evaluation.segment", "zero-shot prompt-patch segmentation of one model on one dataset"),
     "similarity": ("mmc.evaluation.similarity", "intra/inter-object similarity of one model on one dataset"),
     "tables": ("mmc.tables", "paper-style comparison tables (CSV, Markdown, LaTeX)"),

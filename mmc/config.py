@@ -211,6 +211,8 @@ def resolve(raw: Mapping, where: str = "<config>", *, check_inputs: bool = False
         merged = deep_merge(pretrain_base, override)
         experiments[name] = _validate(merged, schema()["$defs"]["pretrain"], where, prefix=f"experiments.{name}.")
     data["experiments"] = experiments
+    if data["seeds"] is None:  # one training seed: the base seed
+        data["seeds"] = [data["seed"]]
     if data["results_dir"] is None:  # the schema's default: each run its own folder
         data["results_dir"] = f"results/{data['run_name']}"
     _raise_problems(where, rule_problems(data, raw, check_inputs=check_inputs))
@@ -223,6 +225,42 @@ def _raise_problems(where: str, problems: list[str]) -> None:
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ConfigError(f"{where}: invalid configuration ({len(problems)} problems): {shown}")
+
+
+# ----------------------------------------------------------------------------- seeds
+def _field(node: Any, key: str) -> Any:
+    return node[key] if isinstance(node, Mapping) else getattr(node, key)
+
+
+def model_seeds(model: Any, seeds: Any) -> tuple[int, ...] | None:
+    """The training seeds a ``models`` entry is evaluated with, given the run's resolved ``seeds``:
+    every seed for ``source: experiment`` and for ``source: random`` without a ``seed`` of its own;
+    None for a model evaluated once (colour, file, url, a random model with its own seed).
+    ``model`` is a resolved entry (a mapping or the frozen config object)."""
+    source = _field(model, "source")
+    if source == "experiment" or (source == "random" and _field(model, "seed") is None):
+        return tuple(int(s) for s in seeds)
+    return None
+
+
+def run_name(name: str, seed: int | None) -> str:
+    """Where an experiment's or a model's evaluation with ``seed`` lives below a stage's folder:
+    ``NAME/seedS``, or ``NAME`` for a model without seeds (docs/workflow.md#seeds)."""
+    return name if seed is None else f"{name}/seed{seed}"
+
+
+def reference_seed(reference_seeds: tuple[int, ...] | None, seed: int | None) -> int | None:
+    """The seed of the reference's evaluation that a model's evaluation with ``seed`` is paired with
+    (``reference_seeds``: :func:`model_seeds` of the reference): the same seed, or the reference's only
+    evaluation (a model without seeds, or with one). KeyError when the reference has several seeds
+    and not this one."""
+    if reference_seeds is None:
+        return None
+    if seed is not None and seed in reference_seeds:
+        return seed
+    if len(reference_seeds) == 1:
+        return reference_seeds[0]
+    raise KeyError(seed)
 
 
 # ----------------------------------------------------------------------------- rules across keys
@@ -354,6 +392,43 @@ def _experiment_problems(name: str, exp: Mapping, override: Mapping) -> list[str
     return problems
 
 
+def _model_problems(name: str, model: Mapping, models: Mapping, experiments: Mapping, seeds) -> list[str]:
+    """Initial weights exist only for a pretrained experiment; a reference is another model whose
+    evaluations can be paired with this model's, seed by seed."""
+    problems = []
+    if model["checkpoint"] == "initial":
+        if model["source"] != "experiment":
+            problems.append(
+                f"models.{name}.checkpoint: 'initial' is for source experiment (an experiment's weights "
+                f"before its first step), not source {model['source']!r}: expected checkpoint: selected"
+            )
+        elif model["experiment"] in experiments and experiments[model["experiment"]]["init_checkpoint"] is not None:
+            problems.append(
+                f"models.{name}.checkpoint: 'initial': experiment '{model['experiment']}' sets init_checkpoint, "
+                "so it is not pretrained and has no initial weights: expected checkpoint: selected"
+            )
+    reference = model["reference"]
+    if reference is None:
+        return problems
+    if reference == name:
+        problems.append(f"models.{name}.reference: '{name}' is the model itself: expected another key of models")
+    elif reference not in models:
+        problems.append(f"models.{name}.reference: '{reference}' is not a key of models (have: {sorted(models)})")
+    else:
+        theirs = model_seeds(models[reference], seeds)
+        for seed in model_seeds(model, seeds) or (None,):
+            try:
+                reference_seed(theirs, seed)
+            except KeyError:
+                own = "no seed" if seed is None else f"seed {seed}"
+                problems.append(
+                    f"models.{name}.reference: '{reference}' is evaluated with seeds {list(theirs or ())}, "
+                    f"not with {own} of {name}: expected a reference evaluated with this model's seeds, or once"
+                )
+                break
+    return problems
+
+
 def _input_problem(key: str, path: str | None, kind: str, made: dict[str, str]) -> str | None:
     """A file or folder the run reads that no rule makes must exist now (not after hours of GPU time)."""
     if path is None or any(_inside(path, folder) for folder in made.values()):
@@ -432,6 +507,8 @@ def rule_problems(data: Mapping, raw: Mapping, *, check_inputs: bool) -> list[st
             backbone = model["backbone"]
             problems += _backbone_problems(f"models.{name}.backbone", backbone)
         patches.setdefault(backbone["patch_size"], []).append(name)
+    for name, model in models.items():
+        problems += _model_problems(name, model, models, experiments, data["seeds"])
     if not evaluation["keep_aspect"]:
         for patch, names in patches.items():
             if evaluation["resolution"] % patch:

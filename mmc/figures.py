@@ -7,7 +7,8 @@
 - ``qualitative_<dataset>.png``: a few images, one row per model: each object's predicted mask at
   the model's best tau (filled), its ground truth (outlined), its prompt point and its IoU.
 
-Curves and histograms are drawn from the files of ``mmc segment`` and ``mmc similarity`` (read with
+Each model is shown once (the workflow passes the evaluation of its first seed). Curves and
+histograms are drawn from the files of ``mmc segment`` and ``mmc similarity`` (read with
 :mod:`mmc.evaluation.summary`). The qualitative masks are the evaluation's own: features from
 :func:`mmc.evaluation.features.dataset_features` (same precision, layer and feature cache as
 ``mmc segment``), the prompts of ``objects.parquet``, and :func:`mmc.evaluation.protocol.predicted_mask`,
@@ -144,6 +145,7 @@ def predicted_masks(
     samples: Sequence[Any],
     frame,
     tau: float,
+    seed: int | None = None,
 ) -> dict[tuple[str, int], np.ndarray]:
     """The mask at threshold ``tau`` of each object of ``frame`` (``objects.parquet`` of model
     ``model_name`` on ``dataset_name``) in ``samples``: ``{(image_id, object_id): bool mask}``.
@@ -151,7 +153,8 @@ def predicted_masks(
     The features come through the evaluation's own path (the feature cache when it holds them), the
     similarity maps are computed for an image's prompts together, in table order, as ``mmc segment``
     computed them, and the mask is :func:`mmc.evaluation.protocol.predicted_mask`: so the IoU of
-    each mask is the ``iou_<tau>`` of its row, bit for bit.
+    each mask is the ``iou_<tau>`` of its row, bit for bit. ``seed``: the evaluation's training seed
+    (seeded models), as in its summary.
     """
     from mmc.evaluation.features import dataset_features
     from mmc.evaluation.job import configured_model
@@ -161,7 +164,7 @@ def predicted_masks(
     chosen = [s for s in samples if (image_ids == str(s.image_id)).any()]
     if not chosen:
         return {}
-    model = configured_model(cfg, model_name, checkpoint)
+    model = configured_model(cfg, model_name, checkpoint, seed)
     masks = {}
     for sample, features in dataset_features(cfg, model, chosen, dataset_name):
         rows = frame[image_ids == str(sample.image_id)]
@@ -250,17 +253,24 @@ def make_figures(
         paths += plot_similarity_histograms(sim_d, dataset, out / f"similarity_histograms_{dataset}")
         by_model = {s.model: tables[(s.model, dataset)] for s in seg_d if (s.model, dataset) in tables}
         best = {s.model: float(s.best_tau) for s in seg_d}
+        seeds = {s.model: s.seed for s in seg_d}
+        if len(seeds) < len(seg_d):
+            raise MMCError(
+                f"figures show one evaluation per model and dataset; {dataset} has several of "
+                f"{sorted({s.model for s in seg_d if [t.model for t in seg_d].count(s.model) > 1})} "
+                "(pass one seed of each: the workflow passes the first)"
+            )
         ids = set().union(*(set(f["image_id"].astype(str)) for f in by_model.values())) if by_model else set()
         samples = qualitative_samples(cfg.datasets[dataset], ids, QUALITATIVE_IMAGES) if ids else []
         predicted = {}
         if checkpoints is not None:
             for model, frame in by_model.items():
-                if cfg.models[model].source != "random" and model not in checkpoints:
+                if cfg.models[model].source not in ("random", "colour") and model not in checkpoints:
                     raise MMCError(
                         f"--checkpoint {model}=PATH is needed to draw the masks of model {model!r}"
                     )
                 predicted[model] = predicted_masks(
-                    cfg, model, checkpoints.get(model), dataset, samples, frame, best[model]
+                    cfg, model, checkpoints.get(model), dataset, samples, frame, best[model], seeds[model]
                 )
                 off = masks_off_score(predicted[model], samples, frame, best[model])
                 if off:
@@ -287,7 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="MODEL=PATH",
         help="a model's weights, for the predicted masks of the qualitative figure (repeat per model; "
-        "models of source random need none)",
+        "models of source random and colour need none)",
     )
     parser.add_argument("--out", required=True, help="directory for the figures")
     parser.set_defaults(func=_main)

@@ -321,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
     assumptions = {
         "config": args.config, "images_per_epoch": images, "gpus": args.gpus, "gpu": args.gpu,
         "mfu": args.mfu, "gpu_memory_gb": memory, "memory_fraction": MEMORY_FRACTION,
-        "loader_images_per_s_per_core": loader_rate,
+        "loader_images_per_s_per_core": loader_rate, "seeds": list(cfg.seeds),
     }  # fmt: skip
     if args.json:
         json.dump({"assumptions": assumptions, "experiments": [p.row() for p in plans]}, sys.stdout, indent=1)
@@ -355,4 +355,8 @@ def format_table(plans: list[Plan], a: dict) -> str:
             f"| {p.batch_per_gpu} | {p.memory_gb_at_batch:.1f} | {fit} | {_fmt(p.memory_gb_at_micro_batch, '.1f')} "
             f"| {_fmt(p.loader_cores_per_gpu, 'd')} |"
         )
+    seeds = a.get("seeds") or []
+    if len(seeds) > 1:  # docs/workflow.md#seeds: every experiment runs once per training seed
+        lines += ["", f"Each row is one training run; the config trains each experiment once per seed {seeds}: "
+                  f"{len(seeds)} x its GPU-hours."]  # fmt: skip
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """``mmc publish``: version an experiment's selected checkpoint with DVC and push it to the remote.
 
 The checkpoint named by ``mmc select``'s JSON is checked against the sha256 recorded there, copied
-to ``{dvc.checkpoint_dir}/E.pth`` (atomically: a DVC link into the cache is replaced, never
-written through), ``dvc add``-ed (one ``E.pth.dvc`` per published checkpoint) and ``dvc push``-ed
+to ``{dvc.checkpoint_dir}/E/seedS.pth`` (atomically: a DVC link into the cache is replaced, never
+written through), ``dvc add``-ed (one ``.pth.dvc`` per published checkpoint) and ``dvc push``-ed
 to ``dvc.remote``. The job record keeps the sha256 and the DVC md5, so ``mmc provenance`` of any
 downstream table shows them.
 
@@ -34,14 +34,21 @@ def read_selection(path: Path) -> tuple[Path, str | None]:
     return Path(selection["checkpoint"]), selection.get("sha256")
 
 
-def publish(cfg: Any, experiment: str, selection_path: Path, out: Path | None = None) -> dict[str, str]:
+def publish(
+    cfg: Any, experiment: str, selection_path: Path, out: Path | None = None, seed: int | None = None
+) -> dict[str, str]:
+    """Publish the checkpoint chosen in ``selection_path``; ``seed`` (the run's training seed) names
+    the job and, without ``out``, the file: ``{checkpoint_dir}/E/seedS.pth`` (``E.pth`` without it)."""
     from mmc import dvc, tracking
 
     source, expected = read_selection(selection_path)
     if not source.is_file():
         raise MMCError(f"{selection_path}: the selected checkpoint {source} does not exist")
-    target = out or Path(cfg.dvc.checkpoint_dir) / f"{experiment}.pth"
-    with tracking.job("publish", cfg, wildcards={"experiment": experiment}) as rec:
+    from mmc.config import run_name
+
+    target = out or Path(cfg.dvc.checkpoint_dir) / f"{run_name(experiment, seed)}.pth"
+    wildcards: dict[str, Any] = {"experiment": experiment} if seed is None else {"experiment": experiment, "seed": seed}
+    with tracking.job("publish", cfg, wildcards=wildcards) as rec:
         digest = sha256_file(source)
         if expected and digest != expected:
             raise MMCError(f"{source}: sha256 {digest} differs from {expected} recorded in {selection_path} "
@@ -75,7 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="a YAML config file")
     parser.add_argument("--experiment", required=True, help="an entry of `experiments`")
     parser.add_argument("--selection", required=True, help="the JSON written by `mmc select` for this experiment")
-    parser.add_argument("--out", help="where to put the checkpoint (default: {dvc.checkpoint_dir}/EXPERIMENT.pth)")
+    parser.add_argument(
+        "--out",
+        help="where to put the checkpoint (default: {dvc.checkpoint_dir}/EXPERIMENT.pth, or EXPERIMENT/seedS.pth with --seed)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="the training seed of the published run (one of `seeds`)")
     parser.set_defaults(func=_main)
 
 
@@ -86,7 +97,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.experiment not in cfg.experiments:
         raise MMCError(f"--experiment {args.experiment!r} is not a key of experiments in {args.config} "
                        f"(have: {sorted(cfg.experiments)})")
-    info = publish(cfg, args.experiment, Path(args.selection), Path(args.out) if args.out else None)
+    if args.seed is not None and args.seed not in cfg.seeds:
+        raise MMCError(f"--seed {args.seed} is not one of the seeds of {args.config} {list(cfg.seeds)}")
+    info = publish(cfg, args.experiment, Path(args.selection), Path(args.out) if args.out else None, args.seed)
     print(f"published {info['source']} as {info['checkpoint']} (sha256 {info['sha256']}, DVC md5 {info['dvc_md5']}) "
           f"-> {info['remote']}")
     return 0

@@ -5,9 +5,11 @@
 - ``summary.html``: the same, with the tables as HTML, organised per dataset;
 - ``tables_<dataset>.html``: one dataset's segmentation and similarity tables.
 
-The HTML tables render every column of ``tables/*.csv`` (whatever columns ``mmc tables`` writes, e.g.
-confidence intervals), one row per model, numbers to four significant digits, the best value of each
-ranked column in bold. The Snakemake report (``snakemake --report``) shows HTML results inline, where
+The HTML tables render every column of ``tables/*.csv`` (whatever columns ``mmc tables`` writes: the
+intervals' bounds, the spread across seeds, the difference from the reference), one row per model
+(its aggregate over seeds; per-seed rows too for a model with several seeds), numbers to four
+significant digits, and in bold what the Markdown table bolds: the best of a ranked column when its
+interval overlaps no other row's (docs/evaluation.md#intervals). The Snakemake report (``snakemake --report``) shows HTML results inline, where
 CSV and Markdown would only be download links.
 """
 
@@ -25,18 +27,24 @@ import numpy as np
 from mmc.errors import MMCError
 
 
+def _seed(selection: dict) -> str:
+    """The training seed of a selection record (docs/workflow.md#seeds); a dash in older records."""
+    seed = selection.get("seed")
+    return "–" if seed is None else str(int(seed))
+
+
 def summary_markdown(cfg: Any, config_file: str, selections: Sequence[dict], tables: Sequence[str]) -> str:
     lines = [f"# {cfg.run_name}", "", f"Configuration: `{config_file}`.", ""]
     if selections:
         lines += [
             "## Selected checkpoints",
             "",
-            "| experiment | checkpoint | sha256 | reason |",
-            "|---|---|---|---|",
+            "| experiment | seed | checkpoint | sha256 | reason |",
+            "|---|---|---|---|---|",
         ]
         for s in selections:
             lines.append(
-                f"| {s['experiment']} | `{s['checkpoint']}` | `{s['sha256'][:12]}` | {s['reason']} |"
+                f"| {s['experiment']} | {_seed(s)} | `{s['checkpoint']}` | `{s['sha256'][:12]}` | {s['reason']} |"
             )
         lines.append("")
     lines += ["## Results", ""]
@@ -83,29 +91,51 @@ def format_cell(value: Any) -> str:
     return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
 
 
-def ranked_columns(demo_tau: float = 0.9) -> dict[str, str]:
-    """CSV column -> "higher" or "lower": the columns whose best value is marked (as in mmc tables)."""
+def ranked_columns(demo_tau: float = 0.9) -> dict[str, Any]:
+    """CSV column -> its :class:`mmc.tables.Column`, for the columns whose best value may be bold (as in
+    mmc tables: the highest, when its interval overlaps no other row's; docs/evaluation.md#intervals)."""
     from mmc.tables import SIMILARITY_COLUMNS, segmentation_columns
 
-    return {c.key: c.better for c in [*segmentation_columns(demo_tau), *SIMILARITY_COLUMNS] if c.better}
+    return {c.key: c for c in [*segmentation_columns(demo_tau), *SIMILARITY_COLUMNS] if c.ranked}
 
 
-def html_table(frame, dataset: str, ranked: dict[str, str]) -> str:
-    """One dataset's rows of a tidy table (``tables/*.csv``): a row per model, every other column."""
+def shown_rows(rows):
+    """The rows of one dataset that the page shows: each model's aggregate row (``seed`` = all) and,
+    for a model with several seeds, its per-seed rows; a table without a ``seed`` column whole."""
+    from mmc.tables import ALL_SEEDS
+
+    if "seed" not in rows.columns:
+        return rows
+    aggregate = rows["seed"].astype(str) == ALL_SEEDS
+    if "n_seeds" not in rows.columns:
+        return rows[aggregate]
+    # a per-seed row has n_seeds 1: the model's aggregate row says how many seeds it has
+    several = set(rows.loc[aggregate & (rows["n_seeds"].fillna(0).astype(int) > 1), "model"])
+    return rows[aggregate | rows["model"].isin(several)]
+
+
+def html_table(frame, dataset: str, ranked: dict[str, Any]) -> str:
+    """One dataset's rows of a tidy table (``tables/*.csv``, :func:`shown_rows`): every other column."""
+    from mmc.tables import ALL_SEEDS, bold_rows
+
     rows = frame[frame["dataset"] == dataset] if "dataset" in frame.columns else frame
+    rows = shown_rows(rows)
     columns = [c for c in frame.columns if c not in ("dataset", "model")]
-    best = {}
-    for column in columns:
-        values = [v for v in rows[column] if isinstance(v, int | float | np.number) and not math.isnan(v)]
-        if column in ranked and len(values) > 1:
-            best[column] = max(values) if ranked[column] == "higher" else min(values)
+    records = rows.to_dict("records")
+    # bold is decided among the aggregate rows, as in the Markdown and LaTeX tables
+    compared = [i for i, r in enumerate(records) if "seed" not in r or str(r["seed"]) == ALL_SEEDS]
+    bold = {
+        key: {compared[j] for j in bold_rows([records[i] for i in compared], column)}
+        for key, column in ranked.items()
+        if key in columns
+    }
     head = "".join(f"<th>{_escape(c)}</th>" for c in ["model", *columns])
     body = []
-    for _, row in rows.iterrows():
+    for i, row in enumerate(records):
         cells = [f"<td>{_escape(row.get('model', ''))}</td>"]
         for column in columns:
             text = _escape(format_cell(row[column]))
-            marked = column in best and row[column] == best[column]
+            marked = i in bold.get(column, ())
             cells.append(f"<td><b>{text}</b></td>" if marked else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -140,19 +170,20 @@ def summary_html(
     if selections:
         body.append("<h2>Selected checkpoints</h2>")
         rows = "".join(
-            f"<tr><td>{_escape(s['experiment'])}</td><td><code>{_escape(s['checkpoint'])}</code></td>"
+            f"<tr><td>{_escape(s['experiment'])}</td><td>{_seed(s)}</td><td><code>{_escape(s['checkpoint'])}</code></td>"
             f"<td><code>{_escape(s['sha256'][:12])}</code></td><td>{_escape(s['reason'])}</td></tr>"
             for s in selections
         )
         body.append(
-            "<table><thead><tr><th>experiment</th><th>checkpoint</th><th>sha256</th><th>reason</th></tr></thead>"
+            "<table><thead><tr><th>experiment</th><th>seed</th><th>checkpoint</th><th>sha256</th><th>reason</th></tr>"
+            "</thead>"
             f"<tbody>{rows}</tbody></table>"
         )
     body.append(
         '<p class="note">Every number below is a column of <code>tables/segmentation.csv</code> or '
         "<code>tables/similarity.csv</code> (four significant digits here; full precision there), "
-        "the best value of each ranked column in bold. Each dataset also has its figures and an "
-        "interactive prompt explorer in the report's category of that name.</p>"
+        "the best of a ranked column in bold when its interval overlaps no other row's. Each dataset also "
+        "has its figures and an interactive prompt explorer in the report's category of that name.</p>"
     )
     for dataset in datasets:
         body.append(dataset_section(tables, dataset, ranked))
@@ -162,8 +193,9 @@ def summary_html(
 def dataset_html(cfg: Any, tables: dict[str, Any], dataset: str) -> str:
     ranked = ranked_columns(float(cfg.evaluation.demo_threshold))
     note = (
-        '<p class="note">One row per model; every column of the CSV tables (four significant digits; '
-        "full precision in the CSV), the best value of each ranked column in bold.</p>"
+        '<p class="note">One row per model (seed = all: the aggregate over its seeds), and per seed for a '
+        "model with several; every column of the CSV tables (four significant digits; full precision in the "
+        "CSV); the best of a ranked column in bold when its interval overlaps no other row's.</p>"
     )
     return html_page(f"{cfg.run_name}: {dataset}", dataset_section(tables, dataset, ranked, level=1) + note)
 

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "init_checkpoint file when the experiment sets one",
     )
     parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the training seed of the run selected from (recorded; one of `seeds`)"
+    )
     parser.set_defaults(func=_main)
 
 
@@ -126,8 +129,9 @@ def check_init_checkpoint(path: Path, experiment_cfg: Any, experiment: str) -> N
         )
 
 
-def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:
-    """The selection record of ``experiment`` (see module docstring)."""
+def select(cfg: Any, experiment: str, checkpoints: Path, seed: int | None = None) -> dict:
+    """The selection record of ``experiment`` (see module docstring); ``seed``, the training seed of
+    the run, is recorded."""
     from mmc.files import sha256_file
 
     if experiment not in cfg.experiments:
@@ -136,7 +140,9 @@ def select(cfg: Any, experiment: str, checkpoints: Path) -> dict:
         )
     exp = cfg.experiments[experiment]
     policy = cfg.selection.policy
-    record: dict[str, Any] = {"experiment": experiment, "policy": policy, "selection_dataset": None}
+    if seed is not None and seed not in cfg.seeds:
+        raise MMCError(f"--seed {seed} is not one of the config's seeds {list(cfg.seeds)}")
+    record: dict[str, Any] = {"experiment": experiment, "seed": seed, "policy": policy, "selection_dataset": None}
     if exp.init_checkpoint is not None:
         init = Path(exp.init_checkpoint)
         if not init.is_file():
@@ -186,8 +192,11 @@ def _main(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     check_request(cfg, args.experiment, Path(args.checkpoints))
-    with tracking.job("select", cfg, wildcards={"experiment": args.experiment}) as rec:
-        record = select(cfg, args.experiment, Path(args.checkpoints))
+    wildcards = {"experiment": args.experiment}
+    if args.seed is not None:
+        wildcards["seed"] = args.seed
+    with tracking.job("select", cfg, wildcards=wildcards) as rec:
+        record = select(cfg, args.experiment, Path(args.checkpoints), args.seed)
         rec.log_params({"selection": config.to_dict(cfg.selection), "experiment": args.experiment})
         rec.set_tags({"experiment": args.experiment, "selected_checkpoint_sha256": record["sha256"]})
         for candidate in record["candidates"]:

@@ -10,7 +10,7 @@ figures, logs and ``pipeline_info/`` of the run, and ``mmc provenance`` verifies
 Left out of the versioned folder (``.dvcignore``, see ``results/README.md``): the MLflow store and
 its artefact copies (machine-local: MLflow keeps absolute paths; a clone rebuilds it from the
 records with ``mmc track load``) and the kept epoch checkpoints under ``pretrain/`` (large; the
-selected one is published as ``{dvc.checkpoint_dir}/E.pth.dvc``).
+selected one is published as ``{dvc.checkpoint_dir}/E/seedS.pth.dvc``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from mmc.errors import MMCError
 
 # Below {results_dir}: machine-local or large, never versioned with the run (results/README.md).
-NOT_VERSIONED = ("tracking/mlflow.db*", "tracking/artifacts/", "tracking/load.lock", "pretrain/*/epoch_*.pth")
+NOT_VERSIONED = ("tracking/mlflow.db*", "tracking/artifacts/", "tracking/load.lock", "pretrain/*/seed*/epoch_*.pth")
 
 
 def results_folder(cfg: Any, repo: Path) -> Path:

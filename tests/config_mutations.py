@@ -26,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BASE_TEXT = (REPO / "config" / "test.yaml").read_text()
 CONFIG = Path("config") / "config.yaml"
+APPENDED = BASE_TEXT.count("\n") + 1  # the line number of the first line appended to config/test.yaml
 
 
 @dataclass(frozen=True)
@@ -86,21 +87,21 @@ def _mapping_bomb() -> str:
 MISSING = "/nonexistent/mmc-repro-test"
 MUTATIONS = [
     # ------------------------------------------------------------------ reading the file
-    Mutation("YAML alias bomb", "lists", appended(_list_bomb()), r"line 55, column 12: aliases expand the document \(the first alias, \*l0, is here\) to more than 20,000 values: expected at most 20,000"),
-    Mutation("YAML alias bomb", "mappings", appended(_mapping_bomb()), r"line 55, column 16: aliases expand the document \(the first alias, \*m0, is here\) to more than 20,000 values", workflow=None),
-    Mutation("YAML alias bomb", "recursive", appended("seed: &s [1, *s]\n"), r"line 53, column 7: a value that contains itself \(a recursive YAML alias\): expected a tree of values", workflow=None),
+    Mutation("YAML alias bomb", "lists", appended(_list_bomb()), rf"line {APPENDED + 2}, column 12: aliases expand the document \(the first alias, \*l0, is here\) to more than 20,000 values: expected at most 20,000"),
+    Mutation("YAML alias bomb", "mappings", appended(_mapping_bomb()), rf"line {APPENDED + 2}, column 16: aliases expand the document \(the first alias, \*m0, is here\) to more than 20,000 values", workflow=None),
+    Mutation("YAML alias bomb", "recursive", appended("seed: &s [1, *s]\n"), rf"line {APPENDED}, column 7: a value that contains itself \(a recursive YAML alias\): expected a tree of values", workflow=None),
     Mutation("YAML merge key", "merge", appended("tracking: {<<: {enabled: false}}\n"), r"tracking\.<<: YAML merge keys are not supported \(not YAML 1\.2\)"),
-    Mutation("duplicate key", "top-level", appended("run_name: again\n"), r"line 53, column 1: run_name: duplicate key \(first at line 3\): expected each key once per mapping"),
+    Mutation("duplicate key", "top-level", appended("run_name: again\n"), rf"line {APPENDED}, column 1: run_name: duplicate key \(first at line 3\): expected each key once per mapping"),
     Mutation("duplicate key", "nested", replaced("optim: {epochs: 4,", "optim: {epochs: 4, epochs: 5,"), r"pretrain\.optim\.epochs: duplicate key \(first at line 22\)", workflow=None),
     Mutation("key not a name", "bool-key", appended("yes: 1\n"), r"yes: the key 'yes' is not read as a name: expected a string key"),
-    Mutation("non-UTF-8 bytes", "latin-1", appended(b"seed: 1 # caf\xe9\n"), r"line 53, column 14 \(byte \d+\): byte 0xe9 is not valid UTF-8: expected a UTF-8 text file", workflow="default"),
-    Mutation("huge integer", "5000-digit", appended("seed: " + "9" * 5000 + "\n"), r"line 53, column 7: seed: an integer of 5000 digits is out of range: expected an integer of at most 64 bits", workflow="default"),
+    Mutation("non-UTF-8 bytes", "latin-1", appended(b"seed: 1 # caf\xe9\n"), rf"line {APPENDED}, column 14 \(byte \d+\): byte 0xe9 is not valid UTF-8: expected a UTF-8 text file", workflow="default"),
+    Mutation("huge integer", "5000-digit", appended("seed: " + "9" * 5000 + "\n"), rf"line {APPENDED}, column 7: seed: an integer of 5000 digits is out of range: expected an integer of at most 64 bits", workflow="default"),
     Mutation("huge integer", "beyond-64-bit", appended("seed: " + str(10**30) + "\n"), r"seed: 1000000000000000000000000000000 is out of range: expected an integer of at most 64 bits", workflow=None),
     Mutation("not a config file", "directory", _directory, r"config/config\.yaml: is a directory: expected a YAML config file", workflow="default"),
     Mutation("not a config file", "missing", _missing, r"config/config\.yaml: no such config file", workflow="default"),
     Mutation("not a config file", "too-large", appended("#" + "x" * (1 << 20) + "\n"), r"larger than 1 MiB: expected a YAML config file", workflow=None),
     Mutation("not YAML", "unclosed", appended("seed: [1\n"), r"not valid YAML: ", workflow="default"),
-    Mutation("not YAML", "two-documents", appended("---\nrun_name: other\n"), r"line 53, column 1: not valid YAML: expected a single document in the stream: but found another document", workflow=None),
+    Mutation("not YAML", "two-documents", appended("---\nrun_name: other\n"), rf"line {APPENDED}, column 1: not valid YAML: expected a single document in the stream: but found another document", workflow=None),
     Mutation("not a mapping", "list", _write("- run_name\n- test\n"), r"expected a YAML mapping at the top level, got list", workflow="default"),
     # ------------------------------------------------------------------ numbers
     Mutation("NaN/inf number", "nan", replaced("base_lr: 0.005", "base_lr: .nan"), r"pretrain\.optim\.base_lr: nan is not a finite number: expected a finite number"),
@@ -113,12 +114,12 @@ MUTATIONS = [
     # ------------------------------------------------------------------ rules across keys
     Mutation("heads do not divide the width", "pretrain", merged({"pretrain": {"backbone": {"num_heads": 5}}}), r"pretrain\.backbone\.num_heads: 5 does not divide pretrain\.backbone\.embed_dim \(96\): expected a divisor of the width"),
     Mutation("heads do not divide the width", "experiment", merged({"experiments": {"mim_only": {"backbone": {"num_heads": 7}}}}), r"experiments\.mim_only\.backbone\.num_heads: 7 does not divide", workflow=None),
-    Mutation("heads do not divide the width", "model", merged({"models": {"random": {"backbone": {"num_heads": 5}}}}), r"models\.random\.backbone\.num_heads: 5 does not divide models\.random\.backbone\.embed_dim \(96\)", workflow=None),
+    Mutation("heads do not divide the width", "model", merged({"models": {"random": {"source": "random", "backbone": {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 5, "img_size": 64}}}}), r"models\.random\.backbone\.num_heads: 5 does not divide models\.random\.backbone\.embed_dim \(96\)", workflow=None),
     Mutation("patch larger than the image", "img_size", merged({"pretrain": {"backbone": {"img_size": 4}}}), r"pretrain\.backbone\.patch_size: 8 is larger than pretrain\.backbone\.img_size \(4\): expected a patch no larger than the image"),
     Mutation("size not a multiple of the patch", "img_size", merged({"pretrain": {"backbone": {"img_size": 60}}}), r"pretrain\.backbone\.img_size: 60 is not a multiple of pretrain\.backbone\.patch_size \(8\): expected a whole number of patches"),
     Mutation("size not a multiple of the patch", "crop", merged({"experiments": {"mmc": {"data": {"global_crop_size": 60}}}}), r"experiments\.mmc\.data\.global_crop_size: 60 is not a multiple of experiments\.mmc\.backbone\.patch_size \(8\)", workflow=None),
     Mutation("size not a multiple of the patch", "local-crop", merged({"pretrain": {"data": {"local_crops": 2, "local_crop_size": 20}}}), r"pretrain\.data\.local_crop_size: 20 is not a multiple", workflow=None),
-    Mutation("size not a multiple of the patch", "evaluation", merged({"evaluation": {"resolution": 100}}), r"invalid configuration: evaluation\.resolution: 100 is not a multiple of the patch size 8 of model\(s\) mmc, mim_only, random: expected a whole number of patches", workflow=None),
+    Mutation("size not a multiple of the patch", "evaluation", merged({"evaluation": {"resolution": 100}}), r"invalid configuration: evaluation\.resolution: 100 is not a multiple of the patch size 8 of model\(s\) mmc, mim_only, init, colour: expected a whole number of patches", workflow=None),
     Mutation("reversed range", "crop-scale", merged({"pretrain": {"data": {"global_crop_scale": [1.0, 0.25]}}}), r"pretrain\.data\.global_crop_scale: \[1\.0, 0\.25\] is reversed: expected \[low, high\] with low <= high"),
     Mutation("reversed range", "mask-ratio", merged({"experiments": {"mim_only": {"mask": {"ratio": [0.5, 0.1]}}}}), r"experiments\.mim_only\.mask\.ratio: \[0\.5, 0\.1\] is reversed", workflow=None),
     Mutation("reversed range", "aspect-ratio", merged({"pretrain": {"mask": {"aspect_ratio": [3.0, 0.3]}}}), r"pretrain\.mask\.aspect_ratio: \[3\.0, 0\.3\] is reversed", workflow=None),
@@ -138,6 +139,9 @@ MUTATIONS = [
     Mutation("unknown reference", "selection-on-test-data", merged({"selection": {"dataset": "synthetic_val"}}), r"selection\.dataset: 'synthetic_val' is also an evaluation dataset \(never select on test data\)"),
     Mutation("selection split read by the evaluation", "same-root-and-split", merged({"datasets": {"synthetic_select": {"split": "val", "max_images": None}}}), r"selection\.dataset: 'synthetic_select' reads the same images as evaluation dataset 'synthetic_val' \(root 'data/synthetic/VOCdevkit/VOC2012', split 'val'\): expected a held-out split"),
     Mutation("value the weights cannot tell", "mocov3-heads", merged({"models": {"moco": {"source": "random", "format": "mocov3", "backbone": {"patch_size": 8, "embed_dim": 96, "depth": 4, "img_size": 64}}}}), r"models\.moco\.backbone\.num_heads: not written: expected the number of heads of this mocov3 model"),
+    Mutation("unknown reference", "model-reference", merged({"models": {"mmc": {"reference": "nope"}}}), r"models\.mmc\.reference: 'nope' is not a key of models \(have: \['colour', 'init', 'mim_only', 'mmc'\]\)", workflow=None),
+    Mutation("unknown reference", "reference-itself", merged({"models": {"mmc": {"reference": "mmc"}}}), r"models\.mmc\.reference: 'mmc' is the model itself", workflow=None),
+    Mutation("initial weights of nothing pretrained", "initial-colour", merged({"models": {"colour": {"checkpoint": "initial"}}}), r"models\.colour\.checkpoint: 'initial' is for source experiment .*not source 'colour'"),
     Mutation("unknown reference", "model-experiment", merged({"models": {"mmc": {"experiment": "nope"}}}), r"models\.mmc\.experiment: 'nope' is not a key of experiments \(have: \['mim_only', 'mmc'\]\)", workflow=None),
 ]
 

@@ -80,19 +80,52 @@ def objects_frame(model: str, dataset: str, image_ids, objects_per_image: int = 
     return pd.DataFrame(rows)
 
 
-def write_results(root: Path, models, datasets) -> dict[str, list[str]]:
-    """segment/M/D/{summary.json,objects.parquet} and similarity/M/D/similarity.json under root."""
+def evaluation(model: str, dataset: str, seed: int, run_seed: int | None = None, shift: float = 0.0,
+               images: int = 12, per_image: int = 3) -> tuple[SegmentationSummary, pd.DataFrame]:
+    """A summary.json and the objects.parquet it summarises, as one `mmc segment` run writes them:
+    per-object IoUs that depend on the object (the same objects for every model and seed: generator
+    ``dataset``), on ``shift`` (how good the model is) and on noise (generator ``seed``)."""
+    objects_rng = np.random.default_rng(sum(map(ord, dataset)))
+    difficulty = objects_rng.uniform(0.1, 0.7, size=images * per_image)
+    rng = np.random.default_rng(seed)
+    frame = objects_frame(model, dataset, [f"img_{i}" for i in range(images)], per_image)
+    frame.insert(2, "seed", pd.array([run_seed] * len(frame), dtype="Int64"))
+    bump = np.sin(np.linspace(0.3, 2.8, len(THRESHOLDS))) * 0.3
+    for t, b in zip(THRESHOLDS, bump, strict=True):
+        frame[iou_column(t)] = np.clip(difficulty + shift + b + rng.normal(0, 0.05, len(frame)), 0, 1)
+    frame["oracle_iou"] = frame[[iou_column(t) for t in THRESHOLDS]].max(axis=1) + 0.01
+    miou = {tau_key(t): float(frame[iou_column(t)].mean()) for t in THRESHOLDS}
+    best = max(miou, key=lambda k: miou[k])
+    summary = SegmentationSummary(
+        model=model, dataset=dataset, n_objects=len(frame), n_skipped=1, thresholds=THRESHOLDS,
+        miou_by_tau=miou, best_tau=float(best), best_miou=miou[best], demo_tau=0.9,
+        miou_at_demo_tau=miou["0.90"], oracle_miou=float(frame["oracle_iou"].mean()),
+        checkpoint_sha256=f"{seed:064x}", seed=run_seed,
+    )  # fmt: skip
+    return summary, frame
+
+
+def write_results(root: Path, models, datasets, seeds: dict | None = None, shifts: dict | None = None) -> dict[str, list[str]]:
+    """segment/RUN/D/{summary.json,objects.parquet} and similarity/RUN/D/similarity.json under root, one
+    RUN per model (MODEL) or per model and seed (MODEL/seedS, ``seeds[model]``), consistent files."""
+    import dataclasses
+
     paths: dict[str, list[str]] = {"summaries": [], "objects": [], "similarity": []}
     for i, model in enumerate(models):
-        for j, dataset in enumerate(datasets):
-            seg = root / "segment" / model / dataset
-            sim = root / "similarity" / model / dataset
-            seg.mkdir(parents=True, exist_ok=True)
-            sim.mkdir(parents=True, exist_ok=True)
-            (seg / "summary.json").write_text(segment_summary(model, dataset, 10 * i + j).to_json())
-            objects_frame(model, dataset, ["img_0", "img_1"]).to_parquet(seg / "objects.parquet")
-            (sim / "similarity.json").write_text(similarity_result(model, dataset, 10 * i + j).to_json())
-            paths["summaries"].append(str(seg / "summary.json"))
-            paths["objects"].append(str(seg / "objects.parquet"))
-            paths["similarity"].append(str(sim / "similarity.json"))
+        for run_seed in (seeds or {}).get(model, [None]):
+            run = model if run_seed is None else f"{model}/seed{run_seed}"
+            for j, dataset in enumerate(datasets):
+                seg = root / "segment" / run / dataset
+                sim = root / "similarity" / run / dataset
+                seg.mkdir(parents=True, exist_ok=True)
+                sim.mkdir(parents=True, exist_ok=True)
+                noise = 100 * i + 10 * j + (run_seed or 0)
+                summary, frame = evaluation(model, dataset, noise, run_seed, (shifts or {}).get(model, 0.0))
+                (seg / "summary.json").write_text(summary.to_json())
+                frame.to_parquet(seg / "objects.parquet")
+                result = dataclasses.replace(similarity_result(model, dataset, noise), seed=run_seed)
+                (sim / "similarity.json").write_text(result.to_json())
+                paths["summaries"].append(str(seg / "summary.json"))
+                paths["objects"].append(str(seg / "objects.parquet"))
+                paths["similarity"].append(str(sim / "similarity.json"))
     return paths

@@ -266,6 +266,46 @@ def test_config_hash_is_stable_and_sensitive(tmp_path):
     assert config.config_hash(a) == config.config_hash(b) != config.config_hash(c)
 
 
+def test_seeds_references_and_initial_weights():
+    tiny = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 32}
+    raw = {
+        "run_name": "x",
+        "seeds": [3, 4],
+        "pretrain": {"backbone": tiny},
+        "experiments": {"a": {}, "given": {"init_checkpoint": "some.pth"}},
+        "models": {
+            "a": {"source": "experiment", "experiment": "a", "reference": "a_init"},
+            "a_init": {"source": "experiment", "experiment": "a", "checkpoint": "initial"},
+            "rand": {"source": "random", "backbone": tiny},
+            "rand5": {"source": "random", "backbone": tiny, "seed": 5},
+            "colour": {"source": "colour", "backbone": {"patch_size": 8}, "reference": "rand5"},
+        },
+    }
+    data = config.resolve(raw)
+    assert config.resolve({"run_name": "x", "seed": 7})["seeds"] == [7]  # null: the base seed alone
+    models = data["models"]
+    assert config.model_seeds(models["a"], data["seeds"]) == (3, 4) == config.model_seeds(models["rand"], [3, 4])
+    assert config.model_seeds(models["rand5"], [3, 4]) is None and config.model_seeds(models["colour"], [3, 4]) is None
+    assert [config.run_name("a", 3), config.run_name("colour", None)] == ["a/seed3", "colour"]
+    assert config.reference_seed((3, 4), 4) == 4 and config.reference_seed(None, 4) is None
+    assert config.reference_seed((3,), None) == 3
+    with pytest.raises(KeyError):
+        config.reference_seed((3, 4), None)
+
+    def problem(models: dict) -> str:
+        with pytest.raises(ConfigError) as caught:
+            config.resolve({**raw, "models": {**raw["models"], **models}})
+        return str(caught.value)
+
+    assert "models.g.checkpoint: 'initial': experiment 'given' sets init_checkpoint" in problem(
+        {"g": {"source": "experiment", "experiment": "given", "checkpoint": "initial"}}
+    )
+    assert "models.c.reference: 'a' is evaluated with seeds [3, 4], not with no seed of c" in problem(
+        {"c": {"source": "colour", "reference": "a"}}
+    )
+    assert "models.c.reference: 'nope' is not a key of models" in problem({"c": {"source": "colour", "reference": "nope"}})
+
+
 @pytest.mark.parametrize("name", ["test.yaml", "config.yaml"])
 def test_a_dumped_config_loads_back_to_the_same_config(tmp_path, name):
     # a job record's config snapshot is config.dump of the resolved config: `mmc reproduce` runs

@@ -43,10 +43,11 @@ def replace_image(path: Path) -> None:
 
 def test_a_changed_evaluation_image_is_named_refused_then_rerun(tmp_path):
     raw = config_with(**TINY)
-    raw["models"] = {"random": raw["models"]["random"]}
+    raw["models"] = {"random": {"source": "random", "seed": 0}}  # no training: only the data matter
     write_config(tmp_path / "tiny.yaml", raw)
     snakemake(tmp_path, "--configfile", "tiny.yaml", "--cores", "2", SUMMARY, timeout=600)
-    record = json.loads((tmp_path / "results/test/tracking/jobs/segment-model=random-dataset=synthetic_val.json").read_text())
+    (record_file,) = (tmp_path / "results/test/tracking/jobs").glob("segment-model=random-*dataset=synthetic_val*.json")
+    record = json.loads(record_file.read_text())
     entry = record["data"]["synthetic_val"]
     image = "JPEGImages/" + sorted(p for p in entry["files"] if p.startswith("JPEGImages/"))[1].split("/", 1)[1]
     assert entry["kind"] == "dataset" and record["tags"]["mmc.data_digest.synthetic_val"] == entry["digest"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import mmc.evaluation
 
 # The order of mmc/evaluation/__init__.py's docstring: each module may import only those before it.
-LAYERS = ["metrics", "protocol", "summary", "job", "features", "segment", "similarity"]
+LAYERS = ["metrics", "bootstrap", "protocol", "summary", "job", "features", "segment", "similarity"]
 PACKAGE = Path(mmc.evaluation.__file__).parent
 
 

@@ -100,7 +100,7 @@ def test_checkpoint_must_match_its_selection_record(voc, tmp_path, capsys):
     selected, other = tmp_path / "epoch_0002.pth", tmp_path / "epoch_0001.pth"
     save_in_format(tiny_state(0), "mmc", selected)
     save_in_format(tiny_state(1), "mmc", other)
-    record = tmp_path / "results/select/mmc.json"
+    record = tmp_path / "results/select/mmc/seed0.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"experiment": "mmc", "checkpoint": str(selected), "sha256": sha256_file(selected)}))
     common = ["--config", cfg, "--model", "mmc", "--dataset", "scenes"]
@@ -163,7 +163,8 @@ def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path,
         ["similarity", "--config", cfg, "--model", "mmc", "--dataset", "scenes", "--checkpoint", tmp_path / "w.pt", *out],
         ["select", "--config", cfg, "--experiment", "mcm", "--checkpoints", tmp_path / "run", "--out", tmp_path / "s.json"],
         ["select", "--config", cfg, "--experiment", "mmc", "--checkpoints", tmp_path / "runs", "--out", tmp_path / "s.json"],
-        ["tables", "--config", cfg, "--summaries", tmp_path / "nope.json", "--similarity", tmp_path / "nope2.json", *out],
+        ["tables", "--config", cfg, "--summaries", tmp_path / "nope.json", "--objects", tmp_path / "nope.parquet",
+         "--similarity", tmp_path / "nope2.json", *out],
         ["figures", "--config", cfg, "--summaries", tmp_path / "nope.json", "--objects", tmp_path / "o.parquet",
          "--similarity", tmp_path / "s.json", *out],
         ["figures", "--config", cfg, "--summaries", tmp_path / "w.pth", "--objects", tmp_path / "w.pth",
@@ -263,7 +264,9 @@ def test_pretrain_disk_full_while_writing_a_checkpoint(tmp_path, full):
     assert probe.returncode == 0, probe.stderr[-3000:]
     size = (tmp_path / "probe/epoch_0001.pth").stat().st_size
     shutil.rmtree(tmp_path / "state")  # start afresh, not from the probe's resume state
-    with small_file_system(tmp_path / "disk", f"{(size * 3 // 2) // 1024 + 8}k") as disk:
+    # --out holds the initial weights (epoch_0000), then epoch 1: room for both, not for epoch 2
+    room = size * 5 // 2 if full == "out" else size * 3 // 2
+    with small_file_system(tmp_path / "disk", f"{room // 1024 + 8}k") as disk:
         out = disk / "run" if full == "out" else tmp_path / "run"
         if full == "state":
             cfg = pretrain_config(tmp_path, images, overrides, tracking=True, state_dir=str(disk / "state"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
 from mmc.pretrain.checkpoint import state_digest
 from tests.pretrain_support import (
+    assert_bitwise_equal,
     env,
     load,
     make_image_folder,
@@ -32,7 +34,7 @@ def test_short_run_loss_goes_down_and_writes_mmc_checkpoints(images, tmp_path):
     out = tmp_path / "out"
     run_pretrain(config, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "epoch_0002.pth", "epoch_0005.pth", "epoch_0012.pth", "train_metrics.jsonl",
+        "epoch_0000.pth", "epoch_0002.pth", "epoch_0005.pth", "epoch_0012.pth", "train_metrics.jsonl",
     ]  # fmt: skip
     rows = metrics(out / "train_metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(48))
@@ -79,6 +81,39 @@ def test_mim_only_run_has_no_teacher(images, tmp_path):
     assert "teacher" not in ckpt
     assert {k.split(".")[0] for k in ckpt["student"]} == {"backbone", "mask_token", "recon_head"}
     assert set(metrics(tmp_path / "out" / "train_metrics.jsonl")[0]) >= {"mim", "loss"}
+    # its initial weights are a random backbone of the same seed, bit for bit (the `random` model)
+    initial = load(tmp_path / "out" / "epoch_0000.pth")
+    assert (initial["epoch"], initial["step"]) == (0, 0) and "teacher" not in initial
+    assert_same_backbone(initial["student"], random_state(seed=0))
+
+
+def random_state(seed: int) -> dict:
+    from mmc.models import random_backbone
+
+    arch = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0, "img_size": 32}
+    return random_backbone(arch, seed).state_dict()
+
+
+def assert_same_backbone(weights: dict, backbone: dict) -> None:
+    assert_bitwise_equal({k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}, backbone)
+
+
+def test_seed_sets_the_start_and_the_state_folder_and_initial_weights_are_written(images, tmp_path):
+    """`--seed S` trains from seed S (state in {state_dir}/pretrain/E/seedS, tracked as a wildcard) and
+    writes the weights before the first step as epoch_0000.pth: teacher = student = the random backbone
+    of seed S, whatever the losses (the same file as the MIM-only run's with that seed)."""
+    config = write_config(tmp_path, images, {"optim": {"epochs": 1, "batch_size": 32}}, tracking=True, seeds=[0, 1])
+    result = subprocess.run([*pretrain_cmd(config, tmp_path / "out"), "--seed", "1"], env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    initial = load(tmp_path / "out" / "epoch_0000.pth")
+    assert_same_backbone(initial["teacher"], random_state(seed=1))
+    assert_same_backbone(initial["student"], random_state(seed=1))
+    assert state_digest(initial["teacher"]) != state_digest(load(tmp_path / "out" / "epoch_0001.pth")["teacher"])
+    assert (tmp_path / "state" / "pretrain" / "mmc" / "seed1" / "epochs" / "epoch_0000.pth").is_file()
+    record = tmp_path / "results" / "tracking" / "jobs" / "pretrain-experiment=mmc-seed=1.json"
+    assert json.loads(record.read_text())["tags"]["seed"] == "1"
+    wrong = subprocess.run([*pretrain_cmd(config, tmp_path / "o2"), "--seed", "7"], env=env(), capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--seed 7 is not one of the config's seeds [0, 1]" in wrong.stderr
 
 
 def test_user_errors_are_one_clear_line(images, tmp_path):

@@ -216,7 +216,7 @@ def test_a_sample_of_the_demo_run_reproduces_identically(demo_run):
     assert len(jobs) == 4 and {j["verdict"] for j in jobs} == {"identical"}, [(j["name"], j["reason"]) for j in jobs]
     assert [j["stage"] for j in jobs] == ["pretrain", "select", "segment", "similarity"]
     pretrain = jobs[0]
-    assert {Path(f["path"]).name for f in pretrain["files"]} == {"epoch_0002.pth", "epoch_0003.pth", "train_metrics.jsonl"}
+    assert {Path(f["path"]).name for f in pretrain["files"]} == {"epoch_0000.pth", "epoch_0002.pth", "epoch_0003.pth", "train_metrics.jsonl"}
     assert all(f["outcome"] == "bitwise" for f in pretrain["files"] if f["path"].endswith(".pth"))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=demo_run, capture_output=True, text=True).stdout.strip()
     for job in jobs:  # the re-executed job ran the recorded commit's code on the recorded config
@@ -224,7 +224,7 @@ def test_a_sample_of_the_demo_run_reproduces_identically(demo_run):
         assert checks["git commit"]["reproduced"] == commit == job["commit"]
         assert checks["config hash"]["same"] and checks["dataset_dvc_md5"]["same"], job["name"]
         assert checks["deterministic"]["same"] and checks["num_threads"]["same"], job["name"]
-    recorded = json.loads((demo_run / RESULTS / "tracking/jobs/pretrain-experiment=mim_only.json").read_text())
+    recorded = json.loads((demo_run / RESULTS / "tracking/jobs/pretrain-experiment=mim_only-seed=0.json").read_text())
     assert recorded["tags"]["mmc.deterministic"] == "true" and recorded["tags"]["mmc.device"] == "cpu"
     # both times are printed (the test only reports them; tests never assert timings)
     assert re.search(r"took [\d.]+ s in the run", done.stdout) and re.search(r"re-executing them took [\d.]+ s", done.stdout)
@@ -290,18 +290,18 @@ def test_a_recorded_output_the_code_does_not_produce_is_different(copied_run):
 
 @pytest.mark.slow
 def test_jobs_whose_inputs_or_data_changed_are_refused(copied_run):
-    selection = copied_run / RESULTS / "select" / "mmc.json"
+    selection = copied_run / RESULTS / "select" / "mmc" / "seed0.json"
     selection.write_text(selection.read_text() + " ")
     done = mmc_reproduce(copied_run, "--jobs", "report", "--no-mlflow")
     assert done.returncode == 1
     (job,) = latest_report(copied_run)["jobs"]
     assert job["verdict"] == "refused" and job["reexecution_seconds"] is None
-    assert f"input(s) changed since the job recorded them: {RESULTS}/select/mmc.json" in job["reason"]
+    assert f"input(s) changed since the job recorded them: {RESULTS}/select/mmc/seed0.json" in job["reason"]
     image = next((copied_run / "data" / "synthetic" / "unlabelled").glob("*.jpg"))
     image.write_bytes(image.read_bytes() + b"\0")
-    done = mmc_reproduce(copied_run, "--jobs", "pretrain-experiment=mmc", "--no-mlflow")
+    done = mmc_reproduce(copied_run, "--jobs", "pretrain-experiment=mmc-seed=0", "--no-mlflow")
     assert done.returncode == 1
-    assert re.search(r"refused pretrain-experiment=mmc: data changed: \S+/data has DVC md5 \w+\.dir now, the job "
+    assert re.search(r"refused pretrain-experiment=mmc-seed=0: data changed: \S+/data has DVC md5 \w+\.dir now, the job "
                      r"read \w+\.dir", done.stderr), done.stderr
 
 
@@ -312,8 +312,8 @@ def test_a_commit_missing_from_the_repository_or_a_dirty_tree_is_refused(copied_
     done = mmc_reproduce(copied_run, "--jobs", "figures", "--no-mlflow")
     assert done.returncode == 1
     assert f"commit {unknown} (mmc.git_commit) is not in the git repository at {copied_run}" in done.stderr
-    edit_record(copied_run, "segment-model=mmc-dataset=synthetic_val", lambda d: d["tags"].update({"mmc.git_dirty": "true"}))
-    done = mmc_reproduce(copied_run, "--jobs", "segment-model=mmc-dataset=synthetic_val", "--no-mlflow")
+    edit_record(copied_run, "segment-model=mmc-dataset=synthetic_val-seed=0", lambda d: d["tags"].update({"mmc.git_dirty": "true"}))
+    done = mmc_reproduce(copied_run, "--jobs", "segment-model=mmc-dataset=synthetic_val-seed=0", "--no-mlflow")
     assert done.returncode == 1 and "the working tree was dirty when the job ran" in done.stderr
     assert "--allow-dirty" in done.stderr
     bad = mmc_reproduce(copied_run, "--jobs", "no-such-job")

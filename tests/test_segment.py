@@ -137,6 +137,7 @@ def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
     expected_columns = [
         "model",
         "dataset",
+        "seed",  # null: a random model with its own seed is evaluated once
         "image_id",
         "object_id",
         "class_id",

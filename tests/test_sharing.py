@@ -77,7 +77,8 @@ def test_push_a_run_then_pull_and_audit_it_in_another_clone(tmp_path):
     _copy_project(first)
     raw = config_with(**TINY)
     raw["experiments"] = {"mmc": {}}
-    raw["models"] = {name: raw["models"][name] for name in ("mmc", "random")}
+    # a trained model (without the reference of config/test.yaml) and the learning-free colour floor
+    raw["models"] = {"mmc": {"source": "experiment", "experiment": "mmc"}, "colour": raw["models"]["colour"]}
     raw["dvc"]["remote"] = str(remote)  # a shared folder outside both clones
     (first / "share.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
@@ -99,7 +100,7 @@ def test_push_a_run_then_pull_and_audit_it_in_another_clone(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
     _run([*GIT, "add", "-A"], first)
     staged = set(_run([*GIT, "diff", "--cached", "--name-only"], first).stdout.split())
-    assert {f"{RUN}.dvc", "data.dvc", "checkpoints/test/mmc.pth.dvc", ".dvc/config"} <= staged, staged
+    assert {f"{RUN}.dvc", "data.dvc", "checkpoints/test/mmc/seed0.pth.dvc", ".dvc/config"} <= staged, staged
     assert not any(name.startswith(f"{RUN}/") or name.startswith("data/") for name in staged), staged
     _run([*GIT, "commit", "-qm", "a run"], first)
     _run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
@@ -112,13 +113,13 @@ def test_push_a_run_then_pull_and_audit_it_in_another_clone(tmp_path):
     _run([sys.executable, "-m", "dvc", "pull", "-q"], second)
     table = second / RUN / "tables" / "segmentation.csv"
     assert table.read_bytes() == (first / RUN / "tables" / "segmentation.csv").read_bytes()
-    assert (second / "checkpoints" / "test" / "mmc.pth").is_file() and (second / "data" / "synthetic").is_dir()
+    assert (second / "checkpoints" / "test" / "mmc" / "seed0.pth").is_file() and (second / "data" / "synthetic").is_dir()
 
     _replace(first / RUN / "tables" / "segmentation.csv", "clone 1 changed its copy\n")
     audit = _run([sys.executable, "-m", "mmc", "provenance", f"{RUN}/tables/segmentation.csv"], second, check=False)
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr
     assert "verified     every file on disk matches its recorded sha256" in audit.stdout
-    assert f"DVC md5 {yaml.safe_load((second / 'checkpoints/test/mmc.pth.dvc').read_text())['outs'][0]['md5']}" in audit.stdout
+    assert f"DVC md5 {yaml.safe_load((second / 'checkpoints/test/mmc/seed0.pth.dvc').read_text())['outs'][0]['md5']}" in audit.stdout
     assert f"dataset_dvc_md5 {data_md5}" in audit.stdout
 
     _replace(table, "tampered\n")  # the audit does look at clone 2's files

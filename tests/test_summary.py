@@ -21,12 +21,12 @@ from mmc.evaluation.summary import (
 # The keys of the files, in the order they are written (docs/evaluation.md lists the same).
 SUMMARY_KEYS = [
     "model", "dataset", "n_objects", "n_skipped", "thresholds", "miou_by_tau", "best_tau", "best_miou",
-    "demo_tau", "miou_at_demo_tau", "oracle_miou", "checkpoint_sha256", "settings", "features",
+    "demo_tau", "miou_at_demo_tau", "oracle_miou", "checkpoint_sha256", "settings", "features", "seed",
 ]  # fmt: skip
 SIMILARITY_KEYS = [
     "model", "dataset", "n_intra", "n_inter", "mean_intra", "mean_inter", "overlap",
     "best_balanced_accuracy", "best_threshold", "bins", "hist_intra", "hist_inter", "checkpoint_sha256",
-    "settings", "features",
+    "settings", "features", "seed",
 ]  # fmt: skip
 
 

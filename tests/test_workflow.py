@@ -90,6 +90,31 @@ def test_test_config_dag(tmp_path):
     assert "download" not in counts  # the synthetic data is made, not downloaded
 
 
+def test_seeds_are_a_dimension_of_the_dag(tmp_path):
+    """Every experiment runs once per seed; seeded models (experiment, random without a seed) are
+    evaluated once per seed, the colour floor once; the tables read them all, the figures one each."""
+    cfg = write_config(tmp_path / "c.yaml", config_with(seeds=[0, 1, 2]))
+    done = snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg))
+    counts = job_counts(done.stdout)
+    assert counts["pretrain"] == counts["select"] == counts["publish"] == 2 * 3
+    assert counts["segment"] == counts["similarity"] == 3 * 3 + 1  # mmc, mim_only, init x 3 seeds; colour
+    for seed in (0, 1, 2):
+        assert f"--experiment mim_only --seed {seed} --out results/test/pretrain/mim_only/seed{seed}\n" in done.stdout
+        assert (
+            f"--model init --seed {seed} --checkpoint results/test/pretrain/mmc/seed{seed}/epoch_0000.pth "
+            f"--dataset synthetic_val --out results/test/segment/init/seed{seed}/synthetic_val)"
+        ) in done.stdout
+        assert f"--model mmc --seed {seed} --checkpoint checkpoints/test/mmc/seed{seed}.pth" in done.stdout
+    assert "--model colour --dataset synthetic_val --out results/test/segment/colour/synthetic_val)" in done.stdout
+    tables = next(line for line in done.stdout.splitlines() if "mmc tables" in line)
+    assert tables.count("summary.json") == tables.count("objects.parquet") == 10
+    figures = next(line for line in done.stdout.splitlines() if "mmc figures" in line)
+    assert figures.count("summary.json") == 4 and "seed1" not in figures
+    explorer = next(line for line in done.stdout.splitlines() if "mmc explorer" in line)
+    assert explorer.count("summary.json") == 4 and "seed1" not in explorer
+    assert "--checkpoint init=results/test/pretrain/mmc/seed0/epoch_0000.pth" in explorer
+
+
 def test_bad_config_fails_at_parse_time(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", config_with(evaluation={"resolution": "high"}))
     done = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
@@ -121,7 +146,9 @@ def test_only_one_config_file_and_no_overrides(tmp_path):
 def test_init_checkpoint_skips_pretraining(tmp_path):
     given = tmp_path / "given.pth"
     given.write_bytes(b"placeholder")
-    cfg = write_config(tmp_path / "c.yaml", config_with(experiments={"mmc": {"init_checkpoint": str(given)}}))
+    # the initial weights are the pretrained experiment's (mmc has none: nothing is pretrained)
+    raw = config_with(experiments={"mmc": {"init_checkpoint": str(given)}}, models={"init": {"experiment": "mim_only"}})
+    cfg = write_config(tmp_path / "c.yaml", raw)
     done = snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg))
     assert job_counts(done.stdout)["pretrain"] == 1  # only the ablation is trained
     assert f"--checkpoints {given}" in done.stdout
@@ -162,8 +189,9 @@ def test_snakemake_gives_the_verdict_of_mmc_config_check(tmp_path, mutation):
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("results/test/segment/nosuch/synthetic_val/summary.json", "no such model 'nosuch' (have: mim_only, mmc, random)"),
-        ("results/test/select/nosuch.json", "no such experiment 'nosuch' (have: mim_only, mmc)"),
+        ("results/test/segment/nosuch/synthetic_val/summary.json", "no such model 'nosuch' (have: colour, init, mim_only, mmc)"),
+        ("results/test/segment/mmc/seed7/synthetic_val/summary.json", "no evaluation 'mmc/seed7' of model 'mmc' (have: mmc/seed0)"),
+        ("results/test/select/nosuch/seed0.json", "no such experiment 'nosuch' (have: mim_only, mmc)"),
         ("data/manifests/nosuch.json", "no such dataset 'nosuch' (have: synthetic_select, synthetic_val)"),
     ],
 )

@@ -38,10 +38,11 @@ RESULTS = "results/test"
 COMPARED = [
     "tables/segmentation.csv",
     "tables/similarity.csv",
-    "select/mmc.json",
-    "select/mim_only.json",
+    "select/mmc/seed0.json",
+    "select/mim_only/seed0.json",
 ]
-PUBLISHED = ["checkpoints/test/mmc.pth", "checkpoints/test/mim_only.pth"]  # dvc.checkpoint_dir of config/test.yaml
+# dvc.checkpoint_dir of config/test.yaml
+PUBLISHED = ["checkpoints/test/mmc/seed0.pth", "checkpoints/test/mim_only/seed0.pth"]
 
 
 def make_workdir(path: Path) -> Path:
@@ -55,7 +56,7 @@ def run_args(*extra: str) -> list[str]:
 
 
 # What the interrupted runs ask for: pretraining (interrupted) and the selection after it.
-SELECTIONS = [f"{RESULTS}/select/mmc.json", f"{RESULTS}/select/mim_only.json"]
+SELECTIONS = [f"{RESULTS}/select/mmc/seed0.json", f"{RESULTS}/select/mim_only/seed0.json"]
 
 
 def assert_same_results(workdir: Path, reference: Path) -> None:
@@ -76,14 +77,14 @@ def test_local_run_and_noop_rerun(reference):
     expected += [f"{RESULTS}/report/summary.md", f"{RESULTS}/figures/qualitative_synthetic_val.png"]
     assert [name for name in expected if not (reference / name).exists()] == []
     job_lines = [
-        p.read_text().splitlines()[0] for p in (reference / RESULTS / "logs" / "pretrain").glob("*.log")
+        p.read_text().splitlines()[0] for p in (reference / RESULTS / "logs" / "pretrain").rglob("*.log")
     ]
     assert job_lines and all("slurm_job_id=none" in line for line in job_lines)  # local jobs, not SLURM
     # the data were versioned with DVC before anything read them, and every reader carries the hash
     data_md5 = yaml.safe_load((reference / "data.dvc").read_text())["outs"][0]["md5"]
     jobs = reference / RESULTS / "tracking" / "jobs"
     readers = sorted(jobs.glob("segment-*.json")) + sorted(jobs.glob("pretrain-*.json"))
-    assert len(readers) == 4
+    assert len(readers) == 5  # segment: mmc, init, colour; pretrain: mmc, mim_only
     for record in readers:
         assert json.loads(record.read_text())["tags"]["mmc.dataset_dvc_md5"] == data_md5, record.name
     start = time.perf_counter()
@@ -148,8 +149,8 @@ def test_slurm_run_equals_local_run(slurm, reference, tmp_path):
         for p in (workdir / RESULTS / "logs").rglob("*.log")
     }
     cluster_logs = {p: t for p, t in logs.items() if p.parts[0].removesuffix(".log") in CLUSTER_RULES}
-    # pretrain, select, segment, similarity: 2 experiments = 2 models; and figures
-    assert len(cluster_logs) == 4 * 2 + 1, sorted(map(str, cluster_logs))
+    # pretrain and select: 2 experiments; segment and similarity: 3 models; and figures
+    assert len(cluster_logs) == 2 * 2 + 2 * 3 + 1, sorted(map(str, cluster_logs))
     assert len(submitted) >= len(cluster_logs)
     for path, text in cluster_logs.items():
         info = re.match(r"job: host=\S+ slurm_job_id=(\S+) CUDA_VISIBLE_DEVICES=(\S+) cpus=(\S+)", text)
@@ -178,7 +179,7 @@ def wait_for_resume_state(
     workdir: Path, experiment: str, process: subprocess.Popen, min_step: int = 4
 ) -> int:
     """Wait until pretraining of ``experiment`` has written a rolling checkpoint at step >= min_step."""
-    state = workdir / "state" / "test" / "pretrain" / experiment
+    state = workdir / "state" / "test" / "pretrain" / experiment / "seed0"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         steps = [
@@ -224,7 +225,7 @@ def rerun_and_check(workdir: Path, reference: Path, resumed: list[str]) -> None:
     counts = job_counts(done.stdout + done.stderr)
     assert "synthetic" not in counts, f"a finished stage was redone: {counts}"
     for experiment in resumed:
-        log = (workdir / RESULTS / "logs" / "pretrain" / f"{experiment}.log").read_text()
+        log = (workdir / RESULTS / "logs" / "pretrain" / experiment / "seed0.log").read_text()
         step = re.search(r"resuming from \S+ \(step (\d+) of", log)
         assert step and int(step.group(1)) > 0, f"pretrain {experiment} did not resume:\n{log[-2000:]}"
     assert_same_training(workdir, reference)
@@ -331,7 +332,7 @@ def test_the_report_shows_numbers_figures_and_the_explorer(reference, tmp_path):
         browser._session("POST", "/window", {"handle": handles[-1]})
         browser.wait_for("return document.body && document.body.dataset.rendered")
         models = browser.run("return explorer.data.models.map(m => m.name)")
-        assert models == ["mmc", "mim_only"]
+        assert models == ["mmc", "init", "colour"]
         for model in models:
             drawn = browser.run(
                 "const c = document.querySelector(`canvas.similarity[data-model='${arguments[0]}']`);"

@@ -265,4 +265,5 @@ def test_two_node_torchrun_c10d_launch_as_the_multinode_profile_renders_it(tmp_p
     assert [node.returncode for node in nodes] == [0, 0], resumed[-3000:]
     assert re.search(r"resuming from \S+ \(step [1-9]\d* of 16\)", resumed), resumed[-3000:]
     assert re.search(r"weights identical on 2 ranks: sha256 [0-9a-f]{64}", resumed), resumed[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_0002.pth"]
+    # the initial weights and the last epoch
+    assert sorted(p.name for p in (tmp_path / "out").glob("epoch_*.pth")) == ["epoch_0000.pth", "epoch_0002.pth"]

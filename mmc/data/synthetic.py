@@ -1,15 +1,25 @@
-"""Synthetic scenes: a deterministic segmentation dataset that behaves like the real ones.
+"""Synthetic scenes: a deterministic segmentation dataset where a category is a shape and a texture.
 
 No real dataset can be fetched where the tests and the demo run, so this generator draws small
-scenes with several objects from a handful of categories on textured backgrounds. Each category
-has its own shape *and* its own texture and colour, so that categories are learnable by
-self-supervision and a good feature extractor separates them. Scenes are written in the on-disk
-layout of PASCAL VOC 2012 (so the real VOC reader reads them unchanged), plus a folder of
-unlabelled images for pretraining.
+scenes with several objects on cluttered backgrounds, in the on-disk layout of PASCAL VOC 2012 (so
+the real VOC reader reads them unchanged), plus a folder of unlabelled images for pretraining.
+
+**What a category is.** Each category is one shape (:data:`CATEGORIES`: disc, square, triangle,
+ring, cross, star) filled with one texture family (dots, stripes, checker, concentric rings, waves,
+speckle). Everything else is drawn per instance, independently of the category: the size, position
+and rotation of the shape; the texture's scale (period), orientation, phase and contrast; and the
+colour, one of :data:`PALETTE` (shared by all categories) with a small jitter. The texture modulates
+the brightness around that colour with zero mean over the object (the pattern is standardised
+within the object's mask), so an object's mean colour is its palette colour whatever its texture:
+**colour carries no information about the class**; a feature that groups objects by colour groups
+instances of different categories (tests/test_synthetic.py checks that the class cannot be
+predicted from an object's mean colour better than chance). After the first object of a scene,
+each object repeats a category already present with probability ``same_category``, so scenes hold
+several instances of one category, in different colours.
 
 Every image is drawn from its own random stream, ``default_rng([seed, stream, index])``: image ``i``
 is the same whatever the number of images asked for, and the same arguments give byte-identical
-files.
+files. ``scenes.jsonl`` records what was drawn (category, geometry, colour, texture parameters).
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ VOID = 255
 LABELLED_STREAM, UNLABELLED_STREAM = 0, 1
 
 
-# ----------------------------------------------------------------------------- categories
+# ----------------------------------------------------------------------------- shapes
+# Unit-size shapes in object coordinates (u, v): every pixel lies within radius sqrt(2) of the centre.
 def _disc(u, v):
     return u * u + v * v <= 1.0
 
@@ -53,32 +64,38 @@ def _cross(u, v):
     return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
 
 
-def _diamond(u, v):
-    return np.abs(u) + np.abs(v) <= 1.0
+def _star(u, v):
+    # five points: the boundary radius swings between 0.45 and 1.0 with the polar angle
+    return np.hypot(u, v) <= 0.725 + 0.275 * np.cos(5.0 * np.arctan2(v, u))
 
 
-def _dots(u, v):
-    return (np.mod(u * 4, 1) - 0.5) ** 2 + (np.mod(v * 4, 1) - 0.5) ** 2 < 0.09
+# ----------------------------------------------------------------------------- textures
+# Each takes texture coordinates (s, t) in periods (rotated by the texture's own orientation,
+# shifted by its phase) and the distance from the object's centre in periods; returns a pattern.
+def _dots(s, t, r):
+    return ((np.mod(s, 1.0) - 0.5) ** 2 + (np.mod(t, 1.0) - 0.5) ** 2 < 0.09).astype(np.float32)
 
 
-def _stripes(u, v):
-    return np.sin(u * 3.0 * np.pi) > 0
+def _stripes(s, t, r):
+    return (np.sin(2 * np.pi * s) > 0).astype(np.float32)
 
 
-def _checker(u, v):
-    return (np.floor(u * 2.5) + np.floor(v * 2.5)) % 2 == 0
+def _checker(s, t, r):
+    return (np.mod(np.floor(s) + np.floor(t), 2) == 0).astype(np.float32)
 
 
-def _concentric(u, v):
-    return np.sin(np.sqrt(u * u + v * v) * 6.0 * np.pi) > 0
+def _concentric(s, t, r):
+    return (np.sin(2 * np.pi * r) > 0).astype(np.float32)
 
 
-def _diagonal(u, v):
-    return np.sin((u + v) * 3.0 * np.pi) > 0
+def _waves(s, t, r):
+    return (np.sin(2 * np.pi * (s + 0.35 * np.sin(np.pi * t))) > 0).astype(np.float32)
 
 
-def _plain(u, v):
-    return np.zeros_like(u, dtype=bool)
+def _speckle(s, t, r):
+    # a fixed pseudo-random value per cell of half a period: blocky noise
+    cell_s, cell_t = np.floor(2 * s), np.floor(2 * t)
+    return (np.mod(np.sin(cell_s * 12.9898 + cell_t * 78.233) * 43758.5453, 1.0) > 0.5).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -86,27 +103,48 @@ class Category:
     class_id: int
     name: str
     shape: Callable[[np.ndarray, np.ndarray], np.ndarray]  # unit-size shape in object coordinates
-    texture: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    colour: tuple[int, int, int]
+    texture_name: str
+    texture: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category(1, "disc", _disc, _dots, (220, 60, 50)),
-    Category(2, "square", _square, _stripes, (60, 180, 75)),
-    Category(3, "triangle", _triangle, _checker, (50, 90, 220)),
-    Category(4, "ring", _ring, _plain, (240, 200, 40)),
-    Category(5, "cross", _cross, _diagonal, (200, 70, 200)),
-    Category(6, "diamond", _diamond, _concentric, (40, 200, 210)),
+    Category(1, "disc", _disc, "dots", _dots),
+    Category(2, "square", _square, "stripes", _stripes),
+    Category(3, "triangle", _triangle, "checker", _checker),
+    Category(4, "ring", _ring, "concentric", _concentric),
+    Category(5, "cross", _cross, "waves", _waves),
+    Category(6, "star", _star, "speckle", _speckle),
 )
+
+# Object colours, shared by every category: an instance draws one uniformly. Channels stay within
+# [50, 200] so that the texture's brightness swing rarely clips (clipping would shift the mean).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (190, 70, 60), (70, 160, 80), (70, 90, 190), (195, 180, 70), (170, 80, 175), (70, 170, 180),
+    (200, 130, 60), (120, 80, 60), (150, 150, 150), (90, 60, 140), (130, 185, 110), (190, 140, 160),
+)  # fmt: skip
+COLOUR_JITTER = 8.0  # grey levels, per channel and instance
+TEXTURE_PERIOD = (0.035, 0.07)  # fraction of the image side
+TEXTURE_CONTRAST = (18.0, 34.0)  # grey levels per standard deviation of the standardised pattern
+PIXEL_NOISE = 4.0
+BACKGROUND_CELLS = (3, 7)  # palette-coloured cells of the background clutter, per image
 
 
 @dataclass(frozen=True)
 class PlacedObject:
+    """What was drawn for one object (a line of ``scenes.jsonl`` lists them per image)."""
+
     object_id: int
     class_id: int
     center: tuple[float, float]  # (y, x) in pixels
-    radius: float  # half the object's side, pixels; every pixel of the object is within it
-    angle: float  # radians
+    radius: float  # half the object's side, pixels; every pixel of the object is within sqrt(2) of it
+    angle: float  # radians, the shape's rotation
+    colour: tuple[int, int, int]  # the instance's mean colour (palette entry + jitter), RGB
+    palette_index: int
+    texture: str  # the category's texture family
+    texture_period: float  # pixels
+    texture_angle: float  # radians
+    texture_phase: tuple[float, float]  # in periods
+    contrast: float  # grey levels per standard deviation of the pattern
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -126,25 +164,57 @@ def voc_palette() -> list[int]:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random texture: a few random sinusoidal waves per channel, plus fine noise."""
+    """Clutter made of the objects' own colours and contrast: a mosaic of a few large cells (Voronoi
+    cells of random sites), each a palette colour with a smooth blotchy texture (random low-frequency
+    waves, standardised) of the objects' contrast range. Neither the colour of a patch nor its
+    brightness variation tells an object from the background; its shape and texture family do."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    image = np.empty((size, size, 3), np.float32)
-    base = rng.uniform(70, 170, size=3)
-    for channel in range(3):
-        waves = np.zeros((size, size), np.float32)
-        for _ in range(3):
-            fy, fx = rng.uniform(-4, 4, size=2)
-            waves += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi))
-        image[..., channel] = base[channel] + 18.0 * waves
-    image += rng.normal(0, 6.0, size=image.shape)
-    return image
+    cells = int(rng.integers(*BACKGROUND_CELLS, endpoint=True))
+    sites = rng.uniform(0, 1, size=(cells, 2)).astype(np.float32)
+    owner = np.argmin((y[..., None] - sites[:, 0]) ** 2 + (x[..., None] - sites[:, 1]) ** 2, axis=-1)
+    colours = np.asarray(PALETTE, np.float32)[rng.integers(len(PALETTE), size=cells)]
+    colours += rng.normal(0, COLOUR_JITTER, size=colours.shape).astype(np.float32)
+    blotches = np.zeros((size, size), np.float32)
+    for _ in range(4):
+        fy, fx = rng.uniform(-6, 6, size=2)
+        blotches += np.sin(2 * np.pi * (fy * y + fx * x) + rng.uniform(0, 2 * np.pi))
+    blotches = (blotches - blotches.mean()) / max(float(blotches.std()), 1e-6)
+    contrast = rng.uniform(*TEXTURE_CONTRAST, size=cells).astype(np.float32)
+    image = colours[owner] + (contrast[owner] * blotches)[..., None]
+    return image + rng.normal(0, PIXEL_NOISE, size=image.shape)
 
 
-def _object_coords(size: int, obj: PlacedObject) -> tuple[np.ndarray, np.ndarray]:
+def _object_coords(size: int, center: tuple[float, float], radius: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates in the frame of a unit-size shape centred at ``center``, rotated by ``angle``."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    dy, dx = (y - obj.center[0]) / obj.radius, (x - obj.center[1]) / obj.radius
-    cos, sin = math.cos(obj.angle), math.sin(obj.angle)
+    dy, dx = (y - center[0]) / radius, (x - center[1]) / radius
+    cos, sin = math.cos(angle), math.sin(angle)
     return cos * dx + sin * dy, -sin * dx + cos * dy
+
+
+def _texture_coords(size: int, obj: PlacedObject) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s, t, r): pixel coordinates rotated by the texture angle, in periods, phase-shifted; and the
+    distance from the object's centre in periods (for concentric textures)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    dy, dx = y - obj.center[0], x - obj.center[1]
+    cos, sin = math.cos(obj.texture_angle), math.sin(obj.texture_angle)
+    period = obj.texture_period
+    s = (cos * dx + sin * dy) / period + obj.texture_phase[0]
+    t = (-sin * dx + cos * dy) / period + obj.texture_phase[1]
+    return s, t, np.hypot(dy, dx) / period + obj.texture_phase[0]
+
+
+def _standardised(pattern: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pattern over the mask with zero mean and unit standard deviation (zero if constant)."""
+    values = pattern[mask].astype(np.float64)
+    std = values.std()
+    return ((values - values.mean()) / std if std > 0 else np.zeros_like(values)).astype(np.float32)
+
+
+def _choose_category(rng: np.random.Generator, present: list[int], same_category: float) -> Category:
+    if present and rng.random() < same_category:
+        return CATEGORIES[present[int(rng.integers(len(present)))]]
+    return CATEGORIES[int(rng.integers(len(CATEGORIES)))]
 
 
 def draw_scene(
@@ -153,6 +223,7 @@ def draw_scene(
     n_objects_range: tuple[int, int],
     scale_range: tuple[float, float],
     void_width: int,
+    same_category: float = 0.5,
     max_tries: int = 30,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[PlacedObject]]:
     """Draw one scene. Returns (image uint8 HxWx3, class map, instance map, objects).
@@ -166,14 +237,16 @@ def draw_scene(
     instance = np.zeros((size, size), np.uint8)
     drawn_area: dict[int, int] = {}
     objects: list[PlacedObject] = []
+    present: list[int] = []  # indices into CATEGORIES of the objects placed so far
     n_objects = int(rng.integers(n_objects_range[0], n_objects_range[1] + 1))
     for object_id in range(1, n_objects + 1):
+        category = _choose_category(rng, present, same_category)
         for _ in range(max_tries):
-            category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
             radius = 0.5 * size * float(rng.uniform(*scale_range))
-            center = (float(rng.uniform(radius * 0.6, size - radius * 0.6)), float(rng.uniform(radius * 0.6, size - radius * 0.6)))
-            obj = PlacedObject(object_id, category.class_id, center, radius, float(rng.uniform(0, 2 * np.pi)))
-            u, v = _object_coords(size, obj)
+            low, high = radius * 0.6, size - radius * 0.6
+            center = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+            angle = float(rng.uniform(0, 2 * np.pi))
+            u, v = _object_coords(size, center, radius, angle)
             mask = category.shape(u, v)
             area = int(mask.sum())
             if area < 16:
@@ -184,12 +257,30 @@ def draw_scene(
                 break
         else:
             break  # the scene is full: fewer objects than drawn, still at least the first one
+        palette_index = int(rng.integers(len(PALETTE)))
+        jitter = rng.normal(0, COLOUR_JITTER, size=3)
+        colour = np.clip(np.asarray(PALETTE[palette_index], np.float64) + jitter, 0, 255)
+        obj = PlacedObject(
+            object_id=object_id,
+            class_id=category.class_id,
+            center=center,
+            radius=radius,
+            angle=angle,
+            colour=(round(colour[0]), round(colour[1]), round(colour[2])),
+            palette_index=palette_index,
+            texture=category.texture_name,
+            texture_period=float(size * rng.uniform(*TEXTURE_PERIOD)),
+            texture_angle=float(rng.uniform(0, np.pi)),
+            texture_phase=(float(rng.uniform(0, 1)), float(rng.uniform(0, 1))),
+            contrast=float(rng.uniform(*TEXTURE_CONTRAST)),
+        )
         instance = trial
         drawn_area[object_id] = area
         objects.append(obj)
-        shade = 0.55 + 0.45 * category.texture(u, v)
-        colour = np.clip(np.asarray(category.colour) + rng.normal(0, 12, size=3), 0, 255)
-        image[mask] = shade[mask, None] * colour + rng.normal(0, 5.0, size=(area, 3))
+        present.append(category.class_id - 1)
+        shade = _standardised(category.texture(*_texture_coords(size, obj)), mask)
+        pixels = np.asarray(obj.colour, np.float32)[None, :] + obj.contrast * shade[:, None]
+        image[mask] = pixels + rng.normal(0, PIXEL_NOISE, size=(area, 3))
     class_of = np.zeros(256, np.uint8)
     for obj in objects:
         class_of[obj.object_id] = obj.class_id
@@ -213,6 +304,7 @@ class SyntheticSpec:
     objects: tuple[int, int]
     object_scale: tuple[float, float]
     void_width: int
+    same_category: float = 0.5
 
     @classmethod
     def from_config(cls, section) -> SyntheticSpec:
@@ -225,6 +317,7 @@ class SyntheticSpec:
             objects=tuple(section.objects),
             object_scale=tuple(section.object_scale),
             void_width=section.void_width,
+            same_category=section.same_category,
         )
 
 
@@ -246,7 +339,9 @@ def generate(out: str | Path, spec: SyntheticSpec) -> Path:
         ids, scenes = [], []
         for index in range(spec.images):
             rng = np.random.default_rng([spec.seed, LABELLED_STREAM, index])
-            image, classes, instance, objects = draw_scene(rng, spec.size, spec.objects, spec.object_scale, spec.void_width)
+            image, classes, instance, objects = draw_scene(
+                rng, spec.size, spec.objects, spec.object_scale, spec.void_width, spec.same_category
+            )
             image_id = f"syn_{index:06d}"
             Image.fromarray(image).save(folders["JPEGImages"] / f"{image_id}.jpg", quality=92)
             _save_indexed_png(classes, folders["SegmentationClass"] / f"{image_id}.png", palette)
@@ -259,11 +354,12 @@ def generate(out: str | Path, spec: SyntheticSpec) -> Path:
             (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in members))
         for index in range(spec.unlabelled_images):
             rng = np.random.default_rng([spec.seed, UNLABELLED_STREAM, index])
-            image, *_ = draw_scene(rng, spec.size, spec.objects, spec.object_scale, 0)
+            image, *_ = draw_scene(rng, spec.size, spec.objects, spec.object_scale, 0, spec.same_category)
             Image.fromarray(image).save(tmp / "unlabelled" / f"img_{index:06d}.jpg", quality=92)
         (tmp / "scenes.jsonl").write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in scenes))
         meta = {
-            "classes": [{"id": c.class_id, "name": c.name} for c in CATEGORIES],
+            "classes": [{"id": c.class_id, "name": c.name, "texture": c.texture_name} for c in CATEGORIES],
+            "palette": [list(colour) for colour in PALETTE],
             "void": VOID,
             "spec": asdict(spec),
         }

@@ -4,6 +4,8 @@ See docs/evaluation.md. Modules, from the maths outwards (each imports only thos
 
 - ``metrics``: pure numpy maths (grid geometry, IoU over every threshold at once, the exact oracle,
   prompts, token membership, histograms, balanced accuracy);
+- ``bootstrap``: pure numpy percentile bootstrap intervals of per-object means and paired
+  differences (``mmc tables``);
 - ``protocol``: the rules shared by every consumer: the tau grid and its column names, prompt
   placement, and the one definition of an object's predicted mask (:func:`protocol.predicted_mask`);
 - ``summary``: the result files ``summary.json`` and ``similarity.json`` as typed objects, with one

@@ -109,12 +109,19 @@ def patch_features(model, x, layer: int = -1, precision: str = "float32", pos_em
     """(B, 3, H, W) -> (B, H/p, W/p, D) float32, L2-normalised; block ``layer`` then the final norm.
 
     ``pos_embed``: the model's :class:`~mmc.models.pos_embed.GridPosEmbed` (None: timm's resize).
+    The colour floor (:mod:`mmc.models.colour`) is computed from the input's pixels instead.
     """
     import torch
 
+    from mmc.models.colour import is_colour_network
     from mmc.models.pos_embed import GridPosEmbed
     from mmc.models.vit import block_tokens
 
+    if is_colour_network(model):  # no network: colour statistics of the un-normalised input
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            return model(x * std + mean).float()
     depth = len(model.blocks)
     index = layer if layer >= 0 else depth + layer
     if not 0 <= index < depth:
@@ -383,16 +390,18 @@ def iter_features(
     """
     import torch
 
+    from mmc.models.colour import is_colour_network
     from mmc.models.pos_embed import GridPosEmbed
 
-    patch = model.patch_embed.patch_size[0]
+    colour = is_colour_network(model)
+    patch = model.patch_size if colour else model.patch_embed.patch_size[0]
     _torch_dtype(feature_dtype)  # a bad name fails before any work
     if resize not in RESIZE_METHODS:
         raise MMCError(f"evaluation.resize: {resize!r} is not one of {', '.join(RESIZE_METHODS)}")
     counts = stats if stats is not None else {}
     counts.update(computed=0, cached=0)
     model = model.to(device).eval()
-    if pos_embed is None:
+    if pos_embed is None and not colour:
         pos_embed = GridPosEmbed(model, "timm")  # each grid's embeddings are computed once
 
     def flush(batch):
@@ -451,13 +460,14 @@ def settings_of(evaluation: Any, loaded) -> dict:
     every summary); ``pos_embed_resize`` is the method used (``auto`` resolved for the format)."""
     from mmc.models.pos_embed import method_for
 
+    colour = loaded.format == "colour"  # the colour floor has no position embeddings
     return {
         "resolution": int(evaluation.resolution),
         "keep_aspect": bool(evaluation.keep_aspect),
         "layer": int(evaluation.layer),
         "precision": str(evaluation.precision),
         "patch_size": int(loaded.arch.patch_size),
-        "pos_embed_resize": method_for(evaluation.pos_embed_resize, loaded.format),
+        "pos_embed_resize": "none" if colour else method_for(evaluation.pos_embed_resize, loaded.format),
         "resize": str(evaluation.resize),
         "feature_dtype": str(evaluation.feature_dtype),
     }
@@ -522,7 +532,9 @@ def dataset_features(
         device=resolve_device(cfg.device),
         cache=cache,
         stats=stats,
-        pos_embed=pos_embed_for(model.loaded, evaluation.pos_embed_resize),
+        pos_embed=(
+            None if settings["pos_embed_resize"] == "none" else pos_embed_for(model.loaded, evaluation.pos_embed_resize)
+        ),
         resize=evaluation.resize,
         feature_dtype=evaluation.feature_dtype,
     )

@@ -2,7 +2,8 @@
 
 ``mmc segment`` and ``mmc similarity`` both import this module, never each other. The model under
 evaluation is an :class:`EvaluatedModel`: the :class:`mmc.models.LoadedModel` (the backbone and what
-``mmc.models`` reports about its weights) and the name its features are cached under.
+``mmc.models`` reports about its weights), the name its features are cached under and, for a seeded
+model (``mmc.config.model_seeds``), the training seed of this evaluation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="a key of `datasets`")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--checkpoint", help="weights file (overrides the model's source)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="the training seed of this evaluation, for a model evaluated once per seed (source experiment, "
+        "or random without its own seed; default: the first of its seeds); not for other models",
+    )
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,14 @@ class EvaluatedModel:
 
     ``loaded`` is what ``mmc.models`` returned (:class:`mmc.models.LoadedModel`: the network, its
     format, sha256, architecture, weights and path): the feature cache key is built from it.
-    ``name`` is the key of ``models`` under which features are cached; None (checkpoint selection)
-    computes them without the cache.
+    ``name`` is the name features are cached under (``mmc.config.run_name``: the key of ``models``,
+    plus ``/seedS`` for a seeded model); None (checkpoint selection) computes them without the cache.
+    ``seed`` is the training seed of a seeded model's evaluation (None for models without seeds).
     """
 
     loaded: Any  # mmc.models.LoadedModel
     name: str | None = None
+    seed: int | None = None
 
     @property
     def network(self) -> Any:
@@ -54,23 +63,47 @@ class EvaluatedModel:
         return int(self.loaded.arch.patch_size)
 
 
-def configured_model(cfg: Any, name: str, checkpoint: str | None = None) -> EvaluatedModel:
-    """Model ``name`` of the config (its weights from ``checkpoint`` when given), cached under ``name``.
+def evaluation_seed(cfg: Any, name: str, seed: int | None) -> int | None:
+    """The training seed of an evaluation of model ``name``: ``seed`` checked against the model's seeds
+    (``mmc.config.model_seeds``), the first of them when None; None for a model without seeds."""
+    from mmc.config import model_seeds
 
-    The weights file must match every record of it there is (:func:`checkpoint_references`).
-    """
+    if name not in cfg.models:
+        raise MMCError(f"--model {name!r} is not a key of models (have: {sorted(cfg.models)})")
+    seeds = model_seeds(cfg.models[name], cfg.seeds)
+    if seeds is None:
+        if seed is not None:
+            raise MMCError(
+                f"--seed {seed}: model {name!r} (source {cfg.models[name].source}) is evaluated once, "
+                "without a seed: expected no --seed"
+            )
+        return None
+    if seed is None:
+        return seeds[0]
+    if seed not in seeds:
+        raise MMCError(f"--seed {seed} is not a seed of model {name!r}: expected one of {list(seeds)}")
+    return int(seed)
+
+
+def configured_model(
+    cfg: Any, name: str, checkpoint: str | None = None, seed: int | None = None
+) -> EvaluatedModel:
+    """Model ``name`` of the config (its weights from ``checkpoint`` when given), evaluated with training
+    seed ``seed`` (:func:`evaluation_seed`), cached under ``mmc.config.run_name(name, seed)``."""
+    from mmc.config import run_name
     from mmc.models import model_for
 
-    loaded = model_for(cfg, name, checkpoint)
-    if loaded.path is not None:
-        check_references(Path(loaded.path), loaded.sha256, checkpoint_references(cfg, name, Path(loaded.path)))
-    return EvaluatedModel(loaded, name)
+    seed = evaluation_seed(cfg, name, seed)
+    loaded = model_for(cfg, name, checkpoint, seed)
+    if loaded.path is not None:  # the weights file must match every record of it there is
+        check_references(Path(loaded.path), loaded.sha256, checkpoint_references(cfg, name, Path(loaded.path), seed))
+    return EvaluatedModel(loaded, run_name(name, seed), seed)
 
 
-def selection_path(cfg: Any, experiment: str) -> Path:
-    """Where the workflow keeps the selection record (``mmc select --out``) of ``experiment``: the
-    ``selection_file`` of workflow/rules/common.smk."""
-    return Path(cfg.results_dir) / "select" / f"{experiment}.json"
+def selection_path(cfg: Any, experiment: str, seed: int) -> Path:
+    """Where the workflow keeps the selection record (``mmc select --out``) of ``experiment`` trained
+    with ``seed``: the ``selection_file`` of workflow/rules/common.smk."""
+    return Path(cfg.results_dir) / "select" / experiment / f"seed{seed}.json"
 
 
 @dataclass(frozen=True)
@@ -82,7 +115,7 @@ class Reference:
     where: str  # in words, for the message
 
 
-def checkpoint_references(cfg: Any, name: str, path: Path) -> list[Reference]:
+def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = None) -> list[Reference]:
     """What records say model ``name``'s weights file must hash to: the selection record of its
     experiment (``mmc select``), the DVC file beside it (``mmc publish``: ``E.pth.dvc``), and for a
     ``source: url`` model without a sha256 in the config, the pin of its URL."""
@@ -92,8 +125,8 @@ def checkpoint_references(cfg: Any, name: str, path: Path) -> list[Reference]:
 
     spec = cfg.models[name]
     found = []
-    if spec.source == "experiment":
-        record = selection_path(cfg, spec.experiment)
+    if spec.source == "experiment" and seed is not None:
+        record = selection_path(cfg, spec.experiment, seed)
         if record.is_file():
             try:
                 sha = json.loads(record.read_text()).get("sha256")
@@ -173,9 +206,12 @@ def evaluation_job(
     check_model_request(cfg, args.model, args.checkpoint)
     if args.dataset not in cfg.datasets:
         raise MMCError(f"--dataset {args.dataset!r} is not a key of datasets (have: {sorted(cfg.datasets)})")
+    seed = evaluation_seed(cfg, args.model, args.seed)
     wildcards = {"model": args.model, "dataset": args.dataset}
+    if seed is not None:
+        wildcards["seed"] = seed
     with tracking.job(stage, cfg, wildcards=wildcards, config_path=args.config) as rec:
-        model = configured_model(cfg, args.model, args.checkpoint)
+        model = configured_model(cfg, args.model, args.checkpoint, seed)
         params = {name: config.to_dict(getattr(cfg, name)) for name in sections}
         params["model"] = config.to_dict(cfg.models[args.model])
         params["dataset"] = config.to_dict(cfg.datasets[args.dataset])
@@ -185,6 +221,7 @@ def evaluation_job(
             {
                 "model": args.model,
                 "dataset": args.dataset,
+                "seed": "none" if seed is None else str(seed),
                 "format": loaded.format,
                 "weights": loaded.weights,
                 "checkpoint_sha256": loaded.sha256,

@@ -83,12 +83,24 @@ def prompt_similarities(features: np.ndarray, tokens: list[tuple[int, int]]) -> 
 
     ``features`` are (gh, gw, D) and L2-normalised. One matrix product for all the prompts of an
     image; a caller that needs an image's maps bit for bit as scored passes the same prompts in the
-    same order.
+    same order. The products are summed in float64 and rounded to float32 (:func:`cosine_to`).
     """
     grid_h, grid_w, dim = features.shape
     flat = features.reshape(-1, dim)
     index = [r * grid_w + c for r, c in tokens]
-    return (flat @ flat[index].T).reshape(grid_h, grid_w, len(index))
+    return cosine_to(flat, flat[index]).reshape(grid_h, grid_w, len(index))
+
+
+def cosine_to(flat: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """(N, D) x (n, D) -> (N, n) float32 dot products, summed in float64 then rounded.
+
+    A float32 matrix product may sum in another order depending on where the arrays lie in memory
+    (BLAS kernels peel unaligned heads), so the same features read from the cache and just computed
+    could give similarities a last bit apart (seen with the 6-dimensional colour floor). Summed in
+    float64, orders differ by ~1e-16, far below float32's resolution: the rounded values agree.
+    """
+    wide = np.asarray(flat, dtype=np.float64)
+    return (wide @ np.asarray(prompts, dtype=np.float64).T).astype(np.float32)
 
 
 def predicted_mask(

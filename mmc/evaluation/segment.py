@@ -181,6 +181,7 @@ def summarize(
         miou_at_demo_tau=miou[tau_key(evaluation.demo_threshold)],
         oracle_miou=_mean(table["oracle_iou"]),
         checkpoint_sha256=model.sha256,
+        seed=model.seed,
         settings={
             **settings_of(evaluation, model.loaded),
             "prompt": evaluation.prompt,
@@ -215,6 +216,7 @@ def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with evaluation_job("segment", args) as (cfg, rec, model):
         table, skipped, stats = evaluate(cfg, model, args.dataset)
+        table.insert(0, "seed", pd.array([model.seed] * len(table), dtype="Int64"))
         table.insert(0, "dataset", args.dataset)
         table.insert(0, "model", args.model)
         summary = summarize(cfg, table, skipped, model, args.model, args.dataset, features=stats)

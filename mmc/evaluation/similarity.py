@@ -20,7 +20,7 @@ from mmc.data.readers import Sample
 from mmc.errors import MMCError
 from mmc.evaluation import metrics
 from mmc.evaluation.job import EvaluatedModel, add_evaluation_arguments, evaluation_job, require_finite
-from mmc.evaluation.protocol import object_prompts
+from mmc.evaluation.protocol import cosine_to, object_prompts
 from mmc.evaluation.summary import SimilarityResult
 
 
@@ -70,7 +70,7 @@ def image_similarities(
     intra, inter = [], []
     for obj, _, (r, c) in kept:
         index = r * grid_w + c
-        sims = flat @ flat[index]
+        sims = cosine_to(flat, flat[index][None])[:, 0]  # summed in float64: the same bits from any memory
         own = member[:, column[obj.object_id]].copy()
         others = np.delete(member, column[obj.object_id], axis=1).any(axis=1) & ~own
         own[index] = False
@@ -183,12 +183,14 @@ def _main(args: argparse.Namespace) -> int:
             checkpoint_sha256=model.sha256,
             settings=settings(cfg, model),
             features=stats,
+            seed=model.seed,
         )
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "similarity.json") as tmp:
             tmp.write_text(result.to_json())
         rec.produced(out / "similarity.json")
-        for path in plot(result, f"{args.model} on {args.dataset}", out / "histogram"):
+        title = f"{args.model}{'' if model.seed is None else f' (seed {model.seed})'} on {args.dataset}"
+        for path in plot(result, title, out / "histogram"):
             rec.produced(path)
         rec.log_metrics(
             {

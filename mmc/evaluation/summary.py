@@ -37,6 +37,7 @@ class SegmentationSummary:
     checkpoint_sha256: str | None  # None for a randomly initialised backbone
     settings: dict | None = None  # the evaluation options the numbers depend on
     features: dict | None = None  # {computed, cached}: images run through the backbone, from the cache
+    seed: int | None = None  # the training seed of a seeded model's evaluation (mmc.config.model_seeds)
 
     def miou_at(self, tau: float) -> float | None:
         return self.miou_by_tau[tau_key(tau)]
@@ -69,6 +70,7 @@ class SimilarityResult:
     checkpoint_sha256: str | None
     settings: dict | None = None  # the evaluation and similarity options the numbers depend on
     features: dict | None = None
+    seed: int | None = None  # as in SegmentationSummary
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -115,14 +117,15 @@ def read_similarity_results(paths: Iterable[str | Path]) -> list[SimilarityResul
 
 
 def _unique(paths: Iterable[str | Path], read: Callable[[str | Path], Record]) -> list[Record]:
-    """Every file read; a (model, dataset) pair read twice is an error naming both files."""
+    """Every file read; a (model, dataset, seed) read twice is an error naming both files."""
     records: list[Record] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str, int | None], str] = {}
     for path in paths:
         record = read(path)
-        pair = (record.model, record.dataset)
-        if pair in seen:
-            raise MMCError(f"{path}: model {pair[0]!r} on dataset {pair[1]!r} also in {seen[pair]}")
-        seen[pair] = str(path)
+        key = (record.model, record.dataset, record.seed)
+        if key in seen:
+            seed = "" if record.seed is None else f" with seed {record.seed}"
+            raise MMCError(f"{path}: model {key[0]!r} on dataset {key[1]!r}{seed} also in {seen[key]}")
+        seen[key] = str(path)
         records.append(record)
     return records

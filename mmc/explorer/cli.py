@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODEL=PATH",
-        help="a model's weights (repeat per model; models of source random need none)",
+        help="a model's weights (repeat per model; models of source random and colour need none)",
     )
     parser.add_argument("--out", required=True, help="the HTML file to write")
     parser.set_defaults(func=_main)
@@ -78,15 +78,18 @@ def model_tokens(cfg: Any, samples: Sequence[Any], patch: int) -> list[int]:
     return tokens
 
 
-def encoded_model(cfg: Any, name: str, checkpoint: str | None, dataset: str, samples, share: int):
+def encoded_model(
+    cfg: Any, name: str, checkpoint: str | None, dataset: str, samples, share: int, seed: int | None = None
+):
     """(PageModel features, bits, rank) of one model: features through the evaluation's own path
     (:func:`mmc.evaluation.features.dataset_features`: same precision, layer and feature cache as
-    ``mmc segment``), encoded within ``share`` bytes and measured against the evaluation's maps."""
+    ``mmc segment``), encoded within ``share`` bytes and measured against the evaluation's maps.
+    ``seed``: the training seed of the evaluation shown (seeded models), as in its summary."""
     from mmc.evaluation.features import dataset_features
     from mmc.evaluation.job import configured_model
     from mmc.explorer.encode import choose_representation, encode_features, measured
 
-    model = configured_model(cfg, name, checkpoint)
+    model = configured_model(cfg, name, checkpoint, seed)
     tokens = model_tokens(cfg, samples, model.patch_size)
     bits, rank = choose_representation(share, tokens, int(model.loaded.arch.embed_dim))
     encoded = []
@@ -130,10 +133,18 @@ def make_explorer(
         raise MMCError(
             f"--dataset {dataset!r} is not an evaluation dataset (evaluation.datasets: {list(cfg.evaluation.datasets)})"
         )
-    best = {s.model: s.best_tau for s in read_segmentation_summaries(summaries) if s.dataset == dataset}
+    shown = [s for s in read_segmentation_summaries(summaries) if s.dataset == dataset]
+    repeated = sorted({s.model for s in shown if [t.model for t in shown].count(s.model) > 1})
+    if repeated:
+        raise MMCError(
+            f"the explorer shows one evaluation per model; {dataset} has several of {repeated} "
+            "(pass one seed of each: the workflow passes the first)"
+        )
+    best = {s.model: s.best_tau for s in shown}
+    seeds = {s.model: s.seed for s in shown}
     models = list(cfg.models)
     for name in models:
-        if cfg.models[name].source != "random" and name not in checkpoints:
+        if cfg.models[name].source not in ("random", "colour") and name not in checkpoints:
             raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
     samples = page_samples(cfg, dataset)
     if not samples:
@@ -149,7 +160,11 @@ def make_explorer(
     }
     share = feature_share(cfg.report.explorer_max_mb, images, common, len(models), dataset)
     page_models = [
-        PageModel(name, best.get(name), encoded_model(cfg, name, checkpoints.get(name), dataset, samples, share))
+        PageModel(
+            name,
+            best.get(name),
+            encoded_model(cfg, name, checkpoints.get(name), dataset, samples, share, seeds.get(name)),
+        )
         for name in models
     ]
     html = render(page_data(images=images, models=page_models, **common))

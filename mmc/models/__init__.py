@@ -7,6 +7,7 @@ Files are untrusted pickles: they are read with ``torch.load(weights_only=True)`
 happen inside the functions.
 """
 
+from mmc.models.colour import ColourArch, colour_network, colour_statistics, is_colour_network
 from mmc.models.formats import (
     CONVERTERS,
     FORMATS,
@@ -23,6 +24,7 @@ __all__ = [
     "ARCH_KEYS",
     "CONVERTERS",
     "FORMATS",
+    "ColourArch",
     "Converted",
     "GridPosEmbed",
     "LoadedModel",
@@ -30,7 +32,10 @@ __all__ = [
     "block_tokens",
     "build_vit",
     "check_model_request",
+    "colour_network",
+    "colour_statistics",
     "detect_format",
+    "is_colour_network",
     "load_backbone",
     "method_for",
     "model_for",

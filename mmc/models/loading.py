@@ -33,9 +33,9 @@ class LoadedModel:
     """A backbone ready for evaluation and what it is: the record every output cites."""
 
     model: Any  # timm VisionTransformer, eval mode
-    format: str  # one of FORMATS, or "random"
-    sha256: str | None  # of the file; None for random models
-    arch: ViTArch
+    format: str  # one of FORMATS, "random", or "colour" (the learning-free floor: mmc.models.colour)
+    sha256: str | None  # of the file; None for random and colour models
+    arch: ViTArch  # mmc.models.colour.ColourArch for a colour model
     weights: str  # which part of the file was used ("teacher", "base_encoder", ...) or "seed N"
     path: str | None  # the file; None for random models
     dropped_keys: tuple[str, ...] = ()  # file keys deliberately left out (heads, decoders, ...)
@@ -139,7 +139,7 @@ def check_model_request(cfg: Any, name: str, checkpoint: str | Path | None = Non
     if checkpoint is None and spec.source in ("experiment", "url"):
         raise MMCError(
             f"models.{name} has source {spec.source!r}: pass the weights file with --checkpoint PATH "
-            "(the workflow passes the selected checkpoint or the downloaded file)"
+            "(the workflow passes the selected checkpoint, the initial weights or the downloaded file)"
         )
     path = checkpoint if checkpoint is not None else (spec.path if spec.source == "file" else None)
     if path is not None and not Path(path).is_file():
@@ -147,18 +147,36 @@ def check_model_request(cfg: Any, name: str, checkpoint: str | Path | None = Non
         raise MMCError(f"{given} {path}: checkpoint file not found")
 
 
-def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None) -> LoadedModel:
-    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from."""
+def model_for(cfg: Any, name: str, checkpoint: str | Path | None = None, seed: int | None = None) -> LoadedModel:
+    """The backbone of ``cfg.models[name]``; ``checkpoint`` overrides where its weights come from.
+
+    ``seed`` is the training seed of this evaluation (``mmc.config.model_seeds``): it initialises a
+    random model that has no ``seed`` of its own (default: the run's first seed). A ``source: colour``
+    model is the learning-free floor (:mod:`mmc.models.colour`), not a network with weights.
+    """
     check_model_request(cfg, name, checkpoint)
     spec = cfg.models[name]
+    if spec.source == "colour":
+        from mmc.models.colour import ColourArch, colour_network
+
+        patch = int(spec.backbone.patch_size)
+        return LoadedModel(
+            model=colour_network(patch),
+            format="colour",
+            sha256=None,
+            arch=ColourArch(patch),
+            weights="rgb mean and std per patch",
+            path=None,
+        )
     if spec.source == "random" and checkpoint is None:
         arch = ViTArch.from_config(spec.backbone)
+        init = spec.seed if spec.seed is not None else (seed if seed is not None else cfg.seeds[0])
         return LoadedModel(
-            model=random_backbone(arch, spec.seed),
+            model=random_backbone(arch, init),
             format="random",
             sha256=None,
             arch=arch,
-            weights=f"seed {spec.seed}",
+            weights=f"seed {init}",
             path=None,
         )
     if checkpoint is None:  # source file (check_model_request refused the others)

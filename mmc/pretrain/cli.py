@@ -12,7 +12,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         default=None,
-        help="resume state directory (default {state_dir}/pretrain/EXPERIMENT; never inside --out)",
+        help="resume state directory (default {state_dir}/pretrain/EXPERIMENT, or .../EXPERIMENT/seedS with "
+        "--seed; never inside --out)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the training seed, one of the config's `seeds` (default: the base `seed`)",
     )
     parser.epilog = "Exit status 75 means SIGTERM stopped the run after a resume checkpoint: rerun to resume."
     parser.set_defaults(func=_main)
@@ -23,4 +30,4 @@ def _main(args: argparse.Namespace) -> int:
     from mmc.pretrain.train import run
 
     cfg = config.load(args.config)
-    return run(cfg, args.experiment, args.out, args.state_dir)
+    return run(cfg, args.experiment, args.out, args.state_dir, args.seed)

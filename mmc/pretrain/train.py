@@ -68,12 +68,15 @@ def _setup_distributed(device_kind: str) -> torch.device:
 
 
 def _expected_epochs(pcfg) -> list[int]:
-    """Epochs whose checkpoints are kept: ``save_epochs`` (config validation keeps them within the
-    run) and the last one."""
-    return sorted({*pcfg.checkpoint.save_epochs, pcfg.optim.epochs})
+    """Epochs whose checkpoints are kept: the initial weights (epoch 0, see ``Trainer._save_initial``),
+    ``save_epochs`` (config validation keeps them within the run) and the last one."""
+    return sorted({0, *pcfg.checkpoint.save_epochs, pcfg.optim.epochs})
 
 
-def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = None) -> int:
+def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = None, seed: int | None = None) -> int:
+    """Pretrain ``experiment`` into ``out``. ``seed``: the training seed, one of the config's ``seeds``
+    (the workflow passes it; the resume state then defaults to ``{state_dir}/pretrain/E/seedS``);
+    None trains with the base ``seed`` as before, state in ``{state_dir}/pretrain/E``."""
     if experiment not in cfg.experiments:
         raise ConfigError(f"--experiment: '{experiment}' is not a key of experiments (have: {sorted(cfg.experiments)})")
     pcfg = cfg.experiments[experiment]
@@ -82,14 +85,18 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
             f"experiments.{experiment}.init_checkpoint is set ({pcfg.init_checkpoint}): nothing to "
             "pretrain; `mmc select` takes that file directly (the workflow has no pretrain job for it)"
         )
+    if seed is not None and seed not in cfg.seeds:
+        raise ConfigError(f"--seed {seed} is not one of the config's seeds {list(cfg.seeds)}")
+    wildcards: dict = {"experiment": experiment} if seed is None else {"experiment": experiment, "seed": seed}
+    cfg = dataclasses.replace(cfg, seed=int(cfg.seed if seed is None else seed))  # the Trainer's seed
     out = Path(out)
-    state = Path(state_dir) if state_dir else Path(cfg.state_dir) / "pretrain" / experiment
+    default_state = Path(cfg.state_dir) / "pretrain" / config_mod.run_name(experiment, seed)
+    state = Path(state_dir) if state_dir else default_state
     if state.resolve() == out.resolve() or out.resolve() in state.resolve().parents:
         raise MMCError(f"--state-dir {state} is inside --out {out}: resume state must survive deletion of the outputs")
     if pcfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = _setup_distributed(cfg.device)
-    wildcards = {"experiment": experiment}
     recorder = (
         tracking.job("pretrain", cfg, wildcards=wildcards)
         if dist_util.rank() == 0
@@ -98,7 +105,7 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
     try:
         with recorder as rec:
             rec.log_params(config_mod.to_dict(pcfg))
-            rec.set_tags({"experiment": experiment, "config_hash": config_mod.config_hash(pcfg)})
+            rec.set_tags({"experiment": experiment, "seed": str(cfg.seed), "config_hash": config_mod.config_hash(pcfg)})
             if rec.enabled:  # what the run reads, for `mmc provenance` (rank 0 records the job)
                 rec.read_data("pretrain", pretrain_entry(pcfg.data.path, pcfg.data.format))
             Trainer(cfg, pcfg, out, state, device, rec).fit()
@@ -241,6 +248,13 @@ class Trainer:
         )  # fmt: skip
         ckpt_mod.save(ckpt, self.state / "epochs" / ckpt_mod.epoch_name(epoch))
 
+    def _save_initial(self) -> None:
+        """The weights before the first step (epoch 0), the paired reference of the trained model
+        (``models.M.checkpoint: initial``). Called once, before any resume replaces the freshly built
+        weights: they depend only on the seed and the config, so a resumed run writes the same file."""
+        if self.is_main and not (self.state / "epochs" / ckpt_mod.epoch_name(0)).exists():
+            self._save_epoch(0)
+
     def _metrics_path(self) -> Path:
         return self.state / METRICS_NAME
 
@@ -266,6 +280,7 @@ class Trainer:
         if self.is_main:
             for stale in self.state.glob(".step_*.tmp-*"):  # a save cut short by a kill
                 stale.unlink(missing_ok=True)
+        self._save_initial()
         self._resume()
         self._restore_metrics()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)

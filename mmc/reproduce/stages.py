@@ -97,7 +97,7 @@ STAGES: dict[str, StagePolicy] = {
     "select": StagePolicy(reads_data=True, tolerance=_GPU_METRICS),
     "segment": StagePolicy(reads_data=True, tolerance=_GPU_METRICS, ignore={"summary.json": _CACHE_COUNTS}),
     "similarity": StagePolicy(reads_data=True, tolerance=_GPU_METRICS, ignore={"similarity.json": _CACHE_COUNTS}),
-    # pure functions of verified JSON inputs, without torch: always exact
+    # pure functions of verified inputs (JSON, parquet; a seeded bootstrap), without torch: always exact
     "tables": StagePolicy(),
     "figures": StagePolicy(reads_data=True, tolerance=_GPU_METRICS),  # qualitative overlays run the models
     # the prompt explorer embeds the evaluation's features (a self-contained HTML page, compared

@@ -71,9 +71,15 @@ DATA_VERSION = os.path.normpath(DATA) + ".dvc"
 SYNTHETIC_DIR = f"{DATA}/synthetic"
 
 
+# The training seeds (docs/workflow.md#seeds): every experiment runs once per seed; a seeded model's
+# evaluations live under MODEL/seedS, so the `model` wildcard of the evaluation rules may carry one.
+SEEDS = list(CFG.seeds)
+
+
 wildcard_constraints:
     experiment="[A-Za-z0-9_-]+",
-    model="[A-Za-z0-9_-]+",
+    seed="-?[0-9]+",
+    model="[A-Za-z0-9_-]+(/seed-?[0-9]+)?",
     dataset="[A-Za-z0-9_-]+",
 
 
@@ -117,8 +123,13 @@ def init_checkpoint(experiment):
     return experiment_config(experiment).init_checkpoint
 
 
-def pretrain_dir(experiment):
-    return f"{RESULTS}/pretrain/{experiment}"
+def experiment_runs():
+    """(experiment, seed) of every pretraining, selection and publication."""
+    return [(e, s) for e in CFG.experiments for s in SEEDS]
+
+
+def pretrain_dir(experiment, seed):
+    return f"{RESULTS}/pretrain/{experiment}/seed{seed}"
 
 
 def _inside(path, folder):
@@ -148,7 +159,9 @@ def versioned_data():
     }
     # checkpoints fetched under data_dir too: data.dvc is made after every write under data/
     ready |= {
-        model_checkpoint(m) for m, model in CFG.models.items() if model.source == "url"
+        model_checkpoint(m, None)
+        for m, model in CFG.models.items()
+        if model.source == "url"
     }
     return sorted(ready)
 
@@ -167,7 +180,7 @@ def select_inputs(wildcards):
     inputs = {}
     path = init_checkpoint(wildcards.experiment)
     inputs["checkpoints"] = (
-        ancient(path) if path else pretrain_dir(wildcards.experiment)
+        ancient(path) if path else pretrain_dir(wildcards.experiment, wildcards.seed)
     )
     if CFG.selection.policy != "last":
         inputs["selection_data"] = dataset_ready(CFG.selection.dataset)
@@ -175,12 +188,12 @@ def select_inputs(wildcards):
     return inputs
 
 
-def selection_file(experiment):
-    return f"{RESULTS}/select/{experiment}.json"
+def selection_file(experiment, seed):
+    return f"{RESULTS}/select/{experiment}/seed{seed}.json"
 
 
-def published_checkpoint(experiment):
-    return f"{CFG.dvc.checkpoint_dir}/{experiment}.pth"
+def published_checkpoint(experiment, seed):
+    return f"{CFG.dvc.checkpoint_dir}/{experiment}/seed{seed}.pth"
 
 
 # ----------------------------------------------------------------------------- datasets, models
@@ -194,11 +207,35 @@ def dataset_ready(name):
     return f"{DATA}/manifests/{name}.json"
 
 
-def model_checkpoint(name):
-    """The checkpoint file a model is evaluated from, or None for a randomly initialised backbone."""
+def model_seeds(name):
+    """The seeds model ``name`` is evaluated with, or [None] for a model evaluated once."""
+    return list(mmc_config.model_seeds(model_config(name), SEEDS) or [None])
+
+
+def model_runs(name):
+    """The evaluations of model ``name``: MODEL/seedS per seed, or MODEL."""
+    return [mmc_config.run_name(name, seed) for seed in model_seeds(name)]
+
+
+def split_run(run):
+    """``MODEL/seedS`` -> (MODEL, S); ``MODEL`` -> (MODEL, None); the model must exist."""
+    name, _, rest = run.partition("/")
+    model_config(name)
+    seed = int(rest.removeprefix("seed")) if rest else None
+    if seed not in model_seeds(name):
+        raise WorkflowError(
+            f"no evaluation {run!r} of model {name!r} (have: {', '.join(model_runs(name))})"
+        )
+    return name, seed
+
+
+def model_checkpoint(name, seed):
+    """The checkpoint file one evaluation of a model reads, or None (random and colour models)."""
     model = model_config(name)
     if model.source == "experiment":
-        return published_checkpoint(model.experiment)
+        if model.checkpoint == "initial":
+            return f"{pretrain_dir(model.experiment, seed)}/epoch_0000.pth"
+        return published_checkpoint(model.experiment, seed)
     if model.source == "url":
         return f"{DATA}/checkpoints/{name}.pth"
     if model.source == "file":
@@ -208,41 +245,101 @@ def model_checkpoint(name):
 
 def evaluation_inputs(wildcards):
     inputs = {"dataset": dataset_ready(wildcards.dataset), "data_version": DATA_VERSION}
-    path = model_checkpoint(wildcards.model)
-    if path is not None:
-        user_file = model_config(wildcards.model).source == "file"
-        inputs["checkpoint"] = ancient(path) if user_file else path
+    name, seed = split_run(wildcards.model)
+    model = model_config(name)
+    path = model_checkpoint(name, seed)
+    if path is None:
+        return inputs
+    if model.source == "file":
+        inputs["checkpoint"] = ancient(path)
+    elif model.source == "experiment" and model.checkpoint == "initial":
+        # a file inside the pretraining job's directory output: depend on the directory
+        inputs["checkpoint"] = pretrain_dir(model.experiment, seed)
+    else:
+        inputs["checkpoint"] = path
     return inputs
 
 
-def checkpoint_arg(wildcards):
-    path = model_checkpoint(wildcards.model)
-    return f"--checkpoint {path}" if path else ""
+def model_args(wildcards):
+    """``--model M [--seed S] [--checkpoint PATH]`` of one evaluation job."""
+    name, seed = split_run(wildcards.model)
+    path = model_checkpoint(name, seed)
+    args = [f"--model {name}"]
+    args += [f"--seed {seed}"] if seed is not None else []
+    args += [f"--checkpoint {path}"] if path else []
+    return " ".join(args)
 
 
 def evaluation_hash(wildcards, *sections):
+    name, seed = split_run(wildcards.model)
     return section_hash(
-        model_config(wildcards.model), dataset_config(wildcards.dataset), *sections
+        model_config(name), seed, dataset_config(wildcards.dataset), *sections
     )
 
 
 # ----------------------------------------------------------------------------- final targets
 def evaluated_pairs():
-    return [(m, d) for m in CFG.models for d in CFG.evaluation.datasets]
+    """(run, dataset) of every evaluation: each model's runs (one per seed) on every dataset."""
+    return [
+        (r, d)
+        for m in CFG.models
+        for r in model_runs(m)
+        for d in CFG.evaluation.datasets
+    ]
 
 
 def segment_summaries():
-    return [f"{RESULTS}/segment/{m}/{d}/summary.json" for m, d in evaluated_pairs()]
+    return [f"{RESULTS}/segment/{r}/{d}/summary.json" for r, d in evaluated_pairs()]
 
 
 def segment_objects():
-    return [f"{RESULTS}/segment/{m}/{d}/objects.parquet" for m, d in evaluated_pairs()]
+    return [f"{RESULTS}/segment/{r}/{d}/objects.parquet" for r, d in evaluated_pairs()]
 
 
 def similarity_results():
     return [
-        f"{RESULTS}/similarity/{m}/{d}/similarity.json" for m, d in evaluated_pairs()
+        f"{RESULTS}/similarity/{r}/{d}/similarity.json" for r, d in evaluated_pairs()
     ]
+
+
+def figure_runs():
+    """The figures show each model once: its first seed."""
+    return [model_runs(m)[0] for m in CFG.models]
+
+
+def figure_inputs(kind):
+    folder, name = {
+        "summaries": ("segment", "summary.json"),
+        "objects": ("segment", "objects.parquet"),
+        "similarity": ("similarity", "similarity.json"),
+    }[kind]
+    return [
+        f"{RESULTS}/{folder}/{r}/{d}/{name}"
+        for r in figure_runs()
+        for d in CFG.evaluation.datasets
+    ]
+
+
+def figure_checkpoints():
+    """MODEL -> the checkpoint of the evaluation the figures show (models that read one)."""
+    found = {}
+    for model in CFG.models:
+        path = model_checkpoint(model, model_seeds(model)[0])
+        if path:
+            found[model] = path
+    return found
+
+
+def figure_checkpoint_inputs():
+    found = []
+    for model in CFG.models:
+        seed = model_seeds(model)[0]
+        spec = model_config(model)
+        if spec.source == "experiment" and spec.checkpoint == "initial":
+            found.append(pretrain_dir(spec.experiment, seed))
+        elif model_checkpoint(model, seed):
+            found.append(model_checkpoint(model, seed))
+    return found
 
 
 TABLES = ["segmentation", "similarity"]
@@ -274,9 +371,10 @@ def explorer_files():
 
 
 def final_targets():
-    # Every experiment is trained, selected and published; `models` says which are evaluated.
-    targets = [selection_file(e) for e in CFG.experiments]
-    targets += [published_checkpoint(e) for e in CFG.experiments]
+    # Every experiment is trained, selected and published (once per seed); `models` says which
+    # are evaluated.
+    targets = [selection_file(e, s) for e, s in experiment_runs()]
+    targets += [published_checkpoint(e, s) for e, s in experiment_runs()]
     if CFG.evaluation.datasets and CFG.models:
         targets += table_files() + figure_files() + report_files() + explorer_files()
     return targets
@@ -299,10 +397,10 @@ if workflow.is_main_process:
         raise WorkflowError(
             mmc_dvc.unversioned_message(DATA_VERSION, _changes, CONFIG_FILE)
         )
-    for _experiment in CFG.experiments:
-        _published = published_checkpoint(_experiment) + ".dvc"
+    for _experiment, _seed in experiment_runs():
+        _published = published_checkpoint(_experiment, _seed) + ".dvc"
         _changes = mmc_dvc.unversioned_changes(
-            _published, [selection_file(_experiment)]
+            _published, [selection_file(_experiment, _seed)]
         )
         if _changes:
             raise WorkflowError(mmc_dvc.republish_message(_published, _changes))

@@ -8,11 +8,11 @@ FIGURES = {
 
 rule figures:
     input:
-        summaries=segment_summaries(),
-        objects=segment_objects(),
-        similarity=similarity_results(),
+        summaries=figure_inputs("summaries"),
+        objects=figure_inputs("objects"),
+        similarity=figure_inputs("similarity"),
         datasets=[dataset_ready(name) for name in CFG.evaluation.datasets],
-        checkpoints=[path for path in map(model_checkpoint, CFG.models) if path],
+        checkpoints=figure_checkpoint_inputs(),
     output:
         [
             report(
@@ -40,8 +40,7 @@ rule figures:
         job_info=JOB_INFO,
         checkpoints=" ".join(
             f"--checkpoint {model}={path}"
-            for model in CFG.models
-            if (path := model_checkpoint(model))
+            for model, path in figure_checkpoints().items()
         ),
         config_hash=section_hash(CFG.models, CFG.evaluation.datasets),
         out=lambda wc, output: os.path.dirname(output[0]),

@@ -1,6 +1,7 @@
-# The declared output holds only the kept epoch checkpoints. Rolling resume state lives in
-# {state_dir}/pretrain/<experiment>, outside every declared output, because Snakemake deletes a
-# job's outputs before it reruns: an interrupted run resumes from there.
+# One job per experiment and training seed. The declared output holds only the kept epoch
+# checkpoints (and the initial weights, epoch_0000.pth). Rolling resume state lives in
+# {state_dir}/pretrain/<experiment>/seed<seed>, outside every declared output, because Snakemake
+# deletes a job's outputs before it reruns: an interrupted run resumes from there.
 #
 # `exec`: the shell becomes the launcher, so no shell sits between Snakemake and `mmc pretrain`.
 # SLURM's walltime warning and `scancel --signal=TERM` signal every process of the job step; a
@@ -12,11 +13,11 @@ rule pretrain:
     input:
         pretrain_inputs,
     output:
-        directory(pretrain_dir("{experiment}")),
+        directory(pretrain_dir("{experiment}", "{seed}")),
     log:
-        f"{RESULTS}/logs/pretrain/{{experiment}}.log",
+        f"{RESULTS}/logs/pretrain/{{experiment}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{experiment}}.jsonl"
+        f"{RESULTS}/benchmarks/pretrain/{{experiment}}/seed{{seed}}.jsonl"
     conda:
         "../envs/mmc.yaml"
     resources:
@@ -24,7 +25,9 @@ rule pretrain:
     params:
         config=CONFIG_FILE,
         job_info=JOB_INFO,
-        config_hash=lambda wc: section_hash(experiment_config(wc.experiment), CFG.seed),
+        config_hash=lambda wc: section_hash(
+            experiment_config(wc.experiment), int(wc.seed)
+        ),
         launcher=pretrain_launcher,
     shell:
-        "exec > {log} 2>&1; {params.job_info}; exec {params.launcher} pretrain --config {params.config} --experiment {wildcards.experiment} --out {output}"
+        "exec > {log} 2>&1; {params.job_info}; exec {params.launcher} pretrain --config {params.config} --experiment {wildcards.experiment} --seed {wildcards.seed} --out {output}"

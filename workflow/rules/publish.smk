@@ -4,14 +4,14 @@
 
 rule publish:
     input:
-        selection=selection_file("{experiment}"),
+        selection=selection_file("{experiment}", "{seed}"),
     output:
-        checkpoint=published_checkpoint("{experiment}"),
-        dvc=published_checkpoint("{experiment}") + ".dvc",
+        checkpoint=published_checkpoint("{experiment}", "{seed}"),
+        dvc=published_checkpoint("{experiment}", "{seed}") + ".dvc",
     log:
-        f"{RESULTS}/logs/publish/{{experiment}}.log",
+        f"{RESULTS}/logs/publish/{{experiment}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/publish/{{experiment}}.jsonl"
+        f"{RESULTS}/benchmarks/publish/{{experiment}}/seed{{seed}}.jsonl"
     localrule: True
     conda:
         "../envs/mmc.yaml"
@@ -21,4 +21,4 @@ rule publish:
         config=CONFIG_FILE,
         config_hash=section_hash(CFG.dvc),
     shell:
-        "mmc publish --config {params.config} --experiment {wildcards.experiment} --selection {input.selection} --out {output.checkpoint} > {log} 2>&1"
+        "mmc publish --config {params.config} --experiment {wildcards.experiment} --seed {wildcards.seed} --selection {input.selection} --out {output.checkpoint} > {log} 2>&1"

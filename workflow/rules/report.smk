@@ -5,7 +5,7 @@
 
 rule report:
     input:
-        selections=[selection_file(e) for e in CFG.experiments],
+        selections=[selection_file(e, s) for e, s in experiment_runs()],
         tables=expand(f"{RESULTS}/tables/{{table}}.md", table=TABLES),
         csv=expand(f"{RESULTS}/tables/{{table}}.csv", table=TABLES),
     output:

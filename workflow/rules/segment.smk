@@ -1,3 +1,6 @@
+# One job per model evaluation ({model} is MODEL, or MODEL/seedS for a seeded model) and dataset.
+
+
 rule segment:
     input:
         unpack(evaluation_inputs),
@@ -17,7 +20,7 @@ rule segment:
         config=CONFIG_FILE,
         job_info=JOB_INFO,
         config_hash=lambda wc: evaluation_hash(wc, CFG.evaluation),
-        checkpoint=checkpoint_arg,
+        model=model_args,
         out=lambda wc, output: os.path.dirname(output.summary),
     shell:
-        "({params.job_info} && mmc segment --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --out {params.out} {params.checkpoint}) > {log} 2>&1"
+        "({params.job_info} && mmc segment --config {params.config} {params.model} --dataset {wildcards.dataset} --out {params.out}) > {log} 2>&1"

@@ -17,7 +17,7 @@ rule similarity:
         config=CONFIG_FILE,
         job_info=JOB_INFO,
         config_hash=lambda wc: evaluation_hash(wc, CFG.evaluation, CFG.similarity),
-        checkpoint=checkpoint_arg,
+        model=model_args,
         out=lambda wc, output: os.path.dirname(output.result),
     shell:
-        "({params.job_info} && mmc similarity --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --out {params.out} {params.checkpoint}) > {log} 2>&1"
+        "({params.job_info} && mmc similarity --config {params.config} {params.model} --dataset {wildcards.dataset} --out {params.out}) > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule tables:
     input:
         summaries=segment_summaries(),
+        objects=segment_objects(),
         similarity=similarity_results(),
     output:
         [
@@ -22,7 +23,9 @@ rule tables:
         "../envs/mmc.yaml"
     params:
         config=CONFIG_FILE,
-        config_hash=section_hash(CFG.models, CFG.evaluation.datasets),
+        config_hash=section_hash(
+            CFG.models, CFG.evaluation.datasets, CFG.tables, CFG.seeds
+        ),
         out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "mmc tables --config {params.config} --summaries {input.summaries} --similarity {input.similarity} --out {params.out} > {log} 2>&1"
+        "mmc tables --config {params.config} --summaries {input.summaries} --objects {input.objects} --similarity {input.similarity} --out {params.out} > {log} 2>&1"
