@@ -162,3 +162,13 @@ def test_too_little_memory_is_one_line_and_exit_2(tmp_path, images):
         done.stderr,
     ), done.stderr
     assert not (tmp_path / "out").exists() and not list((tmp_path / "state").rglob("*.pth"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_no_memory_gb_plans_for_the_devices_total_memory():
+    device = torch.device("cuda", 0)
+    pcfg = tiny({"optim": {"micro_batch_size": "auto"}})
+    memory, source = train.memory_to_plan_for(pcfg, device)
+    assert memory == torch.cuda.get_device_properties(device).total_memory / GIB and "total memory" in source
+    split, _ = train.auto_micro_batch(pcfg, 1, device)
+    assert split == micro_batch_for(pcfg, 1, memory) and split.micro_batch == 8  # a tiny model fits whole
