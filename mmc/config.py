@@ -375,7 +375,7 @@ def _experiment_problems(name: str, exp: Mapping, override: Mapping) -> list[str
         weights = ", ".join(f"{w}={exp['loss'][w]:g}" for w in LOSS_WEIGHTS)
         problems.append(f"{where}.loss: {weights}: expected at least one loss weight > 0")
     batch, micro = exp["optim"]["batch_size"], exp["optim"]["micro_batch_size"]
-    if micro is not None and batch % micro:
+    if isinstance(micro, int) and batch % micro:  # auto: derived at start (mmc.plan.micro_batch_for)
         where = key("optim.micro_batch_size", "optim.batch_size")
         problems.append(
             f"{where}.optim.micro_batch_size: {micro} does not divide {where}.optim.batch_size ({batch}): "

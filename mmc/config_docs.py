@@ -9,6 +9,7 @@ fails when the committed page differs from what the schema gives, naming the com
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ def type_text(node: Mapping[str, Any], schema: Mapping[str, Any]) -> str:
         return "one of: " + ", ".join(f"`{v}`" for v in node["enum"])
     kinds = node.get("type", "any")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    literal = re.fullmatch(r"\^(\w+)\$", node.get("pattern", ""))  # a string that can be one word only
     words = []
     for kind in kinds:
         if kind == "array":
@@ -64,10 +66,12 @@ def type_text(node: Mapping[str, Any], schema: Mapping[str, Any]) -> str:
             words.append(f"list of {size}{items}")
         elif kind == "object":
             words.append("mapping")
+        elif kind == "string" and literal:
+            words.append(f"`{literal.group(1)}`")
         else:
             words.append(kind)
     text = " or ".join(words) + _bounds(node)
-    if "pattern" in node:
+    if "pattern" in node and not literal:
         text += f", matching `{node['pattern']}`"
     return text
 

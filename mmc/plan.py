@@ -22,7 +22,11 @@ arXiv:2205.05198, Sec. 4.1) without dropout masks and without the attention matr
 their inputs (DINO head: the 3-layer MLP on every token), the fp32 log-probabilities of the scored
 tokens and their teacher targets (masked fraction: the mean of ``mask.ratio``). tests/test_plan.py checks the formula against the bytes
 torch actually saves for backward in an MMC forward on the CPU. Not counted: the CUDA context,
-allocator fragmentation, the DataLoader's pinned buffers.
+allocator fragmentation, the DataLoader's pinned buffers (``optim.memory_fraction`` leaves room).
+
+``micro_batch_for`` turns the estimate into the split of a process's share of the global batch; it is
+the one function behind this plan's micro-batch column and ``optim.micro_batch_size: auto`` in
+``mmc pretrain``, so the plan shows what the run will do.
 """
 
 from __future__ import annotations
@@ -50,8 +54,7 @@ GPUS: dict[str, dict[str, float | None]] = {
     "v100": {"bfloat16": None, "float16": 125.0, "float32": 15.7, "memory_gb": 32},
 }
 DEFAULT_GPU, DEFAULT_GPUS, DEFAULT_MFU = "a100", 4, 0.4  # = workflow/profiles/slurm's pretrain node
-MEMORY_FRACTION = 0.9  # of the GPU's memory the estimate may use (context, fragmentation: the rest)
-GIB = 1024**3
+GIB = 1024**3  # every memory_gb here counts GiB (2^30 bytes)
 
 
 # ----------------------------------------------------------------------------- pure arithmetic
@@ -156,6 +159,69 @@ def static_bytes(student: int, teacher: int, precision: str, gpus: int) -> float
 
 
 @dataclass(frozen=True)
+class MicroBatch:
+    """How one process splits its share of the global batch (``micro_batch_for``)."""
+
+    per_process: int  # images per process and optimiser step
+    micro_batch: int | None  # None: not even one image fits the budget
+    accumulation: int | None
+    static_gb: float  # weights, gradients, optimiser state, teacher, autocast copies
+    per_image_gb: float  # activations and head outputs of one image
+    memory_gb: float | None  # what was planned for; None: no limit
+    budget_gb: float | None  # memory_fraction x memory_gb; None: no limit
+
+    @property
+    def memory_gb_at_micro_batch(self) -> float | None:
+        return None if self.micro_batch is None else self.static_gb + self.micro_batch * self.per_image_gb
+
+
+def largest_fitting_divisor(n: int, static: float, per_image: float, budget: float | None) -> int | None:
+    """The largest divisor m of ``n`` with static + m x per_image <= budget (``n`` when budget is None);
+    None when not even m = 1 fits."""
+    if budget is None:
+        return n
+    return next((m for m in range(n, 0, -1) if n % m == 0 and static + m * per_image <= budget), None)
+
+
+def micro_batch_for(pcfg, world: int, memory_gb: float | None) -> MicroBatch:
+    """The micro-batch ``optim.micro_batch_size: auto`` runs with on ``world`` processes, each with
+    ``memory_gb`` GiB (None: no limit), of which ``optim.memory_fraction`` may be used.
+
+    The one function behind both ``mmc plan`` and ``mmc pretrain`` (pure: it reads only the config).
+    ``optim.batch_size`` must be divisible by ``world`` (the callers check it).
+    """
+    student, teacher = model_params(pcfg)
+    static = static_bytes(student, teacher, pcfg.precision, world)
+    act = activation_bytes(pcfg, pcfg.precision)
+    per_image = act["saved"] + act["outputs"]
+    per_process = pcfg.optim.batch_size // world
+    budget = None if memory_gb is None else pcfg.optim.memory_fraction * memory_gb * GIB
+    micro = largest_fitting_divisor(per_process, static, per_image, budget)
+    return MicroBatch(
+        per_process=per_process,
+        micro_batch=micro,
+        accumulation=per_process // micro if micro else None,
+        static_gb=static / GIB,
+        per_image_gb=per_image / GIB,
+        memory_gb=memory_gb,
+        budget_gb=None if budget is None else budget / GIB,
+    )
+
+
+def does_not_fit(split: MicroBatch, prefix: str, world: int, memory: str) -> str:
+    """The one-line reason ``auto`` has no micro-batch; ``prefix`` names the optim keys
+    (``experiments.E.optim.``), ``memory`` where ``split.memory_gb`` came from."""
+    processes = "1 process" if world == 1 else f"{world} processes (DDP buckets included)"
+    return (
+        f"{prefix}micro_batch_size: auto: not even one image fits {prefix}memory_fraction "
+        f"({split.budget_gb / split.memory_gb:g}) x {memory} = "
+        f"{split.budget_gb:.3g} GiB per process on {processes}: the estimate is {split.static_gb:.3g} GiB for "
+        f"weights, gradients and optimiser state + {split.per_image_gb:.3g} GiB per image (mmc plan); expected "
+        f"more memory ({prefix}memory_gb), a larger {prefix}memory_fraction, or a smaller model or precision"
+    )
+
+
+@dataclass(frozen=True)
 class Plan:
     experiment: str
     backbone: str
@@ -168,7 +234,9 @@ class Plan:
     images_per_s_per_gpu: float
     batch_per_gpu: int
     memory_gb_at_batch: float
-    micro_batch: int | None  # None: not even one image fits
+    micro_batch_setting: int | str | None  # optim.micro_batch_size as configured
+    memory_gb_planned: float | None  # the config's optim.memory_gb (None: the GPU's memory)
+    micro_batch: int | None  # what `auto` runs with; None: not even one image fits
     accumulation: int | None
     memory_gb_at_micro_batch: float | None
     loader_cores_per_gpu: int | None  # None: no loader rate given
@@ -190,13 +258,10 @@ def plan_experiment(
     total = per_image * steps * batch
     rate = peak_tflops * 1e12 * mfu  # achieved FLOP/s per GPU
     gpu_hours = total / rate / 3600
-    student, teacher = model_params(pcfg)
-    fixed = static_bytes(student, teacher, pcfg.precision, gpus)
-    act = activation_bytes(pcfg, pcfg.precision)
-    per_sample = act["saved"] + act["outputs"]
-    per_gpu = batch // gpus
-    budget = MEMORY_FRACTION * memory_gb * GIB
-    micro = next((m for m in range(per_gpu, 0, -1) if per_gpu % m == 0 and fixed + m * per_sample <= budget), None)
+    student, _ = model_params(pcfg)
+    # what `optim.micro_batch_size: auto` will run with; an explicit optim.memory_gb is what
+    # `mmc pretrain` plans for, so it wins over the GPU's
+    split = micro_batch_for(pcfg, gpus, memory_gb if pcfg.optim.memory_gb is None else pcfg.optim.memory_gb)
     images_per_s = rate / per_image
     b = pcfg.backbone
     return Plan(
@@ -209,11 +274,13 @@ def plan_experiment(
         gpu_hours=gpu_hours,
         wall_hours=gpu_hours / gpus,
         images_per_s_per_gpu=images_per_s,
-        batch_per_gpu=per_gpu,
-        memory_gb_at_batch=(fixed + per_gpu * per_sample) / GIB,
-        micro_batch=micro,
-        accumulation=per_gpu // micro if micro else None,
-        memory_gb_at_micro_batch=(fixed + micro * per_sample) / GIB if micro else None,
+        batch_per_gpu=split.per_process,
+        memory_gb_at_batch=split.static_gb + split.per_process * split.per_image_gb,
+        micro_batch_setting=pcfg.optim.micro_batch_size,
+        memory_gb_planned=pcfg.optim.memory_gb,
+        micro_batch=split.micro_batch,
+        accumulation=split.accumulation,
+        memory_gb_at_micro_batch=split.memory_gb_at_micro_batch,
         loader_cores_per_gpu=math.ceil(images_per_s / loader_rate) if loader_rate else None,
     )
 
@@ -318,9 +385,10 @@ def _run(args: argparse.Namespace) -> int:
         loader_rate=loader_rate,
     )  # fmt: skip
     memory = args.gpu_memory_gb or GPUS[args.gpu]["memory_gb"]
+    fractions = sorted({p.optim.memory_fraction for p in cfg.experiments.values() if not p.init_checkpoint})
     assumptions = {
         "config": args.config, "images_per_epoch": images, "gpus": args.gpus, "gpu": args.gpu,
-        "mfu": args.mfu, "gpu_memory_gb": memory, "memory_fraction": MEMORY_FRACTION,
+        "mfu": args.mfu, "gpu_memory_gb": memory, "memory_fraction": fractions[0] if len(fractions) == 1 else None,
         "loader_images_per_s_per_core": loader_rate, "seeds": list(cfg.seeds),
     }  # fmt: skip
     if args.json:
@@ -335,12 +403,23 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _setting_note(p: Plan) -> str:
+    """What the config sets, where it is not simply the split shown: ``auto`` runs exactly that split;
+    an integer or null that differs from it runs as set (and may not fit)."""
+    setting = p.micro_batch_setting
+    if setting == "auto":
+        return " (auto)" if p.memory_gb_planned is None else f" (auto, optim.memory_gb {p.memory_gb_planned:g})"
+    configured = p.batch_per_gpu if setting is None else setting
+    return "" if configured == p.micro_batch else f" (set: {json.dumps(setting)})"
+
+
 def format_table(plans: list[Plan], a: dict) -> str:
     """A Markdown table, with the assumptions it rests on above it."""
     rate = a["loader_images_per_s_per_core"]
+    fraction = "optim.memory_fraction" if a["memory_fraction"] is None else f"{a['memory_fraction']:.0%}"
     lines = [
         f"mmc plan: ESTIMATES for {a['config']}: {a['images_per_epoch']} images/epoch, {a['gpus']} x {a['gpu']} "
-        f"at {a['mfu']:.0%} MFU, {a['gpu_memory_gb']:g} GB per GPU (micro-batch fits {a['memory_fraction']:.0%} of it), "
+        f"at {a['mfu']:.0%} MFU, {a['gpu_memory_gb']:g} GB per GPU (micro-batch fits {fraction} of it), "
         + (f"loader {rate:.1f} images/s per core" if rate else "loader rate unknown (--loader-rate or --measure-loader)"),
         "",
         "| experiment | backbone | params (M) | GFLOP/image | steps | total EFLOP | GPU-hours | wall hours "
@@ -349,6 +428,7 @@ def format_table(plans: list[Plan], a: dict) -> str:
     ]
     for p in plans:
         fit = f"{p.micro_batch} x {p.accumulation}" if p.micro_batch else "does not fit"
+        fit += _setting_note(p)
         lines.append(
             f"| {p.experiment} | {p.backbone} | {p.params_m:.1f} | {p.gflop_per_image:.1f} | {p.steps} "
             f"| {p.total_flop / 1e18:.2f} | {p.gpu_hours:.1f} | {p.wall_hours:.1f} | {p.images_per_s_per_gpu:.0f} "

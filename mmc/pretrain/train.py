@@ -26,6 +26,7 @@ from mmc import records, tracking
 from mmc.data.digest import pretrain_entry
 from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
+from mmc.plan import GIB, MicroBatch, does_not_fit, micro_batch_for
 from mmc.pretrain import checkpoint as ckpt_mod
 from mmc.pretrain import distributed as dist_util
 from mmc.pretrain.data import PretrainDataset, make_run_loader, to_device
@@ -108,7 +109,7 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
             rec.set_tags({"experiment": experiment, "seed": str(cfg.seed), "config_hash": config_mod.config_hash(pcfg)})
             if rec.enabled:  # what the run reads, for `mmc provenance` (rank 0 records the job)
                 rec.read_data("pretrain", pretrain_entry(pcfg.data.path, pcfg.data.format))
-            Trainer(cfg, pcfg, out, state, device, rec).fit()
+            Trainer(cfg, pcfg, out, state, device, rec, experiment=experiment).fit()
         return 0
     except Preempted:
         _log(f"SIGTERM: resume checkpoint written to {state}; exiting with {EXIT_PREEMPTED} (rerun to resume)")
@@ -118,7 +119,12 @@ def run(cfg, experiment: str, out: str | Path, state_dir: str | Path | None = No
 
 
 # Keys that change how a run is executed or logged, not what it computes: a resume may differ in them.
-EXECUTION_KEYS = frozenset({"data.num_workers", "checkpoint", "log_every_steps", "compile", "diagnostics"})
+# optim.memory_gb and memory_fraction only choose how `micro_batch_size: auto` splits the same global
+# batch, as the number of processes does (a resume may run on other GPUs).
+EXECUTION_KEYS = frozenset({
+    "data.num_workers", "checkpoint", "log_every_steps", "compile", "diagnostics", "optim.memory_gb",
+    "optim.memory_fraction",
+})  # fmt: skip
 
 
 def _semantic_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -153,8 +159,46 @@ def micro_batching(global_batch: int, world: int, micro_batch_size: int | None) 
     return micro, per_process // micro
 
 
+def memory_to_plan_for(pcfg, device: torch.device) -> tuple[float | None, str]:
+    """(GiB per process that ``micro_batch_size: auto`` plans for, where that number comes from):
+    ``optim.memory_gb`` if set, else the CUDA device's total memory, else (CPU) no limit."""
+    if pcfg.optim.memory_gb is not None:
+        return float(pcfg.optim.memory_gb), f"optim.memory_gb ({pcfg.optim.memory_gb:g} GiB)"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        total = props.total_memory / GIB
+        return total, f"the total memory of {props.name} ({total:.2f} GiB)"
+    return None, "no limit (CPU)"
+
+
+def auto_micro_batch(pcfg, world: int, device: torch.device, prefix: str = "") -> tuple[MicroBatch, str]:
+    """The split ``micro_batch_size: auto`` runs with here: ``mmc.plan.micro_batch_for`` (the function
+    ``mmc plan`` prints) for this number of processes and this device's memory."""
+    if pcfg.optim.batch_size % world:
+        raise MMCError(f"optim.batch_size {pcfg.optim.batch_size} is not divisible by the number of processes {world}")
+    memory, source = memory_to_plan_for(pcfg, device)
+    split = micro_batch_for(pcfg, world, memory)
+    if split.micro_batch is None:
+        named = f"{prefix}{source}" if pcfg.optim.memory_gb is not None else source  # the key, as written
+        raise MMCError(does_not_fit(split, f"{prefix}optim.", world, named))
+    return split, source
+
+
+def describe_split(split: MicroBatch, source: str, world: int) -> str:
+    """The one line ``mmc pretrain`` prints for ``micro_batch_size: auto``."""
+    if split.budget_gb is None:
+        fits = f"{source}"
+    else:
+        fits = f"{split.budget_gb:.3g} GiB = optim.memory_fraction ({split.budget_gb / split.memory_gb:g}) x {source}"
+    return (
+        f"optim.micro_batch_size auto: micro-batch {split.micro_batch} x {split.accumulation} accumulation steps "
+        f"({split.per_process} images per process, {world} process{'es' if world > 1 else ''}); estimated "
+        f"{split.memory_gb_at_micro_batch:.3g} GiB per process, budget {fits}"
+    )
+
+
 class Trainer:
-    def __init__(self, cfg, pcfg, out: Path, state: Path, device: torch.device, rec):
+    def __init__(self, cfg, pcfg, out: Path, state: Path, device: torch.device, rec, *, experiment: str | None = None):
         self.cfg, self.pcfg, self.out, self.state, self.device, self.rec = cfg, pcfg, out, state, device, rec
         self.seed = int(cfg.seed)
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
@@ -167,7 +211,19 @@ class Trainer:
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         self.dataset = PretrainDataset(pcfg, self.seed)
         self.batch_size = int(pcfg.optim.batch_size)
-        self.micro_batch, self.accumulation = micro_batching(self.batch_size, self.world, pcfg.optim.micro_batch_size)
+        micro, derived = pcfg.optim.micro_batch_size, {}
+        if micro == "auto":
+            prefix = f"experiments.{experiment}." if experiment else ""
+            split, source = auto_micro_batch(pcfg, self.world, device, prefix)
+            micro = split.micro_batch
+            derived = {"memory_gb": split.memory_gb, "memory_budget_gb": split.budget_gb,
+                       "estimated_memory_gb": split.memory_gb_at_micro_batch}  # fmt: skip
+            if self.is_main:
+                print(f"mmc pretrain: {describe_split(split, source, self.world)}", flush=True)
+        self.micro_batch, self.accumulation = micro_batching(self.batch_size, self.world, micro)
+        # the split as run (for every setting), beside the config's own params
+        rec.log_params({"derived": {"processes": self.world, "micro_batch": self.micro_batch,
+                                    "accumulation_steps": self.accumulation, **derived}})  # fmt: skip
         self.steps_per_epoch = len(self.dataset) // self.batch_size
         if self.steps_per_epoch == 0:
             raise MMCError(
@@ -215,6 +271,11 @@ class Trainer:
         ckpt_mod.set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
         _log(f"resuming from {path} (step {self.step} of {self.total_steps})")
+        before = ckpt.get("sampler", {}).get("micro_batch")
+        if before is not None and before != self.micro_batch:
+            # other GPUs or another number of them: the same global batch, split differently
+            _log(f"the micro-batch is now {self.micro_batch} x {self.accumulation} per process (was {before}): "
+                 "the same global batch, split differently (docs/pretrain.md)")  # fmt: skip
 
     def _state_dicts(self) -> tuple[dict, dict | None]:
         teacher = self.teacher.state_dict() if self.teacher is not None else None
