@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from workflow_helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BASE_TEXT = (REPO / "config" / "test.yaml").read_text()
 CONFIG = Path("config") / "config.yaml"
 APPENDED = BASE_TEXT.count("\n") + 1  # the line number of the first line appended to config/test.yaml

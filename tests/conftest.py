@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from workflow_helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MMC = [sys.executable, "-m", "mmc"]
 # Quiet tests: no progress bars or lines (mmc.progress) from the commands they run; the tests of
 # progress itself set their own mode.

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from workflow_helpers import REPO
 
 from mmc.config import deep_merge
 from mmc.data import synthetic
-
-REPO = Path(__file__).resolve().parents[1]
 
 # A ViT small enough that one step takes ~0.1 s on 2 cores: 32 px crops, 8 px patches (4 x 4 grid).
 TINY_PRETRAIN = {

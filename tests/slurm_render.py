@@ -20,9 +20,9 @@ import io
 import json
 import shlex
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_helpers import REPO
+
 PLAIN = (str, int, float, bool)
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from workflow_helpers import REPO
 
 # Command-line settings for a cluster without slurmdbd (squeue status) and fast status checks.
 # Resources are NOT given on the command line (that would replace the profile's mappings): the

@@ -31,8 +31,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from workflow_helpers import REPO
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mmc"
+PACKAGE_DIR = REPO / "mmc"
 
 FOUNDATION = {"mmc", "mmc.errors", "mmc.files"}
 FORMATS = {"mmc.records", "mmc.config", "mmc.dvc", "mmc.versions"}

@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 import yaml
+from config_mutations import MUTATIONS, merged, mutation_params
+from conftest import MMC, REPO
 
 from mmc import config
 from mmc.errors import ConfigError
-from tests.config_mutations import MUTATIONS, merged, mutation_params
-from tests.conftest import MMC, REPO
 
 
 def limit_memory() -> None:

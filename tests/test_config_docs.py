@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from mmc import config, config_docs, records
-from tests.conftest import REPO
 
 
 def test_config_readme_is_current():

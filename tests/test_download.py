@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from dataset_fixtures import official_archives
 from loopback_server import Behaviour, LoopbackServer
+from workflow_helpers import REPO
 
 from mmc import config
 from mmc.data import download as dl
@@ -23,7 +24,6 @@ from mmc.data.fetch import fetch_checkpoint, fetch_dataset
 from mmc.data.readers import open_reader
 from mmc.errors import MMCError
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5.0, "progress": False}
 PAYLOAD = os.urandom(3 * dl.CHUNK_SIZE + 12345)  # several chunks, not a multiple of the chunk size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

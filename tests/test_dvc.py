@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO
 
 from mmc import config, dvc
 from mmc.errors import MMCError
-
-PROJECT = Path(__file__).resolve().parents[1]
 
 
 def git_repo(path: Path) -> Path:
@@ -87,7 +86,7 @@ def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
     (repo / "data/downloads").mkdir()
     (repo / "data/downloads/val2017.zip.part").write_bytes(b"partial")
     (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "mmc", "data", "version", "--config", "c.yaml"], cwd=repo, env=env, capture_output=True, text=True
     )
@@ -133,8 +132,8 @@ def test_setup_of_the_projects_own_dvc_config_is_a_no_op(tmp_path, monkeypatch):
     """The committed .dvc/config (quoted cache type, `storage` remote) already says what the defaults say."""
     repo = git_repo(tmp_path / "repo")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
-    shutil.copyfile(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")
-    shutil.copyfile(PROJECT / ".dvcignore", repo / ".dvcignore")
+    shutil.copyfile(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copyfile(REPO / ".dvcignore", repo / ".dvcignore")
     defaults = config.freeze(config.resolve({"run_name": "t"})).dvc
     calls = count_dvc_calls(monkeypatch)
     store = dvc.setup(repo, defaults)
@@ -187,7 +186,7 @@ def test_data_version_waits_for_the_repository_lock(tmp_path):
     (repo / "data/manifests/voc.json").write_text("{}\n")
     (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
     dvc.ensure_repo(repo)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with dvc.repo_lock(repo):
         version = subprocess.Popen([sys.executable, "-m", "mmc", "data", "version", "--config", "c.yaml", "--no-push"],
                                    cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

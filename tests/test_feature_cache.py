@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from segmentation_fixtures import make_voc, write_config
+from workflow_helpers import REPO
 
 from mmc.cli import main
 from mmc.evaluation.features import (
@@ -26,8 +27,6 @@ from mmc.evaluation.features import (
     resize_image,
     stored_features,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +181,8 @@ for i in range(40):
 print("queued")
 """  # no close(): the interpreter's exit must still finish every write
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 0 and "queued" in result.stdout, result.stderr
     cache = FeatureCache(tmp_path / "cache", "k" * 64)

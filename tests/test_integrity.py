@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format, write_config
+from workflow_helpers import REPO
 
 from mmc import records
 from mmc.cli import main
 from mmc.models import load_backbone, random_backbone
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_EXPERIMENT = {"mmc": {"backbone": {**TINY_ARCH, "drop_path": 0.0}}}
 
 

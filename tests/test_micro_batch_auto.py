@@ -12,12 +12,7 @@ import sys
 
 import pytest
 import torch
-
-from mmc import config
-from mmc.errors import MMCError
-from mmc.plan import GIB, activation_bytes, largest_fitting_divisor, micro_batch_for, model_params
-from mmc.pretrain import train
-from tests.pretrain_support import (
+from pretrain_support import (
     TINY_PRETRAIN,
     assert_bitwise_equal,
     env,
@@ -26,6 +21,11 @@ from tests.pretrain_support import (
     run_pretrain,
     write_config,
 )
+
+from mmc import config
+from mmc.errors import MMCError
+from mmc.plan import GIB, activation_bytes, largest_fitting_divisor, micro_batch_for, model_params
+from mmc.pretrain import train
 
 FAST = {"optim": {"epochs": 1}, "checkpoint": {"every_steps": 1}}  # 16 images / batch 8: two steps
 

@@ -7,10 +7,10 @@ import time
 import tomllib
 
 import yaml
+from conftest import MMC, REPO
 
 from mmc import __version__
 from mmc.cli import COMMANDS
-from tests.conftest import MMC, REPO
 
 
 def _name(requirement: str) -> str:

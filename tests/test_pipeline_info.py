@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from workflow_helpers import REPO
 
 from mmc import config, tracking, versions
-
-REPO = Path(__file__).resolve().parents[1]
 
 SNAKEFILE = """
 rule all:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import MMC, REPO
 
 from mmc import config
 from mmc.config import deep_merge
 from mmc.plan import GPUS, activation_bytes, model_params, plan_config, plan_experiment, static_bytes
 from mmc.pretrain.flops import step_flops
-from tests.conftest import MMC, REPO
 
 PAPER = REPO / "config" / "config.yaml"
 IMAGENET_TRAIN = 1281167  # images in ImageNet-1k's train split

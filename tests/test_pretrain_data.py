@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from pretrain_support import TINY_PRETRAIN, load, make_image_folder, run_pretrain, write_config
 
 from mmc import config as config_mod
 from mmc.data import shards
@@ -20,7 +21,6 @@ from mmc.pretrain.data import (
     make_run_loader,
     to_device,
 )
-from tests.pretrain_support import TINY_PRETRAIN, load, make_image_folder, run_pretrain, write_config
 
 CPU = torch.device("cpu")
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from pretrain_support import env, load, make_image_folder, metrics, run_pretrain, write_config
 
 from mmc.pretrain.checkpoint import state_digest
-from tests.pretrain_support import env, load, make_image_folder, metrics, run_pretrain, write_config
 
 # drop-path draws differ per rank by design, and per-process batch norm sees half the batch: both off.
 # Micro-batches of 2: each rank accumulates 2 (no all-reduce in between), the single process 4; the

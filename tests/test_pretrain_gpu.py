@@ -10,12 +10,12 @@ import copy
 
 import pytest
 import torch
+from pretrain_support import TINY_PRETRAIN, make_image_folder
 
 from mmc import config as config_mod
 from mmc.data import shards
 from mmc.pretrain import augment
 from mmc.pretrain.data import PretrainDataset, decode_and_crop, make_run_loader, to_device
-from tests.pretrain_support import TINY_PRETRAIN, make_image_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU path of the loader)")
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

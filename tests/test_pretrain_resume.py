@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mmc.files import sha256_file
-from tests.pretrain_support import (
+from pretrain_support import (
     assert_bitwise_equal,
     env,
     load,
@@ -22,6 +20,8 @@ from tests.pretrain_support import (
     run_pretrain,
     write_config,
 )
+
+from mmc.files import sha256_file
 
 EPOCHS, STEPS = 4, 32  # 64 images / batch 8 = 8 steps per epoch
 # every step accumulates two micro-batches of 4: a kill at a random time lands inside a step, during

@@ -6,9 +6,7 @@ import json
 import subprocess
 
 import pytest
-
-from mmc.pretrain.checkpoint import state_digest
-from tests.pretrain_support import (
+from pretrain_support import (
     assert_bitwise_equal,
     env,
     load,
@@ -18,6 +16,8 @@ from tests.pretrain_support import (
     run_pretrain,
     write_config,
 )
+
+from mmc.pretrain.checkpoint import state_digest
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 from PIL import Image
+from pretrain_support import TINY_PRETRAIN
 
 from mmc import config
 from mmc.pretrain import diagnostics, gradients, train
 from mmc.pretrain.model import build_pair
 from mmc.tracking import JobRecorder
-from tests.pretrain_support import TINY_PRETRAIN
 
 # exact accumulation needs what does not depend on how a batch is split: no drop-path (drawn per
 # image from one stream), no batch norm in the contrast heads (statistics per micro-batch)

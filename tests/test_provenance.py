@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from workflow_helpers import REPO
 
 from mmc import config, versions
 from mmc.files import sha256_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 # One stage-like job in its own process: its output is a function of its inputs' bytes.
 STAGE_SCRIPT = """

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO
 
 from mmc.files import sha256_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict[str, str]:

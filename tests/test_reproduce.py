@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from workflow_helpers import REPO
 
 from mmc import records
 from mmc.files import sha256_file
@@ -21,7 +22,6 @@ from mmc.records import JobRecord
 from mmc.reproduce import compare, sample, stages
 from mmc.reproduce.stages import Tolerance
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = "results/test"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from segmentation_fixtures import (
     scene,
     write_config,
 )
+from workflow_helpers import REPO
 
 from mmc import config
 from mmc.cli import main
@@ -29,8 +29,6 @@ from mmc.data.voc import VOCReader
 from mmc.errors import MMCError
 from mmc.evaluation.segment import evaluate_checkpoint, evaluate_image
 from mmc.models import random_backbone
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -358,9 +356,9 @@ def test_segment_runs_as_a_process(voc, tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
         # as in a job's log: a progress line per image (interval 0), then a last one
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MMC_PROGRESS_INTERVAL": "0"},
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "MMC_PROGRESS_INTERVAL": "0"},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO
 
 from mmc import config
 from mmc.errors import MMCError
 from mmc.select import choose, epoch_checkpoints, kept_epochs, select
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp_path: Path, **extra) -> Path:
@@ -156,7 +155,7 @@ def test_cli_writes_the_record(tmp_path):
         [*cmd, "--checkpoints", str(tmp_path / "run"), "--out", str(out)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     record = json.loads(out.read_text())
@@ -166,7 +165,7 @@ def test_cli_writes_the_record(tmp_path):
         [*cmd, "--checkpoints", str(tmp_path / "none"), "--out", str(out)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "none" in done.stderr
 

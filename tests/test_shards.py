@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pretrain_support import REPO, env
 
 from mmc.data import shards
 from mmc.data.image_folder import ImageFolder
 from mmc.errors import MMCError
-from tests.pretrain_support import REPO, env
 
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # sorted: labels 0, 1, 2
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import REPO
 
 from mmc.pretrain.launch import launcher, slurm_launcher
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "workflow" / "profiles"
 SUBMITTED = {"pretrain", "select", "segment", "similarity", "figures", "explorer"}
 LOCAL = {"all", "download", "fetch_checkpoint", "publish", "report", "tables", "version_data"}

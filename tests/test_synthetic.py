@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import MMC
 from PIL import Image
 from scipy import ndimage
 
 from mmc.data import synthetic
-from tests.conftest import MMC
 
 SPEC = synthetic.SyntheticSpec(
     images=24, unlabelled_images=6, size=96, seed=3, val_fraction=0.25, objects=(2, 4), object_scale=(0.25, 0.45), void_width=1

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 from result_files import write_results
+from workflow_helpers import REPO
 
 from mmc.errors import MMCError
 from mmc.evaluation.bootstrap import mean_interval
 from mmc.evaluation.protocol import iou_column
 from mmc.tables import BootstrapSettings, make_tables
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mmc", "init", "colour"]
 DATASETS = ["voc", "coco"]
 SEEDS = {"mmc": [0, 1, 2], "init": [0, 1, 2]}  # colour: evaluated once
@@ -180,7 +180,7 @@ def test_cli(tmp_path):
     )
     cmd = [sys.executable, "-m", "mmc", "tables", "--config", str(cfg), "--summaries", *files["summaries"],
            "--objects", *files["objects"], "--similarity", *files["similarity"], "--out", str(tmp_path / "tables")]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     written = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert written == sorted(f"{t}.{e}" for t in ("segmentation", "similarity") for e in ("csv", "md", "tex"))

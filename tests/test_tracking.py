@@ -14,11 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from workflow_helpers import REPO
 
 from mmc import config, mlflow_store, records, tracking, versions
 from mmc.files import sha256_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 # A real job: a separate Python process running a stage-like body inside tracking.job.
 JOB_SCRIPT = """

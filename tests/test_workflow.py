@@ -10,9 +10,8 @@ import time
 
 import pytest
 import yaml
+from config_mutations import mutation_params
 from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, write_config
-
-from tests.config_mutations import mutation_params
 
 STAGES = [
     "download",

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pretrain_support import TINY_PRETRAIN, make_image_folder
 from slurm_support import SLURM_CI_ARGS, ci_profile, require_slurm
 from workflow_helpers import BIN, SNAKEFILE, config_with, snakemake_env, write_config
 
 from mmc.config import deep_merge
 from mmc.pretrain.launch import launcher
-from tests.pretrain_support import TINY_PRETRAIN, make_image_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 EXPERIMENT = "mmc"
