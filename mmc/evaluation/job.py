@@ -117,7 +117,7 @@ class Reference:
 
 def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = None) -> list[Reference]:
     """What records say model ``name``'s weights file must hash to: the selection record of its
-    experiment (``mmc select``), the DVC file beside it (``mmc publish``: ``E.pth.dvc``), and for a
+    experiment (``mmc select``, for the selected checkpoint), the DVC file beside it (``mmc publish``: ``E.pth.dvc``), and for a
     ``source: url`` model without a sha256 in the config, the pin of its URL."""
     import json
 
@@ -125,7 +125,8 @@ def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = No
 
     spec = cfg.models[name]
     found = []
-    if spec.source == "experiment" and seed is not None:
+    # the selection record names the selected checkpoint; `checkpoint: initial` is epoch_0000.pth
+    if spec.source == "experiment" and spec.checkpoint == "selected" and seed is not None:
         record = selection_path(cfg, spec.experiment, seed)
         if record.is_file():
             try:
