@@ -199,7 +199,7 @@ def check_request(cfg: Any, args: argparse.Namespace) -> dict[str, str]:
     if unknown:
         raise MMCError(f"--checkpoint {unknown[0]}=...: not a key of models (have: {sorted(cfg.models)})")
     for name, model in cfg.models.items():
-        if model.source != "random" and name not in checkpoints:
+        if model.source not in ("random", "colour") and name not in checkpoints:
             raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
     require_files(args.summaries, "--summaries")
     require_files(args.objects, "--objects")
