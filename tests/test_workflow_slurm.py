@@ -36,7 +36,7 @@ from mmc.pretrain.launch import launcher
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 EXPERIMENT = "mmc"
-TARGET = f"results/test/pretrain/{EXPERIMENT}"
+TARGET = f"results/test/pretrain/{EXPERIMENT}/seed0"  # the run's first (only) seed
 # 64 images / batch 8 = 8 steps per epoch, 16 steps, a resume checkpoint every 2 steps. The image
 # folder lies outside data_dir, so no data job (synthetic scenes, DVC) runs before pretraining.
 PRETRAIN = {
@@ -56,7 +56,7 @@ def make_workdir(path: Path) -> Path:
 
 
 def state_steps(workdir: Path) -> list[int]:
-    state = workdir / "state" / "test" / "pretrain" / EXPERIMENT
+    state = workdir / "state" / "test" / "pretrain" / EXPERIMENT / "seed0"
     return sorted(int(m.group(1)) for p in state.glob("step_*.pth") if (m := re.fullmatch(r"step_(\d+)\.pth", p.name)))
 
 
@@ -180,7 +180,7 @@ def test_scancel_and_walltime_warning_resume_through_the_profile_retries(tmp_pat
 
     output = (workdir / "snakemake.log").read_text()
     assert output.count("exiting with 75 (rerun to resume)") == 2, output[-4000:]  # show-failed-logs
-    final_log = (workdir / "results" / "test" / "logs" / "pretrain" / f"{EXPERIMENT}.log").read_text()
+    final_log = (workdir / "results" / "test" / "logs" / "pretrain" / EXPERIMENT / "seed0.log").read_text()
     third = re.search(r"slurm_job_id=(\d+)", final_log).group(1)
     assert len({first, second, third}) == 3, (first, second, third)
     resumed = re.search(r"resuming from \S+ \(step (\d+) of (\d+)\)", final_log)
@@ -192,7 +192,7 @@ def test_scancel_and_walltime_warning_resume_through_the_profile_retries(tmp_pat
         assert "exit status 75" in attempts[job], attempts[job][-2000:]
 
     kept = sorted(p.name for p in (workdir / "reference").glob("epoch_*.pth"))
-    assert kept == ["epoch_0001.pth", "epoch_0002.pth"]
+    assert kept == ["epoch_0000.pth", "epoch_0001.pth", "epoch_0002.pth"]  # the initial weights too
     assert sorted(p.name for p in (workdir / TARGET).glob("epoch_*.pth")) == kept
     for name in kept:
         assert (workdir / TARGET / name).read_bytes() == (workdir / "reference" / name).read_bytes(), name
