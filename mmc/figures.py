@@ -303,22 +303,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_main)
 
 
-def _checkpoint_map(pairs: Sequence[str]) -> dict[str, str]:
-    mapping = {}
-    for pair in pairs:
-        model, sep, path = pair.partition("=")
-        if not sep or not model or not path:
-            raise MMCError(f"--checkpoint {pair!r}: expected MODEL=PATH")
-        mapping[model] = path
-    return mapping
-
-
 def _main(args: argparse.Namespace) -> int:
     from mmc import config, tracking
     from mmc.files import require_files
 
     cfg = config.load(args.config)
-    checkpoints = _checkpoint_map(args.checkpoint)
+    from mmc.explorer.cli import checkpoint_map
+
+    checkpoints = checkpoint_map(args.checkpoint)
     for flag in ("summaries", "objects", "similarity"):
         require_files(getattr(args, flag), f"--{flag}")
     require_files(checkpoints.values(), "--checkpoint")

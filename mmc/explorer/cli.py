@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``--checkpoint MODEL=PATH`` arguments as {model: path} (also used by ``mmc figures``)."""
     mapping = {}
     for pair in pairs:
         model, sep, path = pair.partition("=")
@@ -42,6 +43,13 @@ def checkpoint_map(pairs: Sequence[str]) -> dict[str, str]:
             raise MMCError(f"--checkpoint {pair!r}: expected MODEL=PATH")
         mapping[model] = path
     return mapping
+
+
+def require_checkpoints(cfg: Any, checkpoints: dict[str, str]) -> None:
+    """Every model with weights (not source random or colour) must have its --checkpoint."""
+    for name, model in cfg.models.items():
+        if model.source not in ("random", "colour") and name not in checkpoints:
+            raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
 
 
 def page_samples(cfg: Any, dataset: str) -> list[Any]:
@@ -143,9 +151,7 @@ def make_explorer(
     best = {s.model: s.best_tau for s in shown}
     seeds = {s.model: s.seed for s in shown}
     models = list(cfg.models)
-    for name in models:
-        if cfg.models[name].source not in ("random", "colour") and name not in checkpoints:
-            raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
+    require_checkpoints(cfg, checkpoints)
     samples = page_samples(cfg, dataset)
     if not samples:
         raise MMCError(f"dataset {dataset!r} has no images for the explorer")
@@ -198,9 +204,7 @@ def check_request(cfg: Any, args: argparse.Namespace) -> dict[str, str]:
     unknown = sorted(set(checkpoints) - set(cfg.models))
     if unknown:
         raise MMCError(f"--checkpoint {unknown[0]}=...: not a key of models (have: {sorted(cfg.models)})")
-    for name, model in cfg.models.items():
-        if model.source not in ("random", "colour") and name not in checkpoints:
-            raise MMCError(f"--checkpoint {name}=PATH is needed for the features of model {name!r}")
+    require_checkpoints(cfg, checkpoints)
     require_files(args.summaries, "--summaries")
     require_files(args.objects, "--objects")
     require_files(checkpoints.values(), "--checkpoint")
