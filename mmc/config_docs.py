@@ -20,8 +20,9 @@ HEADER = f"""# Configuration
 
 The workflow and every `mmc` command read one YAML file (`snakemake --configfile FILE`,
 `mmc <stage> --config FILE`), validated against `workflow/schemas/config.schema.yaml`, which gives
-every default below. Two files come with the project: `config/test.yaml` (the tiny CPU run of
-`make demo`) and `config/config.yaml` (the paper run). `mmc config show FILE` prints a file with
+every default below. Three files come with the project: `config/test.yaml` (the tiny CPU run of
+`make demo`), `config/study.yaml` (the CPU study of `make study`, docs/study.md) and
+`config/config.yaml` (the paper run). `mmc config show FILE` prints a file with
 every default filled in; `mmc config check FILE` validates it. Options marked "(choice)" are this
 project's choices where the paper is silent (docs/method.md#choices).
 """

@@ -26,7 +26,7 @@ def write(tmp_path, text: str):
     return path
 
 
-@pytest.mark.parametrize("name", ["test.yaml", "config.yaml"])
+@pytest.mark.parametrize("name", ["test.yaml", "study.yaml", "config.yaml"])
 def test_shipped_configs_validate(name):
     cfg = config.load(REPO / "config" / name)
     assert cfg.run_name
@@ -242,7 +242,7 @@ def test_ordinary_aliases_are_read(tmp_path):
 
 def test_yaml_loader_reads_what_safe_load_reads(tmp_path):
     # the strict loader refuses constructs, never changes what an accepted file means
-    for name in ("test.yaml", "config.yaml"):
+    for name in ("test.yaml", "study.yaml", "config.yaml"):
         text = (REPO / "config" / name).read_text()
         assert config.load_raw(REPO / "config" / name) == yaml.safe_load(text)
 
@@ -306,7 +306,7 @@ def test_seeds_references_and_initial_weights():
     assert "models.c.reference: 'nope' is not a key of models" in problem({"c": {"source": "colour", "reference": "nope"}})
 
 
-@pytest.mark.parametrize("name", ["test.yaml", "config.yaml"])
+@pytest.mark.parametrize("name", ["test.yaml", "study.yaml", "config.yaml"])
 def test_a_dumped_config_loads_back_to_the_same_config(tmp_path, name):
     # a job record's config snapshot is config.dump of the resolved config: `mmc reproduce` runs
     # the recorded command on it, so it must load to the same hash

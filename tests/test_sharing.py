@@ -28,7 +28,8 @@ TINY = {
     "evaluation": {"resolution": 64},
     "selection": {"policy": "last"},
 }
-RUN_OUTPUTS = ("checkpoints/", "data/", "results/test/", "state/")
+# what runs made in the developer's checkout (the demo, the study, its sweep) left, .dvc files included
+RUN_OUTPUTS = ("checkpoints/", "data/", "data_study", "results/test", "results/study", "state/")
 GIT = ["git", "-c", "user.name=mmc test", "-c", "user.email=mmc@example.invalid", "-c", "init.defaultBranch=main"]
 
 
