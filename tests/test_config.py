@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import yaml
 from config_mutations import MUTATIONS, merged, mutation_params
-from conftest import MMC, REPO
-from workflow_helpers import write_config
+from conftest import MMC
+from workflow_helpers import REPO, write_config
 
 from mmc import config
 from mmc.errors import ConfigError

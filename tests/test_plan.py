@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MMC, REPO
+from conftest import MMC
+from workflow_helpers import REPO
 
 from mmc import config
 from mmc.config import deep_merge
