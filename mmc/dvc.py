@@ -301,11 +301,11 @@ def tree_md5(
     here from the bytes on disk, without DVC or its cache: the md5 of every file, listed as
     ``[{"md5", "relpath"}]`` sorted by path, serialised the way DVC serialises a tree object.
 
-    ``ignore_patterns`` are the lines of the ``.dvcignore`` in ``root`` (default: the DVC repository
-    holding ``folder``, else ``folder``), matched as DVC matches them: a pattern without ``/``
-    matches a name at any depth, one with ``/`` a path from ``root`` (``/data/downloads/``), a
-    trailing ``/`` folders only (negations are not supported). Every byte is read once: seconds for
-    the demo data, minutes for full datasets.
+    ``ignore_patterns`` are the lines of the ``.dvcignore`` in ``root`` (:func:`ignore_patterns`;
+    ``root`` default: the DVC repository holding ``folder``, else ``folder``), matched as DVC matches
+    them: a pattern without ``/`` matches a name at any depth, one with ``/`` a path from ``root``
+    (``/data/downloads/``), a trailing ``/`` folders only (negations are not supported). Every byte
+    is read once: seconds for the demo data, minutes for full datasets.
     """
     folder = Path(folder).absolute()
     if not folder.is_dir():
@@ -317,22 +317,16 @@ def tree_md5(
 
 
 def ignore_patterns(repo_root: str | os.PathLike | None) -> tuple[str, ...]:
-    """The lines of the repository's top-level ``.dvcignore`` (none when there is no such file)."""
+    """The patterns of the repository's top-level ``.dvcignore``, blank lines and comments left out
+    (none when there is no repository or no such file)."""
     if repo_root is None:
         return ()
     path = Path(repo_root) / ".dvcignore"
-    return tuple(path.read_text().splitlines()) if path.is_file() else ()
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 # ----------------------------------------------------------------------------- the data on disk vs data.dvc
-def _ignore_patterns(root: Path) -> list[str]:
-    """The patterns of the repository's top-level ``.dvcignore`` (always those of :data:`IGNORED`)."""
-    path = root / ".dvcignore"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return sorted(set(patterns) | set(IGNORED))
-
-
 def _ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
     """gitignore-style matching as DVC applies it, for the patterns this project writes: a pattern
     without a slash matches a name at any depth; one with a slash matches the path from the root;
@@ -360,10 +354,11 @@ def tracked_files(
 ) -> dict[str, Path]:
     """Relative path (under ``target``) -> path of every file ``dvc add target`` tracks: files and
     followed links, minus what ``.dvcignore`` excludes (``patterns``, default: those of ``root``'s
-    ``.dvcignore``), minus DVC's own folders."""
+    ``.dvcignore`` and :data:`IGNORED`), minus DVC's own folders."""
     root, target = Path(root), Path(target)
     base = target if target.is_absolute() else root / target
-    patterns = _ignore_patterns(root) if patterns is None else patterns
+    if patterns is None:  # IGNORED always: the partial downloads and locks of `mmc data download`
+        patterns = sorted(set(ignore_patterns(root)) | set(IGNORED))
     prefix = os.path.relpath(base, root).replace(os.sep, "/")
     prefix = "" if prefix == "." else prefix + "/"
     if base.is_file():  # a single tracked file (a published checkpoint)

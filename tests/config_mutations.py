@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 BASE_TEXT = (REPO / "config" / "test.yaml").read_text()
 CONFIG = Path("config") / "config.yaml"
@@ -48,10 +48,15 @@ def _write(text: str | bytes) -> Callable[[Path], None]:
 
 
 def merged(overrides: dict) -> Callable[[Path], None]:
-    """config/test.yaml with ``overrides`` deep-merged in (written back with yaml.safe_dump)."""
+    """config/test.yaml with ``overrides`` deep-merged in (written with ``write_config``)."""
     from mmc.config import deep_merge
 
-    return _write(yaml.safe_dump(deep_merge(yaml.safe_load(BASE_TEXT), overrides), sort_keys=False))
+    raw = deep_merge(yaml.safe_load(BASE_TEXT), overrides)
+
+    def make(workdir: Path) -> None:
+        write_config(workdir / CONFIG, raw)
+
+    return make
 
 
 def replaced(old: str, new: str) -> Callable[[Path], None]:

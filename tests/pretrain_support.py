@@ -1,4 +1,5 @@
-"""Helpers shared by the pretraining tests: a tiny image folder, tiny configs, reading checkpoints."""
+"""Helpers shared by the pretraining tests: a tiny image folder, tiny configs (:func:`pretrain_config`),
+reading checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from workflow_helpers import REPO
 
 from mmc.config import deep_merge
@@ -40,11 +40,13 @@ def make_image_folder(root: Path, images: int, size: int = 48) -> Path:
     return synthetic.generate(root, spec) / "unlabelled"
 
 
-def write_config(tmp: Path, images: Path, overrides: dict | None = None, tracking: bool = False, **top) -> Path:
+def pretrain_config(tmp: Path, images: Path, overrides: dict | None = None, tracking: bool = False, **top) -> dict:
+    """A config pretraining :data:`TINY_PRETRAIN` (``overrides`` merged in) on ``images``, its
+    results and state under ``tmp``; ``top``: more top-level keys. Write it with ``write_config``."""
     pretrain = deep_merge(copy.deepcopy(TINY_PRETRAIN), {"data": {"path": str(images)}})
     if overrides:
         pretrain = deep_merge(pretrain, overrides)
-    cfg = {
+    return {
         "run_name": "pretrain-test",
         "results_dir": str(tmp / "results"),
         "state_dir": str(tmp / "state"),
@@ -54,9 +56,6 @@ def write_config(tmp: Path, images: Path, overrides: dict | None = None, trackin
         "experiments": {"mmc": {}},
         **top,
     }
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def env() -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from mmc.data.readers import Sample, SegObject
@@ -59,7 +58,11 @@ def make_voc(root: Path, n_images: int = 3, split: str = "val") -> Path:
     return root
 
 
-def write_config(tmp: Path, voc_root: Path, models: dict | None = None, **sections) -> Path:
+def segmentation_config(tmp: Path, voc_root: Path, models: dict | None = None, **sections) -> dict:
+    """A config evaluating ``models`` (default: one random tiny ViT) on the VOC-layout scenes at
+    ``voc_root``, its results and state under ``tmp``. ``sections``: top-level keys; a mapping
+    updates the section's own (one level: ``datasets={"scenes": ...}`` replaces that entry).
+    Write it with ``write_config``."""
     cfg = {
         "run_name": "test",
         "results_dir": str(tmp / "results"),
@@ -72,9 +75,7 @@ def write_config(tmp: Path, voc_root: Path, models: dict | None = None, **sectio
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return cfg
 
 
 def handmade_sample():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 # Command-line settings for a cluster without slurmdbd (squeue status) and fast status checks.
 # Resources are NOT given on the command line (that would replace the profile's mappings): the
@@ -74,6 +74,5 @@ def ci_profile(directory: Path, name: str = "slurm", **rule_overrides: dict) -> 
         rules[rule] = _fit_node(rules[rule] or {})
     for rule, extra in rule_overrides.items():
         rules[rule] = {**rules.get(rule, {}), **extra}
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    write_config(directory, settings)
     return directory

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from segmentation_fixtures import TINY_ARCH, make_voc, write_config
+from segmentation_fixtures import TINY_ARCH, make_voc, segmentation_config
+from workflow_helpers import write_config
 
 from mmc import config
 from mmc.cli import main
@@ -47,7 +48,7 @@ def numpy_colour_features(image: np.ndarray, side: int, patch: int) -> np.ndarra
 @pytest.mark.parametrize(("resolution", "dtype"), [(64, "float32"), (48, "float32"), (96, "float32"), (64, "float16")])
 def test_features_match_the_definition(voc, tmp_path, resolution, dtype):
     evaluation = {"resolution": resolution, "feature_dtype": dtype}
-    cfg = config.load(write_config(tmp_path, voc, models=COLOUR, evaluation=evaluation))
+    cfg = config.load(write_config(tmp_path, segmentation_config(tmp_path, voc, models=COLOUR, evaluation=evaluation)))
     # float32: the definition's values; float16 (the default stored precision): those values rounded
     # to 11 significant bits, at most half a unit in the last place (2^-11) for values in [-1, 1]
     atol = 2e-5 if dtype == "float32" else 2e-5 + 2.0**-11
@@ -87,7 +88,7 @@ def run_cli(*args) -> int:
 
 def test_segment_and_similarity_run_the_colour_floor_through_the_same_code(voc, tmp_path):
     models = {**COLOUR, "tiny": {"source": "random", "backbone": TINY_ARCH}}
-    cfg = write_config(tmp_path, voc, models=models)
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, models=models))
     common = ["--config", cfg, "--model", "colour", "--dataset", "scenes"]
     assert run_cli("segment", *common, "--out", tmp_path / "seg") == 0
     assert run_cli("similarity", *common, "--out", tmp_path / "sim") == 0

@@ -9,7 +9,8 @@ import textwrap
 import pytest
 import yaml
 from config_mutations import MUTATIONS, merged, mutation_params
-from conftest import MMC, REPO
+from conftest import MMC
+from workflow_helpers import REPO, write_config
 
 from mmc import config
 from mmc.errors import ConfigError
@@ -20,7 +21,9 @@ def limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
-def write(tmp_path, text: str):
+def write_config_text(tmp_path, text: str):
+    """``text`` (dedented) as the config file, as written: the loader's tests start from YAML text
+    (syntax errors, aliases, a top level that is not a mapping). A config dict: ``write_config``."""
     path = tmp_path / "config.yaml"
     path.write_text(textwrap.dedent(text))
     return path
@@ -34,7 +37,7 @@ def test_shipped_configs_validate(name):
 
 
 def test_defaults_come_from_the_schema(tmp_path):
-    cfg = config.load(write(tmp_path, "run_name: x\n"))
+    cfg = config.load(write_config_text(tmp_path, "run_name: x\n"))
     schema = config.schema()
     optim = schema["$defs"]["pretrain"]["properties"]["optim"]["properties"]
     assert cfg.experiments["mmc"].optim.epochs == optim["epochs"]["default"]
@@ -45,7 +48,7 @@ def test_defaults_come_from_the_schema(tmp_path):
 
 
 def test_objects_are_frozen_and_typed(tmp_path):
-    cfg = config.load(write(tmp_path, "run_name: x\npretrain: {loss: {w_mim: 2}}\n"))
+    cfg = config.load(write_config_text(tmp_path, "run_name: x\npretrain: {loss: {w_mim: 2}}\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.run_name = "y"
     assert isinstance(cfg.experiments["mmc"].loss.w_mim, float)  # `2` in YAML, a float field
@@ -56,7 +59,7 @@ def test_objects_are_frozen_and_typed(tmp_path):
 
 def test_experiments_deep_merge_over_pretrain(tmp_path):
     cfg = config.load(
-        write(
+        write_config_text(
             tmp_path,
             """
             run_name: x
@@ -92,7 +95,7 @@ def test_experiments_deep_merge_over_pretrain(tmp_path):
     ],
 )
 def test_bad_configs_name_the_key_the_value_and_the_expectation(tmp_path, text, expected):
-    path = write(tmp_path, text)
+    path = write_config_text(tmp_path, text)
     with pytest.raises(ConfigError) as error:
         config.load(path)
     assert str(path) in str(error.value)
@@ -100,7 +103,7 @@ def test_bad_configs_name_the_key_the_value_and_the_expectation(tmp_path, text, 
 
 
 def test_selection_split_must_not_be_an_evaluation_split(tmp_path):
-    path = write(
+    path = write_config_text(
         tmp_path,
         """
         run_name: x
@@ -119,9 +122,9 @@ def test_unreadable_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="is a directory"):
         config.load(tmp_path)
     with pytest.raises(ConfigError, match="line 2, column 1: not valid YAML: while parsing a flow sequence: expected ',' or ']'"):
-        config.load(write(tmp_path, "run_name: [unclosed\n"))
+        config.load(write_config_text(tmp_path, "run_name: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a YAML mapping"):
-        config.load(write(tmp_path, "- a\n- b\n"))
+        config.load(write_config_text(tmp_path, "- a\n- b\n"))
 
 
 @pytest.mark.parametrize("mutation", mutation_params())
@@ -154,7 +157,7 @@ def test_every_mutation_class_has_a_workflow_case():
 
 
 def test_several_problems_are_one_line_each_named(tmp_path):
-    path = write(tmp_path, "run_name: x\npretrain: {backbone: {num_heads: 5}, mask: {ratio: [0.9, 0.1]}}\n")
+    path = write_config_text(tmp_path, "run_name: x\npretrain: {backbone: {num_heads: 5}, mask: {ratio: [0.9, 0.1]}}\n")
     with pytest.raises(ConfigError) as error:
         config.load(path)
     message = str(error.value)
@@ -163,7 +166,7 @@ def test_several_problems_are_one_line_each_named(tmp_path):
 
 
 def test_a_value_inherited_by_every_experiment_is_named_once_where_it_is_set(tmp_path):
-    path = write(
+    path = write_config_text(
         tmp_path,
         """
         run_name: x
@@ -182,7 +185,7 @@ def test_schedules_are_not_ranges(tmp_path):
     # weight decay, EMA momentum and the teacher temperature go from a start to an end value,
     # either way; blur and solarisation give one probability per view
     cfg = config.load(
-        write(
+        write_config_text(
             tmp_path,
             """
             run_name: x
@@ -200,7 +203,7 @@ def test_inputs_are_checked_only_when_asked(tmp_path):
     # every `mmc` stage reads the config without the file-system rules; `mmc config check` and the
     # Snakefile apply them (a stage never fails for a file only another stage reads)
     text = f"run_name: x\npretrain: {{data: {{path: {tmp_path / 'absent'}}}}}\n"
-    path = write(tmp_path, text)
+    path = write_config_text(tmp_path, text)
     assert config.load(path).experiments["mmc"].data.path == str(tmp_path / "absent")
     with pytest.raises(ConfigError, match=r"pretrain\.data\.path: .* does not exist"):
         config.load(path, check_inputs=True)
@@ -210,7 +213,7 @@ def test_inputs_are_checked_only_when_asked(tmp_path):
 
 def test_inputs_the_workflow_makes_need_not_exist_yet(tmp_path):
     # under data_dir (the synthetic scenes), results_dir or dvc.checkpoint_dir a rule makes them
-    path = write(
+    path = write_config_text(
         tmp_path,
         f"""
         run_name: x
@@ -236,7 +239,7 @@ def test_ordinary_aliases_are_read(tmp_path):
     raw = {"run_name": "x", "models": {a: {"source": "random", "backbone": backbone} for a in "ab"}}
     text = yaml.safe_dump(raw)
     assert "&id001" in text and "*id001" in text
-    assert config.load_raw(write(tmp_path, text)) == raw
+    assert config.load_raw(write_config_text(tmp_path, text)) == raw
     assert config.load(tmp_path / "config.yaml").models["b"].backbone.embed_dim == 96
 
 
@@ -253,16 +256,16 @@ def test_cli_show_prints_the_resolved_config_and_errors(tmp_path):
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["experiments"]["mim_only"]["loss"] == {"w_mim": 1.0, "w_distill": 0.0, "w_contrast": 0.0}
     assert resolved["tracking"]["experiment"] == "mmc-repro"  # a default filled in
-    bad = subprocess.run([*MMC, "config", "show", str(write(tmp_path, "run_name: x\nseed: one\n"))], capture_output=True, text=True)
+    bad = subprocess.run([*MMC, "config", "show", str(write_config_text(tmp_path, "run_name: x\nseed: one\n"))], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "seed: \"one\" has the wrong type: expected integer" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
 def test_config_hash_is_stable_and_sensitive(tmp_path):
-    a = config.load(write(tmp_path, "run_name: x\n"))
-    b = config.load(write(tmp_path, "run_name: x\nseed: 0\n"))  # the default, written out
-    c = config.load(write(tmp_path, "run_name: x\nseed: 1\n"))
+    a = config.load(write_config_text(tmp_path, "run_name: x\n"))
+    b = config.load(write_config_text(tmp_path, "run_name: x\nseed: 0\n"))  # the default, written out
+    c = config.load(write_config_text(tmp_path, "run_name: x\nseed: 1\n"))
     assert config.config_hash(a) == config.config_hash(b) != config.config_hash(c)
 
 
@@ -312,7 +315,7 @@ def test_a_dumped_config_loads_back_to_the_same_config(tmp_path, name):
     # the recorded command on it, so it must load to the same hash
     cfg = config.load(REPO / "config" / name)
     text = config.dump(cfg)
-    again = config.load(write(tmp_path, text))
+    again = config.load(write_config_text(tmp_path, text))
     assert config.config_hash(again) == config.config_hash(cfg)
     assert config.dump(again) == text
     raw = yaml.safe_load(text)
@@ -326,6 +329,6 @@ def test_without_absent_makes_an_old_snapshot_loadable(tmp_path):
     old = config.to_dict(cfg)  # what snapshots held before: every field, absent ones as null
     assert old["models"]["mmc"]["path"] is None
     with pytest.raises(ConfigError, match=r"models\.mmc\.path: null has the wrong type"):
-        config.load(write(tmp_path, yaml.safe_dump(old)))
-    fixed = config.load(write(tmp_path, yaml.safe_dump(config.without_absent(old))))
+        config.load(write_config(tmp_path, old))
+    fixed = config.load(write_config(tmp_path, config.without_absent(old)))
     assert config.config_hash(fixed) == config.config_hash(cfg)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from workflow_helpers import REPO
 
 from mmc import config, config_docs, records
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dataset_fixtures import official_archives
 from loopback_server import Behaviour, LoopbackServer
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config
 from mmc.data import download as dl
@@ -311,8 +311,6 @@ def mmc_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_download_and_fetch_checkpoint(tmp_path):
-    import yaml
-
     archives = official_archives("davis", tmp_path / "build")
     files = {a.name: a for a in archives} | {"w.pth": PAYLOAD}
     with LoopbackServer(files, Behaviour(drop_first_at=0.5)) as server:
@@ -325,7 +323,7 @@ def test_cli_download_and_fetch_checkpoint(tmp_path):
             },
             "models": {"w": {"source": "url", "url": server.url("w.pth"), "sha256": SHA}},
         }
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        write_config(tmp_path / "c.yaml", raw)
         ok = mmc_cli("data", "download", "davis", "--config", "c.yaml", "--no-progress", cwd=tmp_path)
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout.strip() == "data/manifests/davis.json"
@@ -420,15 +418,13 @@ def fetch_read_pins(cfg) -> dict:
 
 
 def test_a_pinned_mismatch_says_pinned_and_unpin_drops_the_pin(tmp_path):
-    import yaml
-
     archives = official_archives("ade20k", tmp_path / "build")
     name = archives[0].name
     with LoopbackServer({name: archives[0]}) as server:
         raw = {"run_name": "t", "data_dir": "data",
                "datasets": {"ade": {"format": "ade20k", "root": "data/ade20k/ADEChallengeData2016",
                                     "archives": [{"url": server.url(name)}]}}}  # fmt: skip
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        write_config(tmp_path / "c.yaml", raw)
         assert mmc_cli("data", "download", "ade", "--config", "c.yaml", "--no-progress", cwd=tmp_path).returncode == 0
         (tmp_path / "data/manifests/ade.json").unlink()
         (tmp_path / "data/downloads" / name).unlink()
@@ -455,11 +451,9 @@ def test_a_pinned_mismatch_says_pinned_and_unpin_drops_the_pin(tmp_path):
 
 @pytest.mark.parametrize("tail", ["", ".", "..", "%2e%2e", "a%2Fb"])
 def test_url_without_a_file_name_is_refused_cleanly(tmp_path, tail):
-    import yaml
-
     url = f"http://127.0.0.1:9/archives/{tail}"
     raw = {"run_name": "t", "data_dir": "data", "datasets": {"d": {"format": "davis", "root": "data/d", "archives": [{"url": url}]}}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    write_config(tmp_path / "c.yaml", raw)
     done = mmc_cli("data", "download", "d", "--config", "c.yaml", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "last path segment" in done.stderr and "is not a file name" in done.stderr
@@ -475,12 +469,11 @@ def test_cve_2025_4517_archive_through_mmc_data_download(tmp_path):
     (tmp_path / "victim.txt").write_text("original\n")
     # staging is data/voc/.VOC2012.extract-*/: three levels below tmp_path
     archive = cve_2025_4517_tar(tmp_path / "VOCtrainval_11-May-2012.tar", levels_to_escape=3)
-    import yaml
 
     with LoopbackServer({archive.name: archive}) as server:
         raw = {"run_name": "t", "data_dir": "data",
                "datasets": {"voc": {"format": "voc", "root": "data/voc/VOC2012", "archives": [{"url": server.url(archive.name)}]}}}  # fmt: skip
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        write_config(tmp_path / "c.yaml", raw)
         done = mmc_cli("data", "download", "voc", "--config", "c.yaml", "--no-progress", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     error = [line for line in done.stderr.splitlines() if "error:" in line]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config, dvc
 from mmc.errors import MMCError
@@ -85,7 +85,7 @@ def test_cli_version_adds_pushes_and_prints_the_hash(tmp_path):
     (repo / "data/manifests/pins.lock").write_text("")
     (repo / "data/downloads").mkdir()
     (repo / "data/downloads/val2017.zip.part").write_bytes(b"partial")
-    (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
+    write_config(repo / "c.yaml", {"run_name": "t", "dvc": {"remote": "../remote"}})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "mmc", "data", "version", "--config", "c.yaml"], cwd=repo, env=env, capture_output=True, text=True
@@ -184,7 +184,7 @@ def test_data_version_waits_for_the_repository_lock(tmp_path):
     repo = git_repo(tmp_path / "repo")
     (repo / "data/manifests").mkdir(parents=True)
     (repo / "data/manifests/voc.json").write_text("{}\n")
-    (repo / "c.yaml").write_text("run_name: t\ndvc: {remote: ../remote}\n")
+    write_config(repo / "c.yaml", {"run_name": "t", "dvc": {"remote": "../remote"}})
     dvc.ensure_repo(repo)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with dvc.repo_lock(repo):

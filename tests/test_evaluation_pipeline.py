@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-import yaml
 from pretrain_support import TINY_PRETRAIN, env
+from workflow_helpers import write_config
 
 from mmc import config
 from mmc.cli import main
@@ -50,8 +50,7 @@ def pipeline(tmp_path_factory):
         "evaluation": {"resolution": 96, "batch_size": 4, "num_workers": 0},
         "similarity": {"bins": 20},
     }
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_config(tmp, cfg)
     for experiment in ("mmc", "mim_only"):
         subprocess.run(
             [sys.executable, "-m", "mmc", "pretrain", "--config", str(path), "--experiment", experiment,

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from browser import Browser, browser_or_skip
+from workflow_helpers import write_config
 
 from mmc import config
 from mmc.cli import main
@@ -75,8 +75,7 @@ def evaluated(tmp_path_factory):
         "tracking": {"enabled": False},
         "report": {"explorer_images": 4},
     }
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_config(tmp, raw)
     out = tmp / "results" / "segment"
     for model in MODELS:
         assert main(["segment", "--config", str(path), "--model", model, "--dataset", DATASET,

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from segmentation_fixtures import make_voc, write_config
-from workflow_helpers import REPO
+from segmentation_fixtures import make_voc, segmentation_config
+from workflow_helpers import REPO, write_config
 
 from mmc.cli import main
 from mmc.evaluation.features import (
@@ -206,9 +206,9 @@ def segment(config: Path, out: Path) -> dict:
 
 
 def test_warm_cache_and_no_cache_reproduce_the_cold_run_bit_for_bit(voc, tmp_path):
-    cached = write_config(tmp_path, voc, evaluation={"feature_cache": True, "batch_size": 2})
+    cached = write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation={"feature_cache": True, "batch_size": 2}))
     cold, warm = segment(cached, tmp_path / "cold"), segment(cached, tmp_path / "warm")
-    uncached = write_config(tmp_path, voc, evaluation={"feature_cache": False, "batch_size": 3})
+    uncached = write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation={"feature_cache": False, "batch_size": 3}))
     off = segment(uncached, tmp_path / "off")
     assert cold["features"] == {"computed": 3, "cached": 0} and warm["features"] == {"computed": 0, "cached": 3}
     assert off["features"] == {"computed": 3, "cached": 0}
@@ -221,7 +221,7 @@ def test_warm_cache_and_no_cache_reproduce_the_cold_run_bit_for_bit(voc, tmp_pat
 
 
 def test_auto_cache_is_off_inside_slurm_and_on_outside(voc, tmp_path, monkeypatch):
-    config = write_config(tmp_path, voc, evaluation={"feature_cache": "auto"})
+    config = write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation={"feature_cache": "auto"}))
     features = tmp_path / "state" / "features"
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert segment(config, tmp_path / "slurm")["features"] == {"computed": 3, "cached": 0}
@@ -233,19 +233,19 @@ def test_auto_cache_is_off_inside_slurm_and_on_outside(voc, tmp_path, monkeypatc
 
 
 def test_feature_settings_are_in_the_key_and_the_summaries(voc, tmp_path):
-    base = write_config(tmp_path, voc)
+    base = write_config(tmp_path, segmentation_config(tmp_path, voc))
     first = segment(base, tmp_path / "a")
     (key_dir,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()
     for evaluation in ({"resize": "float_antialias"}, {"feature_dtype": "float32"}):
-        summary = segment(write_config(tmp_path, voc, evaluation=evaluation), tmp_path / "b")
+        summary = segment(write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation=evaluation)), tmp_path / "b")
         assert summary["features"] == {"computed": 3, "cached": 0}  # another key: recomputed
         ((name, value),) = evaluation.items()
         assert summary["settings"][name] == value != first["settings"][name]
     assert not key_dir.exists()
     # conventions that do not change the features keep the cache and are recorded
     conventions = {"pixel_to_patch": "floor", "prompt_border": "ignore"}
-    segment(write_config(tmp_path, voc), tmp_path / "c")  # (write_config rewrote the one config file)
-    summary = segment(write_config(tmp_path, voc, evaluation=conventions), tmp_path / "d")
+    segment(write_config(tmp_path, segmentation_config(tmp_path, voc)), tmp_path / "c")  # (write_config rewrote the one config file)
+    summary = segment(write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation=conventions)), tmp_path / "d")
     assert summary["features"] == {"computed": 0, "cached": 3}
     assert {k: summary["settings"][k] for k in conventions} == conventions
     assert first["settings"]["pixel_to_patch"] == "center" and first["settings"]["prompt_border"] == "outside"
@@ -259,7 +259,7 @@ def test_a_consumer_that_stops_early_leaves_only_complete_entries(voc, tmp_path)
     from mmc.evaluation.features import dataset_features
     from mmc.evaluation.job import configured_model
 
-    cfg = config.load(write_config(tmp_path, voc, evaluation={"feature_cache": True, "batch_size": 3}))
+    cfg = config.load(write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation={"feature_cache": True, "batch_size": 3})))
     model = configured_model(cfg, "tiny")
     features = dataset_features(cfg, model, open_reader(cfg.datasets["scenes"]), "scenes")
     first_sample, first = next(features)

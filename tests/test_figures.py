@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from result_files import objects_frame, segment_summary, similarity_result
+from workflow_helpers import write_config
 
 from mmc.data.readers import Sample, SegObject
 from mmc.evaluation.summary import read_similarity_result
@@ -87,10 +88,9 @@ def scenes(tmp_path_factory):
     return root / "VOCdevkit" / "VOC2012"
 
 
-def write_config(tmp_path: Path, scenes: Path, **evaluation) -> Path:
-    import yaml
-
-    raw = {
+def figures_config(tmp_path: Path, scenes: Path, **evaluation) -> dict:
+    """A random tiny ViT on the synthetic ``scenes`` (dataset ``d``); ``evaluation``: its options."""
+    return {
         "run_name": "t",
         "device": "cpu",
         "results_dir": str(tmp_path / "results"),
@@ -106,8 +106,6 @@ def write_config(tmp_path: Path, scenes: Path, **evaluation) -> Path:
         "evaluation": {"datasets": ["d"], "resolution": 64, "num_workers": 0, **evaluation},
         "similarity": {"bins": 20},
     }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    return tmp_path / "c.yaml"
 
 
 def assert_masks_have_the_scored_ious(masks, samples, table, tau) -> int:
@@ -139,7 +137,7 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path, scenes, upsample):
     from mmc.evaluation.segment import evaluate
     from mmc.figures import masks_off_score, predicted_masks
 
-    cfg = config.load(write_config(tmp_path, scenes, upsample=upsample))
+    cfg = config.load(write_config(tmp_path / "c.yaml", figures_config(tmp_path, scenes, upsample=upsample)))
     table, _, _ = evaluate(cfg, configured_model(cfg, "random"), "d")
     samples = list(open_reader(cfg.datasets["d"]))
     assert len(table) > 0
@@ -172,7 +170,7 @@ def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):
     from mmc.evaluation.summary import read_segmentation_summary
     from mmc.figures import QUALITATIVE_IMAGES, predicted_masks, qualitative_samples
 
-    path = write_config(tmp_path, scenes, precision="bfloat16", resolution=128)
+    path = write_config(tmp_path / "c.yaml", figures_config(tmp_path, scenes, precision="bfloat16", resolution=128))
     cfg = config.load(path)
     common = ["--config", str(path), "--model", "random", "--dataset", "d"]
     assert main(["segment", *common, "--out", str(tmp_path / "seg")]) == 0

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format, write_config
-from workflow_helpers import REPO
+from segmentation_fixtures import TINY_ARCH, make_voc, save_in_format, segmentation_config
+from workflow_helpers import REPO, write_config
 
 from mmc import records
 from mmc.cli import main
@@ -67,7 +66,8 @@ def test_segment_refuses_a_nan_checkpoint_and_publishes_nothing(voc, tmp_path, c
     state = tiny_state()
     state["pos_embed"][0, 1, 0] = float("nan")
     save_in_format(state, "timm", tmp_path / "w.pth")
-    cfg = write_config(tmp_path, voc, models={"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}})
+    models = {"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}}
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, models=models))
     assert run_cli("segment", "--config", cfg, "--model", "m", "--dataset", "scenes", "--out", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "tensor pos_embed holds 1 NaN and 0 infinite values" in err and len(err.strip().splitlines()) == 1
@@ -78,7 +78,8 @@ def test_non_finite_features_are_refused_before_any_metric(voc, tmp_path, capsys
     state = tiny_state()
     state["patch_embed.proj.weight"].fill_(3e38)  # finite weights, but the first sum overflows float32
     save_in_format(state, "timm", tmp_path / "w.pth")
-    cfg = write_config(tmp_path, voc, models={"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}})
+    models = {"m": {"source": "file", "path": str(tmp_path / "w.pth"), "backbone": TINY_ARCH}}
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, models=models))
     for command in ("segment", "similarity"):
         out = tmp_path / command
         assert run_cli(command, "--config", cfg, "--model", "m", "--dataset", "scenes", "--out", out) == 2
@@ -89,8 +90,8 @@ def test_non_finite_features_are_refused_before_any_metric(voc, tmp_path, capsys
 
 # ----------------------------------------------------------------------------- checkpoint references
 def experiment_config(tmp_path: Path, voc: Path) -> Path:
-    return write_config(tmp_path, voc, models={"mmc": {"source": "experiment", "experiment": "mmc"}},
-                        experiments=TINY_EXPERIMENT)  # fmt: skip
+    models = {"mmc": {"source": "experiment", "experiment": "mmc"}}
+    return write_config(tmp_path, segmentation_config(tmp_path, voc, models=models, experiments=TINY_EXPERIMENT))
 
 
 def test_checkpoint_must_match_its_selection_record(voc, tmp_path, capsys):
@@ -147,14 +148,13 @@ def test_published_checkpoint_must_match_its_dvc_file(voc, tmp_path, capsys):
 # ----------------------------------------------------------------------------- command-line mistakes
 def test_mistyped_arguments_leave_no_job_record_and_no_parent_run(voc, tmp_path, capsys):
     save_in_format(tiny_state(0), "mmc", tmp_path / "w.pth")
-    cfg = write_config(tmp_path, voc, models={"mmc": {"source": "experiment", "experiment": "mmc"},
-                                               "tiny": {"source": "random", "backbone": TINY_ARCH}},
-                       experiments=TINY_EXPERIMENT)  # fmt: skip
+    raw = segmentation_config(tmp_path, voc, models={"mmc": {"source": "experiment", "experiment": "mmc"},
+                                                     "tiny": {"source": "random", "backbone": TINY_ARCH}},
+                              experiments=TINY_EXPERIMENT)  # fmt: skip
+    cfg = write_config(tmp_path, raw)
     (tmp_path / "run").mkdir()
-    explorer_cfg = tmp_path / "explorer.yaml"  # the same run, with scenes as an evaluation dataset
-    raw = yaml.safe_load(cfg.read_text())
-    raw["evaluation"]["datasets"] = ["scenes"]
-    explorer_cfg.write_text(yaml.safe_dump(raw))
+    # the same run, with scenes as an evaluation dataset
+    explorer_cfg = write_config(tmp_path / "explorer.yaml", {**raw, "evaluation": {**raw["evaluation"], "datasets": ["scenes"]}})
     out = ["--out", tmp_path / "o"]
     mistakes = [
         ["segment", "--config", cfg, "--model", "tinyy", "--dataset", "scenes", *out],
@@ -205,7 +205,7 @@ def test_segment_on_a_full_disk_is_one_line_naming_the_file(voc, tmp_path, full)
         places = {"outputs": (None, disk / "out"), "records": ("results_dir", tmp_path / "out")}
         key, out = places[full]
         top = {key: str(disk / key)} if key else {}
-        cfg = write_config(tmp_path, voc, **top)
+        cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, **top))
         fill(disk, leave=4096)
         done = run_segment(cfg, out)
         assert done.returncode == 2, done.stderr[-3000:]
@@ -225,7 +225,7 @@ def test_segment_with_the_feature_cache_on_a_full_disk_goes_on_without_it(voc, t
     from full_disk import fill, small_file_system
 
     with small_file_system(tmp_path / "disk", "512k") as disk:
-        cfg = write_config(tmp_path, voc, state_dir=str(disk / "state_dir"))
+        cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, state_dir=str(disk / "state_dir")))
         fill(disk, leave=4096)
         out = tmp_path / "out"
         done = run_segment(cfg, out)
@@ -254,12 +254,11 @@ def test_pretrain_disk_full_while_writing_a_checkpoint(tmp_path, full):
     import shutil
 
     from full_disk import small_file_system
-    from pretrain_support import env, make_image_folder, pretrain_cmd
-    from pretrain_support import write_config as pretrain_config
+    from pretrain_support import env, make_image_folder, pretrain_cmd, pretrain_config
 
     images = make_image_folder(tmp_path / "images", 16, size=40)
     overrides = {"optim": {"epochs": 2}, "checkpoint": {"save_epochs": [1]}}
-    cfg = pretrain_config(tmp_path, images, overrides, tracking=True)
+    cfg = write_config(tmp_path, pretrain_config(tmp_path, images, overrides, tracking=True))
     probe = subprocess.run(pretrain_cmd(cfg, tmp_path / "probe"), env=env(), capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
     size = (tmp_path / "probe/epoch_0001.pth").stat().st_size
@@ -269,7 +268,7 @@ def test_pretrain_disk_full_while_writing_a_checkpoint(tmp_path, full):
     with small_file_system(tmp_path / "disk", f"{room // 1024 + 8}k") as disk:
         out = disk / "run" if full == "out" else tmp_path / "run"
         if full == "state":
-            cfg = pretrain_config(tmp_path, images, overrides, tracking=True, state_dir=str(disk / "state"))
+            cfg = write_config(tmp_path, pretrain_config(tmp_path, images, overrides, tracking=True, state_dir=str(disk / "state")))
         done = subprocess.run(pretrain_cmd(cfg, out), env=env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and "inline_container" not in done.stderr

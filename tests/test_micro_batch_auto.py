@@ -18,9 +18,10 @@ from pretrain_support import (
     env,
     load,
     make_image_folder,
+    pretrain_config,
     run_pretrain,
-    write_config,
 )
+from workflow_helpers import write_config
 
 from mmc import config
 from mmc.errors import MMCError
@@ -112,8 +113,10 @@ def test_auto_runs_the_split_mmc_plan_prints_and_equals_that_integer_bit_for_bit
     assert (expected.micro_batch, expected.accumulation) == (2, 4)
     auto_dir, fixed_dir = tmp_path / "auto", tmp_path / "fixed"
     auto_dir.mkdir(), fixed_dir.mkdir()
-    auto_cfg = write_config(auto_dir, images, config.deep_merge(FAST, {"optim": {"micro_batch_size": "auto", "memory_gb": memory}}), tracking=True)
-    fixed_cfg = write_config(fixed_dir, images, config.deep_merge(FAST, {"optim": {"micro_batch_size": 2}}))
+    auto = config.deep_merge(FAST, {"optim": {"micro_batch_size": "auto", "memory_gb": memory}})
+    auto_cfg = write_config(auto_dir, pretrain_config(auto_dir, images, auto, tracking=True))
+    fixed = config.deep_merge(FAST, {"optim": {"micro_batch_size": 2}})
+    fixed_cfg = write_config(fixed_dir, pretrain_config(fixed_dir, images, fixed))
 
     plan = mmc("plan", "--config", str(auto_cfg), "--gpus", "1", "--json")
     assert plan.returncode == 0, plan.stderr
@@ -147,8 +150,8 @@ def test_auto_runs_the_split_mmc_plan_prints_and_equals_that_integer_bit_for_bit
 
 def test_too_little_memory_is_one_line_and_exit_2(tmp_path, images):
     memory = memory_for(tiny(), 1, 0.5)  # not even one image
-    cfg = write_config(tmp_path, images, {"optim": {"micro_batch_size": "auto", "memory_gb": memory}},
-                       dvc={"version_results": False})  # fmt: skip
+    cfg = write_config(tmp_path, pretrain_config(tmp_path, images, {"optim": {"micro_batch_size": "auto", "memory_gb": memory}},
+                                                 dvc={"version_results": False}))  # fmt: skip
     assert mmc("config", "check", str(cfg), cwd=tmp_path).returncode == 0  # auto is valid; the memory is judged at start
     plan = mmc("plan", "--config", str(cfg), "--gpus", "1")
     assert plan.returncode == 0 and f"| does not fit (auto, optim.memory_gb {memory:g}) |" in plan.stdout, plan.stdout

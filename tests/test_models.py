@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from workflow_helpers import write_config
 
 from mmc.errors import MMCError
 from mmc.evaluation.features import patch_features
@@ -250,11 +250,11 @@ def test_a_mocov3_model_entry_must_write_its_head_count(tmp_path):
     from mmc.errors import ConfigError
 
     entry = {"source": "file", "path": "m.pth", "format": "mocov3", "backbone": {"embed_dim": 384}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run_name": "t", "models": {"moco": entry}}))
+    write_config(tmp_path / "c.yaml", {"run_name": "t", "models": {"moco": entry}})
     with pytest.raises(ConfigError, match=r"models.moco.backbone.num_heads: not written: expected the number of heads of this mocov3 model"):
         config.load(tmp_path / "c.yaml")
     entry["backbone"]["num_heads"] = 6
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"run_name": "t", "models": {"moco": entry}}))
+    write_config(tmp_path / "c.yaml", {"run_name": "t", "models": {"moco": entry}})
     assert config.load(tmp_path / "c.yaml").models["moco"].backbone.num_heads == 6
 
 

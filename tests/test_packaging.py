@@ -7,7 +7,8 @@ import time
 import tomllib
 
 import yaml
-from conftest import MMC, REPO
+from conftest import MMC
+from workflow_helpers import REPO
 
 from mmc import __version__
 from mmc.cli import COMMANDS

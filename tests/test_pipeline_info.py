@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config, tracking, versions
 
@@ -51,7 +51,7 @@ def _env() -> dict[str, str]:
 
 def test_pipeline_info_collects_config_versions_rulegraph_and_trace(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    (tmp_path / "config.yaml").write_text("run_name: info\nresults_dir: results\n")
+    write_config(tmp_path, {"run_name": "info", "results_dir": "results"})
     run = subprocess.run([sys.executable, "-m", "snakemake", "-c1", "--benchmark-extended", "--snakefile", "Snakefile"],
                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -88,7 +88,7 @@ def test_pipeline_info_collects_config_versions_rulegraph_and_trace(tmp_path):
 
 
 def test_missing_snakefile_is_a_note_not_a_failure(tmp_path, monkeypatch):
-    (tmp_path / "config.yaml").write_text("run_name: info\nresults_dir: results\n")
+    write_config(tmp_path, {"run_name": "info", "results_dir": "results"})
     monkeypatch.chdir(tmp_path)
     with tracking.job("tables", config.load("config.yaml"), wildcards={"table": "main"}):
         pass

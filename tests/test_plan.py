@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MMC, REPO
+from conftest import MMC
+from workflow_helpers import REPO
 
 from mmc import config
 from mmc.config import deep_merge
@@ -185,10 +186,11 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_cli_counts_the_images_and_measures_the_loader(tmp_path):
-    from tests.pretrain_support import make_image_folder, write_config
+    from pretrain_support import make_image_folder, pretrain_config
+    from workflow_helpers import write_config
 
     images = make_image_folder(tmp_path / "syn", 12)
-    cfg = write_config(tmp_path, images, {"data": {"num_workers": 0}})
+    cfg = write_config(tmp_path, pretrain_config(tmp_path, images, {"data": {"num_workers": 0}}))
     done = mmc("plan", "--config", str(cfg), "--measure-loader", str(images), "--measure-seconds", "1", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)

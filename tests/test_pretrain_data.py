@@ -6,7 +6,8 @@ import copy
 
 import pytest
 import torch
-from pretrain_support import TINY_PRETRAIN, load, make_image_folder, run_pretrain, write_config
+from pretrain_support import TINY_PRETRAIN, load, make_image_folder, pretrain_config, run_pretrain
+from workflow_helpers import write_config
 
 from mmc import config as config_mod
 from mmc.data import shards
@@ -38,7 +39,8 @@ def shard_dir(images, tmp_path_factory):
     return out
 
 
-def pretrain_config(path, **data):
+def experiment_config(path, **data):
+    """The frozen config of experiment mmc: the tiny ViT, ``data`` from ``path``."""
     raw = config_mod.deep_merge(copy.deepcopy(TINY_PRETRAIN), {"data": {"path": str(path), **data}, "augment": {"solarize_p": [0.5, 0.5]}})
     raw = config_mod.deep_merge(raw, {"data": {"local_crops": 2, "local_crop_size": 16}})
     cfg = config_mod.freeze(config_mod.resolve({"run_name": "t", "device": "cpu", "tracking": {"enabled": False}, "pretrain": raw}))
@@ -72,7 +74,7 @@ def test_run_sampler_is_the_epochs_batches_from_the_resume_step_and_ranks_split_
 
 
 def test_batches_do_not_depend_on_workers_resume_or_source_format(images, shard_dir):
-    folder = PretrainDataset(pretrain_config(images), seed=3)
+    folder = PretrainDataset(experiment_config(images), seed=3)
     reference = batches(folder, workers=0)  # 3 steps per epoch: 3 epochs
     assert len(reference) == 9
     first = reference[0]
@@ -84,7 +86,7 @@ def test_batches_do_not_depend_on_workers_resume_or_source_format(images, shard_
         assert_same(got, want)
     for got, want in zip(batches(folder, workers=1, start=4), reference[4:], strict=True):
         assert_same(got, want)
-    sharded = PretrainDataset(pretrain_config(shard_dir), seed=3)
+    sharded = PretrainDataset(experiment_config(shard_dir), seed=3)
     assert type(sharded.source).__name__ == "ShardSource"
     for got, want in zip(batches(sharded, workers=2), reference, strict=True):
         assert_same(got, want)
@@ -95,7 +97,7 @@ def test_batches_do_not_depend_on_workers_resume_or_source_format(images, shard_
 
 
 def test_to_device_returns_normalised_views_and_sends_a_quarter_of_float32(images):
-    batch = batches(PretrainDataset(pretrain_config(images), seed=3), workers=0, total=1)[0]
+    batch = batches(PretrainDataset(experiment_config(images), seed=3), workers=0, total=1)[0]
     global_views, local_views, masks = to_device(batch, CPU)
     assert global_views.shape == (2, 8, 3, 32, 32) and global_views.dtype == torch.float32
     assert [v.shape for v in local_views] == [(8, 3, 16, 16)] * 2 and torch.equal(masks, batch.masks)
@@ -110,8 +112,8 @@ def test_to_device_returns_normalised_views_and_sends_a_quarter_of_float32(image
 
 def test_device_decode_path_on_cpu_cuts_the_same_crops(images, shard_dir):
     """``data.decode: device`` (run here on the CPU: torchvision's decoder, float resize) vs the worker path."""
-    worker = PretrainDataset(pretrain_config(shard_dir), seed=3)
-    device = PretrainDataset(pretrain_config(shard_dir, decode="device"), seed=3)
+    worker = PretrainDataset(experiment_config(shard_dir), seed=3)
+    device = PretrainDataset(experiment_config(shard_dir, decode="device"), seed=3)
     want = batches(worker, workers=0, total=2)
     got = batches(device, workers=2, total=2)
     for encoded, host in zip(got, want, strict=True):
@@ -130,7 +132,7 @@ def test_pretraining_on_shards_is_bitwise_the_run_on_their_folder(images, shard_
     for name, path in (("folder", images), ("shards", shard_dir)):
         work = tmp_path / name
         work.mkdir()
-        run_pretrain(write_config(work, path, {"optim": {"epochs": 2}}), work / "out")
+        run_pretrain(write_config(work, pretrain_config(work, path, {"optim": {"epochs": 2}})), work / "out")
         outs.append(load(work / "out" / "epoch_0002.pth"))
     for part in ("student", "teacher"):
         for key, value in outs[0][part].items():
@@ -141,12 +143,12 @@ def test_bad_data_settings_are_clear_errors(images, tmp_path):
     from mmc.errors import MMCError
 
     with pytest.raises(MMCError, match=r"no manifest\.json"):
-        PretrainDataset(pretrain_config(images, format="shards"), seed=0)
+        PretrainDataset(experiment_config(images, format="shards"), seed=0)
     (tmp_path / "x.txt").write_text("not an image")
     with pytest.raises(MMCError, match="no images found"):
-        PretrainDataset(pretrain_config(tmp_path, format="folder"), seed=0)
+        PretrainDataset(experiment_config(tmp_path, format="folder"), seed=0)
     with pytest.raises(MMCError, match=r"not found .*mmc data prepare imagenet"):
-        PretrainDataset(pretrain_config(tmp_path / "imagenet" / "train"), seed=0)
+        PretrainDataset(experiment_config(tmp_path / "imagenet" / "train"), seed=0)
 
 
 def test_gpu_benchmark_runs_the_real_loader_on_shards_in_its_cpu_smoke_mode(tmp_path):
@@ -154,7 +156,8 @@ def test_gpu_benchmark_runs_the_real_loader_on_shards_in_its_cpu_smoke_mode(tmp_
     import subprocess
     import sys
 
-    from tests.pretrain_support import REPO, env
+    from pretrain_support import env
+    from workflow_helpers import REPO
 
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_pretrain.py"), "--device", "cpu", "--quick"],
                             env={**env(), "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=300)  # fmt: skip

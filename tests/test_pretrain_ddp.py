@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from pretrain_support import env, load, make_image_folder, metrics, run_pretrain, write_config
+from pretrain_support import env, load, make_image_folder, metrics, pretrain_config, run_pretrain
+from workflow_helpers import write_config
 
 from mmc.pretrain.checkpoint import state_digest
 
@@ -30,8 +31,8 @@ def test_two_gloo_ranks_match_each_other_and_a_single_process(tmp_path):
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     single_dir.mkdir()
     ddp_dir.mkdir()
-    run_pretrain(write_config(single_dir, images, DDP_SAFE), single_dir / "out")
-    config = write_config(ddp_dir, images, DDP_SAFE)
+    run_pretrain(write_config(single_dir, pretrain_config(single_dir, images, DDP_SAFE)), single_dir / "out")
+    config = write_config(ddp_dir, pretrain_config(ddp_dir, images, DDP_SAFE))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
         "-m", "mmc", "pretrain", "--config", str(config), "--experiment", "mmc", "--out", str(ddp_dir / "out"),

@@ -17,9 +17,10 @@ from pretrain_support import (
     make_image_folder,
     metrics,
     pretrain_cmd,
+    pretrain_config,
     run_pretrain,
-    write_config,
 )
+from workflow_helpers import write_config
 
 from mmc.files import sha256_file
 
@@ -41,7 +42,7 @@ def reference(setup):
     root, images = setup
     work = root / "reference"
     work.mkdir()
-    config = write_config(work, images, ACCUMULATE)
+    config = write_config(work, pretrain_config(work, images, ACCUMULATE))
     run_pretrain(config, work / "out")
     return work / "out"
 
@@ -70,7 +71,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(setup, re
     root, images = setup
     work = root / "killed"
     work.mkdir()
-    config = write_config(work, images, ACCUMULATE, tracking=True)
+    config = write_config(work, pretrain_config(work, images, ACCUMULATE, tracking=True))
     state = work / "state" / "pretrain" / "mmc"
     proc = subprocess.Popen(pretrain_cmd(config, work / "out"), env=env(), stderr=subprocess.PIPE, text=True)
     try:
@@ -104,7 +105,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_75_then_resumes(setup, r
     root, images = setup
     work = root / "terminated"
     work.mkdir()
-    config = write_config(work, images, {**ACCUMULATE, "checkpoint": {"save_epochs": [2], "every_steps": 0}})
+    config = write_config(work, pretrain_config(work, images, {**ACCUMULATE, "checkpoint": {"save_epochs": [2], "every_steps": 0}}))
     state = work / "state" / "pretrain" / "mmc"
     proc = subprocess.Popen(pretrain_cmd(config, work / "out"), env=env(), stderr=subprocess.PIPE, text=True)
     try:

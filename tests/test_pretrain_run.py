@@ -13,9 +13,10 @@ from pretrain_support import (
     make_image_folder,
     metrics,
     pretrain_cmd,
+    pretrain_config,
     run_pretrain,
-    write_config,
 )
+from workflow_helpers import write_config
 
 from mmc.pretrain.checkpoint import state_digest
 
@@ -27,10 +28,10 @@ def images(tmp_path_factory):
 
 def test_short_run_loss_goes_down_and_writes_mmc_checkpoints(images, tmp_path):
     # 64 images / batch 16 = 4 steps per epoch, 12 epochs; no drop-path so the trend is clean
-    config = write_config(
+    config = write_config(tmp_path, pretrain_config(
         tmp_path, images, {"optim": {"epochs": 12, "batch_size": 16}, "checkpoint": {"save_epochs": [2, 5]},
                            "backbone": {"drop_path": 0.0}, "log_every_steps": 1},
-    )  # fmt: skip
+    ))  # fmt: skip
     out = tmp_path / "out"
     run_pretrain(config, out)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -73,9 +74,9 @@ def test_short_run_loss_goes_down_and_writes_mmc_checkpoints(images, tmp_path):
 
 
 def test_mim_only_run_has_no_teacher(images, tmp_path):
-    config = write_config(
+    config = write_config(tmp_path, pretrain_config(
         tmp_path, images, {"optim": {"epochs": 1, "batch_size": 32}, "loss": {"w_distill": 0.0, "w_contrast": 0.0}}
-    )
+    ))
     run_pretrain(config, tmp_path / "out")
     ckpt = load(tmp_path / "out" / "epoch_0001.pth")
     assert "teacher" not in ckpt
@@ -102,7 +103,8 @@ def test_seed_sets_the_start_and_the_state_folder_and_initial_weights_are_writte
     """`--seed S` trains from seed S (state in {state_dir}/pretrain/E/seedS, tracked as a wildcard) and
     writes the weights before the first step as epoch_0000.pth: teacher = student = the random backbone
     of seed S, whatever the losses (the same file as the MIM-only run's with that seed)."""
-    config = write_config(tmp_path, images, {"optim": {"epochs": 1, "batch_size": 32}}, tracking=True, seeds=[0, 1])
+    raw = pretrain_config(tmp_path, images, {"optim": {"epochs": 1, "batch_size": 32}}, tracking=True, seeds=[0, 1])
+    config = write_config(tmp_path, raw)
     result = subprocess.run([*pretrain_cmd(config, tmp_path / "out"), "--seed", "1"], env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     initial = load(tmp_path / "out" / "epoch_0000.pth")
@@ -119,7 +121,7 @@ def test_seed_sets_the_start_and_the_state_folder_and_initial_weights_are_writte
 def test_user_errors_are_one_clear_line(images, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    config = write_config(tmp_path, empty)
+    config = write_config(tmp_path, pretrain_config(tmp_path, empty))
     result = subprocess.run(pretrain_cmd(config, tmp_path / "out"), env=env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert f"{empty}: no images found" in result.stderr and "Traceback" not in result.stderr
@@ -129,10 +131,10 @@ def test_user_errors_are_one_clear_line(images, tmp_path):
 
 def test_non_finite_loss_stops_naming_step_and_components(images, tmp_path):
     # an absurd learning rate without clipping diverges within a few steps
-    config = write_config(
+    config = write_config(tmp_path, pretrain_config(
         tmp_path, images, {"optim": {"base_lr": 1.0e12, "clip_grad": None, "epochs": 3, "batch_size": 16,
                                      "warmup_epochs": 0}},
-    )  # fmt: skip
+    ))  # fmt: skip
     result = subprocess.run(pretrain_cmd(config, tmp_path / "out"), env=env(), capture_output=True, text=True)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "non-finite loss at step" in result.stderr
@@ -148,12 +150,12 @@ def test_init_checkpoint_has_nothing_to_pretrain_and_state_dir_must_be_outside_o
 
     given = tmp_path / "given.pth"
     given.write_bytes(b"an MMC checkpoint")
-    config = write_config(tmp_path, images, {"init_checkpoint": str(given)})
+    config = write_config(tmp_path, pretrain_config(tmp_path, images, {"init_checkpoint": str(given)}))
     result = subprocess.run(pretrain_cmd(config, tmp_path / "out"), env=env(), capture_output=True, text=True)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "experiments.mmc.init_checkpoint is set" in result.stderr and "nothing to pretrain" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
-    cfg = config_mod.load(write_config(tmp_path, images))
+    cfg = config_mod.load(write_config(tmp_path, pretrain_config(tmp_path, images)))
     with pytest.raises(MMCError, match="resume state must survive"):
         train.run(cfg, "mmc", tmp_path / "o", tmp_path / "o" / "state")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config, versions
 from mmc.files import sha256_file
@@ -69,7 +69,7 @@ def _build_run(root: Path) -> Path:
     """data -> pretrain -> select -> segment -> tables, each a real job process with a record."""
     root.mkdir(exist_ok=True)
     (root / "stage.py").write_text(STAGE_SCRIPT)
-    (root / "config.yaml").write_text("run_name: prov\nresults_dir: results\ndata_dir: data\n")
+    write_config(root, {"run_name": "prov", "results_dir": "results", "data_dir": "data"})
     (root / "data").mkdir()
     (root / "data" / "unlabelled.bin").write_bytes(os.urandom(4096))
     (root / "data" / "voc.bin").write_bytes(os.urandom(4096))

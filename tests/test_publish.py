@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc.files import sha256_file
 
@@ -39,11 +39,11 @@ def dvc_project(tmp_path) -> Path:
     """A git + DVC project holding a pretrained checkpoint and the selection that chose it."""
     _run("git", "init", "-q", cwd=tmp_path)
     _run(sys.executable, "-m", "dvc", "init", "-q", cwd=tmp_path)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+    write_config(tmp_path, {
         "run_name": "publish", "results_dir": "results", "data_dir": "data",
         "experiments": {"mmc": {}, "no_mim": {"loss": {"w_mim": 0.0}}},
         "dvc": {"remote": "../remote-store", "cache_type": "copy"},
-    }))
+    })
     checkpoint = tmp_path / "results" / "pretrain" / "mmc" / "epoch_0002.pth"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(os.urandom(300_000))

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+from workflow_helpers import write_config
+
 from mmc import config, records, tracking
 from mmc.files import sha256_file
 
@@ -20,7 +22,7 @@ VERSION_1 = {"version": 1, "stage": "segment", "name": "segment-mmc-voc", "statu
 
 def test_a_recorded_job_reads_back_with_every_field(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.yaml").write_text("run_name: rec\nresults_dir: results\ndata_dir: data\n")
+    write_config(tmp_path, {"run_name": "rec", "results_dir": "results", "data_dir": "data"})
     cfg = config.load("config.yaml")
     (tmp_path / "in.txt").write_text("input")
     with tracking.job("segment", cfg, wildcards={"model": "mmc/v2", "dataset": "voc"}) as rec:

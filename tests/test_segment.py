@@ -18,9 +18,9 @@ from segmentation_fixtures import (
     make_voc,
     save_in_format,
     scene,
-    write_config,
+    segmentation_config,
 )
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config
 from mmc.cli import main
@@ -57,7 +57,7 @@ def test_voc_reader_objects_classes_and_void(voc):
 
 def test_voc_reader_through_the_config_interface(voc, tmp_path):
     cfg = config.load(
-        write_config(tmp_path, voc, datasets={"scenes": {"format": "voc", "root": str(voc), "max_images": 1}})
+        write_config(tmp_path, segmentation_config(tmp_path, voc, datasets={"scenes": {"format": "voc", "root": str(voc), "max_images": 1}}))
     )
     assert len(open_reader(cfg.datasets["scenes"])) == 1
 
@@ -122,7 +122,7 @@ def run_cli(*argv) -> int:
 
 
 def test_segment_cli_on_a_random_tiny_vit(voc, tmp_path):
-    cfg = write_config(tmp_path, voc)
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc))
     assert (
         run_cli(
             "segment", "--config", cfg, "--model", "tiny", "--dataset", "scenes", "--out", tmp_path / "out"
@@ -186,7 +186,7 @@ def test_segment_cli_on_every_checkpoint_format_gives_the_same_numbers(voc, tmp_
         models[fmt] = {"source": "file", "path": str(tmp_path / f"{fmt}.pth"), "backbone": TINY_ARCH}
     # one resize for all (64 px on a 32 px ViT): the formats' own defaults differ (tests/test_pos_embed.py)
     evaluation = {"feature_cache": False, "pos_embed_resize": "timm"}
-    cfg = write_config(tmp_path, voc, models=models, evaluation=evaluation)
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, models=models, evaluation=evaluation))
     for fmt in ("mmc", "dino", "ibot", "mae", "mocov3", "timm"):
         out = tmp_path / "out" / fmt
         assert run_cli("segment", "--config", cfg, "--model", fmt, "--dataset", "scenes", "--out", out) == 0
@@ -250,7 +250,7 @@ def test_segment_cli_errors_are_one_clear_line(voc, tmp_path, capsys):
         },
     }
     torch.save(random_backbone(TINY_ARCH, 0).state_dict(), tmp_path / "w.pth")
-    cfg = write_config(tmp_path, voc, models=models)
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, models=models))
     assert (
         run_cli("segment", "--config", cfg, "--model", "nope", "--dataset", "scenes", "--out", tmp_path / "o")
         == 2
@@ -294,7 +294,7 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
 
     data = tmp_path / "VOC2012"
     shutil.copytree(voc, data)
-    cached = write_config(tmp_path, data)
+    cached = write_config(tmp_path, segmentation_config(tmp_path, data))
     args = ["--model", "tiny", "--dataset", "scenes"]
     assert run_cli("segment", "--config", cached, *args, "--out", tmp_path / "a") == 0
     (cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()  # one directory per key
@@ -316,7 +316,7 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
     third = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert third["features"] == {"computed": 1, "cached": 2}
     # Other feature settings: a new key; the stale directory is removed, an unreadable entry recomputed.
-    other = write_config(tmp_path, data, evaluation={"resolution": 48})
+    other = write_config(tmp_path, segmentation_config(tmp_path, data, evaluation={"resolution": 48}))
     assert run_cli("segment", "--config", other, *args, "--out", tmp_path / "d") == 0
     (new_cache,) = (tmp_path / "state" / "features" / "tiny" / "scenes").iterdir()
     assert new_cache != cache
@@ -331,13 +331,16 @@ def test_feature_cache_is_reused_and_checked_against_the_pixels(voc, tmp_path):
 def test_segment_runs_as_a_process(voc, tmp_path):
     cfg = write_config(
         tmp_path,
-        voc,
-        evaluation={
-            "upsample": "bilinear",
-            "prompt": "random",
-            "thresholds": [0.2, 0.625],
-            "keep_aspect": True,
-        },
+        segmentation_config(
+            tmp_path,
+            voc,
+            evaluation={
+                "upsample": "bilinear",
+                "prompt": "random",
+                "thresholds": [0.2, 0.625],
+                "keep_aspect": True,
+            },
+        ),
     )
     result = subprocess.run(
         [
@@ -373,9 +376,8 @@ def test_segment_runs_as_a_process(voc, tmp_path):
 def test_reading_threads_change_nothing_but_speed(voc, tmp_path):
     tables = []
     for workers in (0, 2):
-        cfg = write_config(
-            tmp_path, voc, evaluation={"num_workers": workers, "feature_cache": False, "batch_size": 2}
-        )
+        evaluation = {"num_workers": workers, "feature_cache": False, "batch_size": 2}
+        cfg = write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation=evaluation))
         out = tmp_path / f"w{workers}"
         assert (
             run_cli("segment", "--config", cfg, "--model", "tiny", "--dataset", "scenes", "--out", out) == 0

@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config
 from mmc.errors import MMCError
 from mmc.select import choose, epoch_checkpoints, kept_epochs, select
 
 
-def write_config(tmp_path: Path, **extra) -> Path:
-    raw = {
+def select_config(tmp_path: Path, **extra) -> dict:
+    """Experiment mmc (3 epochs, 1 and 2 kept) and short (1 epoch), results under ``tmp_path``;
+    ``extra``: more top-level keys."""
+    return {
         "run_name": "t",
         "results_dir": str(tmp_path / "results"),
         "tracking": {"enabled": False},
@@ -26,9 +27,6 @@ def write_config(tmp_path: Path, **extra) -> Path:
         "experiments": {"mmc": {}, "short": {"optim": {"epochs": 1}, "checkpoint": {"save_epochs": [1]}}},
         **extra,
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def fake_run(directory: Path, epochs) -> dict[int, Path]:
@@ -75,7 +73,7 @@ def test_choose_rejects_empty_and_unscored():
 
 
 def test_kept_epochs_are_save_epochs_within_the_run_plus_the_last(tmp_path):
-    cfg = config.load(write_config(tmp_path))
+    cfg = config.load(write_config(tmp_path, select_config(tmp_path)))
     assert kept_epochs(cfg.experiments["mmc"]) == [1, 2, 3]
     assert kept_epochs(cfg.experiments["short"]) == [1]
 
@@ -89,7 +87,7 @@ def test_missing_epoch_file_is_named(tmp_path):
 
 
 def test_last_policy_record(tmp_path):
-    cfg = config.load(write_config(tmp_path))
+    cfg = config.load(write_config(tmp_path, select_config(tmp_path)))
     files = fake_run(tmp_path / "run", [1, 2, 3, 4])  # epoch 4 is not kept by config: ignored
     record = select(cfg, "mmc", tmp_path / "run")
     assert record["checkpoint"] == str(files[3]) and record["epoch"] == 3
@@ -104,7 +102,7 @@ def test_init_checkpoint_skips_pretraining(tmp_path):
     from mmc.models import ViTArch
 
     init = tmp_path / "given.pth"
-    cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
+    cfg = config.load(write_config(tmp_path, select_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}})))
     arch = ViTArch.from_config(cfg.experiments["mmc"].backbone).as_dict()
     torch.save({"format": "mmc", "arch": arch, "teacher": {}}, init)
     record = select(cfg, "mmc", init)
@@ -130,7 +128,7 @@ def test_init_checkpoint_architecture_is_checked_by_select(tmp_path, content, ex
     from mmc.models import ViTArch
 
     init = tmp_path / "given.pth"
-    cfg = config.load(write_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}}))
+    cfg = config.load(write_config(tmp_path, select_config(tmp_path, experiments={"mmc": {"init_checkpoint": str(init)}})))
     if content is None:
         init.write_bytes(b"not a checkpoint")
     else:
@@ -141,13 +139,13 @@ def test_init_checkpoint_architecture_is_checked_by_select(tmp_path, content, ex
 
 
 def test_unknown_experiment(tmp_path):
-    cfg = config.load(write_config(tmp_path))
+    cfg = config.load(write_config(tmp_path, select_config(tmp_path)))
     with pytest.raises(MMCError, match="not a key of experiments"):
         select(cfg, "nope", tmp_path)
 
 
 def test_cli_writes_the_record(tmp_path):
-    cfg_path = write_config(tmp_path)
+    cfg_path = write_config(tmp_path, select_config(tmp_path))
     fake_run(tmp_path / "run", [1, 2, 3])
     out = tmp_path / "results" / "select" / "mmc.json"
     cmd = [sys.executable, "-m", "mmc", "select", "--config", str(cfg_path), "--experiment", "mmc"]
@@ -191,7 +189,7 @@ def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path, monkey
         "evaluation": {"resolution": 64, "num_workers": 0},
         "selection": {"policy": "best:miou", "dataset": "sel"},
     }
-    path = write_config(tmp_path, **sections)
+    path = write_config(tmp_path, select_config(tmp_path, **sections))
     monkeypatch.setenv("MMC_PROGRESS", "lines")
     monkeypatch.setenv("MMC_PROGRESS_INTERVAL", "0")
     record = select(config.load(path), "mmc", tmp_path / "run")
@@ -211,6 +209,6 @@ def test_best_policy_scores_the_checkpoints_as_mmc_segment_does(tmp_path, monkey
     ).hexdigest()
     # No object large enough: no score, and a clear error rather than a crash or a silent choice.
     sections["evaluation"] = {**sections["evaluation"], "min_object_patches": 1000}
-    strict = config.load(write_config(tmp_path, **sections))
+    strict = config.load(write_config(tmp_path, select_config(tmp_path, **sections)))
     with pytest.raises(MMCError, match=r"no object of the selection dataset 'sel' was evaluated"):
         select(strict, "mmc", tmp_path / "run")

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pretrain_support import REPO, env
+from pretrain_support import env
+from workflow_helpers import REPO
 
 from mmc.data import shards
 from mmc.data.image_folder import ImageFolder

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, config_with
+from workflow_helpers import BIN, REPO, config_with, write_config
 
 pytestmark = pytest.mark.slow
 RUN = "results/test"
@@ -81,7 +81,7 @@ def test_push_a_run_then_pull_and_audit_it_in_another_clone(tmp_path):
     # a trained model (without the reference of config/test.yaml) and the learning-free colour floor
     raw["models"] = {"mmc": {"source": "experiment", "experiment": "mmc"}, "colour": raw["models"]["colour"]}
     raw["dvc"]["remote"] = str(remote)  # a shared folder outside both clones
-    (first / "share.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_config(first / "share.yaml", raw)
 
     # --- clone 1: the run; its hooks render the report, write pipeline_info and version the run
     done = _run([sys.executable, "-m", "snakemake", "--configfile", "share.yaml", "--cores", "2"], first, timeout=900)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from segmentation_fixtures import handmade_features, handmade_sample, make_voc, write_config
+from segmentation_fixtures import handmade_features, handmade_sample, make_voc, segmentation_config
+from workflow_helpers import write_config
 
 from mmc import config
 from mmc.cli import main
@@ -76,7 +77,7 @@ def test_membership_threshold_moves_tokens_between_sets():
 
 def test_similarity_cli_writes_json_and_figures_and_reuses_segment_features(tmp_path):
     voc = make_voc(tmp_path / "VOC2012", n_images=2)
-    cfg = write_config(tmp_path, voc)
+    cfg = write_config(tmp_path, segmentation_config(tmp_path, voc))
     args = ["--config", str(cfg), "--model", "tiny", "--dataset", "scenes"]
     assert main(["segment", *args, "--out", str(tmp_path / "seg")]) == 0
     assert main(["similarity", *args, "--out", str(tmp_path / "sim")]) == 0
@@ -114,7 +115,7 @@ def test_similarity_cli_writes_json_and_figures_and_reuses_segment_features(tmp_
         assert png.format == "PNG" and png.size[0] > 100
     assert "<svg" in (tmp_path / "sim" / "histogram.svg").read_text()[:500]
     # Without the cache the numbers are the same.
-    nocache = write_config(tmp_path, voc, evaluation={"feature_cache": False})
+    nocache = write_config(tmp_path, segmentation_config(tmp_path, voc, evaluation={"feature_cache": False}))
     assert (
         main(
             [

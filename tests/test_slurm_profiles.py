@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc.pretrain.launch import launcher, slurm_launcher
 
@@ -33,8 +33,7 @@ def paper_config(folder: Path) -> Path:
     (folder / "imagenet").mkdir()
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["pretrain"]["data"]["path"] = str(folder / "imagenet")
-    (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return folder / "config.yaml"
+    return write_config(folder, raw)
 
 
 def render(profile: Path, configfile: Path) -> dict:

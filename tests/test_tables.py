@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from result_files import write_results
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc.errors import MMCError
 from mmc.evaluation.bootstrap import mean_interval
@@ -159,24 +158,22 @@ def test_bad_inputs_name_the_file(tmp_path):
 def test_cli(tmp_path):
     files = write_results(tmp_path, MODELS, DATASETS, SEEDS)
     random = {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 32}
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "run_name": "t",
-                "results_dir": str(tmp_path),
-                "seeds": [0, 1, 2],
-                "tracking": {"enabled": False},
-                "models": {
-                    "mmc": {"source": "random", "backbone": random, "reference": "init"},
-                    "init": {"source": "random", "backbone": random},
-                    "colour": {"source": "colour", "backbone": {"patch_size": 8}},
-                },
-                "datasets": {d: {"format": "voc", "root": str(tmp_path / d)} for d in DATASETS},
-                "evaluation": {"datasets": DATASETS},
-                "tables": {"resamples": 1000, "resample_seed": 3},
-            }
-        )
+    cfg = write_config(
+        tmp_path,
+        {
+            "run_name": "t",
+            "results_dir": str(tmp_path),
+            "seeds": [0, 1, 2],
+            "tracking": {"enabled": False},
+            "models": {
+                "mmc": {"source": "random", "backbone": random, "reference": "init"},
+                "init": {"source": "random", "backbone": random},
+                "colour": {"source": "colour", "backbone": {"patch_size": 8}},
+            },
+            "datasets": {d: {"format": "voc", "root": str(tmp_path / d)} for d in DATASETS},
+            "evaluation": {"datasets": DATASETS},
+            "tables": {"resamples": 1000, "resample_seed": 3},
+        },
     )
     cmd = [sys.executable, "-m", "mmc", "tables", "--config", str(cfg), "--summaries", *files["summaries"],
            "--objects", *files["objects"], "--similarity", *files["similarity"], "--out", str(tmp_path / "tables")]  # fmt: skip

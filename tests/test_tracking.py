@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config, mlflow_store, records, tracking, versions
 from mmc.files import sha256_file
@@ -57,12 +57,10 @@ def _mmc(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return done
 
 
-def _write_config(tmp_path: Path, **tracking_opts) -> Path:
-    path = tmp_path / "config.yaml"
-    opts = {"enabled": True, **tracking_opts}
-    path.write_text(json.dumps({"run_name": "unit", "results_dir": str(tmp_path / "results"),
-                                "data_dir": str(tmp_path / "data"), "tracking": opts}))
-    return path
+def tracking_config(tmp_path: Path, **tracking_opts) -> dict:
+    """Tracking on (``tracking_opts``: more of its options), results and data under ``tmp_path``."""
+    return {"run_name": "unit", "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"),
+            "tracking": {"enabled": True, **tracking_opts}}
 
 
 def _start(cfg_path: Path, cwd: Path) -> str:
@@ -104,7 +102,7 @@ REQUIRED_TAGS = ("mmc.git_commit", "mmc.git_dirty", "mmc.version", "mmc.stage", 
 def test_record_carries_provenance_tags(tmp_path, monkeypatch):
     import torch  # the record reports torch/device only when the job imported torch
 
-    cfg_path = _write_config(tmp_path)
+    cfg_path = write_config(tmp_path, tracking_config(tmp_path))
     (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv(records.INVOCATION_ENV, "inv-from-env")
@@ -133,7 +131,7 @@ def test_record_carries_provenance_tags(tmp_path, monkeypatch):
 def test_record_says_whether_the_job_ran_deterministically(tmp_path, monkeypatch):
     import torch
 
-    cfg = config.load(_write_config(tmp_path))
+    cfg = config.load(write_config(tmp_path, tracking_config(tmp_path)))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     was = torch.are_deterministic_algorithms_enabled()
@@ -154,7 +152,7 @@ def test_record_says_whether_the_job_ran_deterministically(tmp_path, monkeypatch
 
 
 def test_failed_job_is_recorded_as_failed(tmp_path):
-    cfg = config.load(_write_config(tmp_path))
+    cfg = config.load(write_config(tmp_path, tracking_config(tmp_path)))
     with pytest.raises(RuntimeError), tracking.job("pretrain", cfg, name="pretrain-mmc") as rec:
         rec.log_metrics({"loss": float("nan"), "lr": 0.1}, step=7)
         raise RuntimeError("loss is not finite")
@@ -165,7 +163,7 @@ def test_failed_job_is_recorded_as_failed(tmp_path):
 
 
 def test_disabled_tracking_writes_nothing(tmp_path):
-    cfg = config.load(_write_config(tmp_path, enabled=False))
+    cfg = config.load(write_config(tmp_path, tracking_config(tmp_path, enabled=False)))
     with tracking.job("tables", cfg, wildcards={"table": "main"}) as rec:
         rec.log_metrics({"rows": 2})
     assert not (tmp_path / "results").exists()
@@ -173,7 +171,7 @@ def test_disabled_tracking_writes_nothing(tmp_path):
 
 
 def test_parallel_jobs_load_as_one_parent_and_one_child_each(tmp_path):
-    cfg_path = _write_config(tmp_path)
+    cfg_path = write_config(tmp_path, tracking_config(tmp_path))
     (tmp_path / "data.dvc").write_text("outs:\n- md5: aaaabbbbccccddddeeeeffff00001111.dir\n  path: data\n")
     invocation = _start(cfg_path, tmp_path)
     jobs = range(8)
@@ -212,10 +210,8 @@ def test_store_holds_mlflows_own_fields(tmp_path):
 
     import mlflow
 
-    cfg_path = _write_config(tmp_path)
-    raw = json.loads(cfg_path.read_text())
-    raw["datasets"] = {"toy": {"format": "synthetic", "root": "data/toy", "split": "val"}}
-    cfg_path.write_text(json.dumps(raw))
+    raw = {**tracking_config(tmp_path), "datasets": {"toy": {"format": "synthetic", "root": "data/toy", "split": "val"}}}
+    cfg_path = write_config(tmp_path, raw)
     md5 = "aaaabbbbccccddddeeeeffff00001111.dir"
     (tmp_path / "data.dvc").write_text(f"outs:\n- md5: {md5}\n  path: data\n")
     first = _start(cfg_path, tmp_path)
@@ -260,7 +256,7 @@ def test_store_holds_mlflows_own_fields(tmp_path):
 
 
 def test_half_loaded_run_is_replaced_not_duplicated(tmp_path):
-    cfg_path = _write_config(tmp_path)
+    cfg_path = write_config(tmp_path, tracking_config(tmp_path))
     cfg = config.load(cfg_path)
     invocation = mlflow_store.start_invocation(cfg)["invocation_id"]
     with tracking.job("tables", cfg) as rec:
@@ -321,7 +317,7 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_jobs_log_directly_to_a_tracking_server(tmp_path, mlflow_server):
-    cfg_path = _write_config(tmp_path, uri=mlflow_server)
+    cfg_path = write_config(tmp_path, tracking_config(tmp_path, uri=mlflow_server))
     invocation = _start(cfg_path, tmp_path)
     stored = json.loads((tmp_path / "results" / "tracking" / "invocation.json").read_text())
     assert stored["invocation_id"] == invocation and stored["parent_run_id"]
@@ -400,7 +396,7 @@ with tracking.job("work", cfg, wildcards={"i": index}) as rec:
 def test_snakemake_run_resumed_after_a_failure_adds_children_only_for_rerun_jobs(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "work.py").write_text(WORK_SCRIPT)
-    cfg_path = _write_config(tmp_path)
+    cfg_path = write_config(tmp_path, tracking_config(tmp_path))
     env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     command = [sys.executable, "-m", "snakemake", "-c2", "--keep-going", "--snakefile", "Snakefile"]
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

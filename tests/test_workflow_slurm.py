@@ -212,7 +212,7 @@ def test_two_node_torchrun_c10d_launch_as_the_multinode_profile_renders_it(tmp_p
     on a step, rank 0 writes a resume checkpoint, every rank exits 75. Then the same launch again:
     it resumes and both ranks end with identical weights.
     """
-    from tests.pretrain_support import write_config as write_pretrain_config
+    from pretrain_support import pretrain_config
 
     images = make_image_folder(tmp_path / "syn", 64)  # 8 steps per epoch, 16 steps
     # drop-path differs per rank by design and batch norm sees each rank's half: both off
@@ -220,7 +220,7 @@ def test_two_node_torchrun_c10d_launch_as_the_multinode_profile_renders_it(tmp_p
         "optim": {"epochs": 2, "batch_size": 8}, "backbone": {"drop_path": 0.0}, "contrast": {"head_norm": "layer"},
         "checkpoint": {"every_steps": 2, "keep_last": 8},
     }  # fmt: skip
-    config = write_pretrain_config(tmp_path, images, ddp_safe)
+    config = write_config(tmp_path, pretrain_config(tmp_path, images, ddp_safe))
     state = tmp_path / "state" / "pretrain" / "mmc"
     args = ["pretrain", "--config", str(config), "--experiment", "mmc", "--out", str(tmp_path / "out")]
     env = {**snakemake_env(), "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,5 @@
-"""Running the real Snakemake workflow from tests: always under `timeout -k`, in a scratch directory."""
+"""Running the real Snakemake workflow from tests (always under `timeout -k`, in a scratch directory),
+and the one way tests write config files (:func:`write_config`)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,15 @@ def snakemake(
     return done
 
 
-def write_config(path: Path, raw: dict) -> Path:
+def write_config(path_or_dir: Path, raw: dict) -> Path:
+    """The one way tests write a config file: ``raw`` as YAML at ``path_or_dir`` (a ``.yaml`` file,
+    or a folder: its ``config.yaml``), parent folders made; returns the file. Builders of ``raw``:
+    :func:`config_with`, :func:`tiny_config`, ``pretrain_support.pretrain_config``,
+    ``segmentation_fixtures.segmentation_config``."""
+    path = Path(path_or_dir)
+    if path.suffix not in (".yaml", ".yml"):
+        path = path / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
