@@ -53,7 +53,7 @@ study: $(STAMP)
 # the sweep that chose the study's [CLS]-distillation settings and loss weights (docs/study.md#sweep):
 # short runs of each variant, scored on the selection split; writes results/study_sweep/sweep.md
 study-sweep: $(STAMP)
-	$(RUN) $(BIN)/python benchmarks/study_sweep.py
+	$(RUN) $(BIN)/python benchmarks/study.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .

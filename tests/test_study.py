@@ -19,13 +19,13 @@ import subprocess
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from workflow_helpers import REPO, write_config
 
 from mmc import config as mmc_config
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("study_sweep", REPO / "benchmarks" / "study_sweep.py")
+    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,8 +34,7 @@ def _sweep_module():
 def test_the_sweep_scores_variants_on_the_selection_split_only(tmp_path):
     sweep = _sweep_module()
     study = yaml.safe_load((REPO / "config" / "study.yaml").read_text())
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep.sweep_config(study, 3, tmp_path / "results" / "sweep")))
+    path = write_config(tmp_path / "sweep.yaml", sweep.sweep_config(study, 3, tmp_path / "results" / "sweep"))
     cfg = mmc_config.load(path)
     assert list(cfg.evaluation.datasets) == [study["selection"]["dataset"]]
     assert study["selection"]["dataset"] not in study["evaluation"]["datasets"]
@@ -98,8 +97,7 @@ def _mmc(*args) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_mim_only_beats_its_initial_weights(tmp_path, seed):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(_study_config(tmp_path, seed)))
+    config = write_config(tmp_path, _study_config(tmp_path, seed))
     _mmc("data", "synthetic", "--config", config, "--out", tmp_path / "data" / "synthetic")
     trained = tmp_path / "pretrain"
     _mmc("pretrain", "--config", config, "--experiment", "mim_only", "--seed", seed, "--out", trained)

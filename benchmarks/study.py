@@ -1,6 +1,10 @@
-"""The study's sweep (docs/study.md#sweep): which small-scale settings let the [CLS] term learn?
+"""The CPU study's tools (docs/study.md): its sweep, and two tables of a finished run.
 
-    python benchmarks/study_sweep.py [--base config/study.yaml] [--epochs 6] [--cores 2]
+    python benchmarks/study.py [--base config/study.yaml] [--epochs 6] [--cores 2]   # the sweep
+    python benchmarks/study.py --diagnostics config/study.yaml   # [CLS]/patch losses, entropies
+    python benchmarks/study.py --paired config/study.yaml        # mmc vs each other model, paired
+
+The sweep (docs/study.md#sweep): which small-scale settings let the [CLS] term learn?
 
 One-at-a-time variations of the mmc experiment of ``--base`` over the settings that decide whether
 the [CLS] self-distillation learns at this scale (prototypes K, teacher temperature and its
@@ -176,6 +180,35 @@ def diagnostics_table(config_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(config_path: Path, model: str = "mmc") -> str:
+    """``model`` against every other model of a finished run, on each evaluation dataset: the
+    difference in mIoU (best τ) over the same objects with its paired bootstrap interval, seed by
+    seed (experiments sharing a seed share their initial weights), exactly as ``mmc tables``
+    computes a reference's Δ; the run's own tables compare each model with one reference only."""
+    sys.path.insert(0, str(REPO))
+    from mmc import config as mmc_config
+    from mmc.tables import BootstrapSettings, read_runs, segmentation_rows
+
+    cfg = mmc_config.load(config_path)
+    summaries = sorted(Path(cfg.results_dir, "segment").glob("**/summary.json"))
+    runs = read_runs(summaries, [p.with_name("objects.parquet") for p in summaries])
+    settings = BootstrapSettings(cfg.tables.resamples, cfg.tables.resample_seed, cfg.tables.confidence)
+    lines = [
+        f"| dataset | {model} minus | Δ mIoU (best τ) [95 % interval] | ± across seeds | objects |",
+        "|:---|:---|---:|---:|---:|",
+    ]
+    for dataset in cfg.evaluation.datasets:
+        for other in cfg.models:
+            if other == model:
+                continue
+            rows = segmentation_rows(runs, {model: other}, settings, [model], [dataset])
+            row = rows[rows["seed"].astype(str) == "all"].iloc[0]
+            sd = row["delta_best_miou_seed_sd"]
+            spread = "-" if sd != sd else f"{100 * sd:.1f}"  # NaN: one pair
+            lines.append(f"| {dataset} | {other} | {_interval(row, 'delta_best_miou', True)} | {spread} | {row['n_paired']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _over_ln_k(per_seed: list[dict[str, float]], key: str, ln_k: float) -> str:
     """A diagnostic / ln K: the mean over seeds, and (min-max) when there are several."""
     values = [d[key] / ln_k for d in per_seed if key in d]
@@ -201,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         "--diagnostics", metavar="CONFIG",
         help="print the training diagnostics of the finished run of CONFIG (e.g. config/study.yaml) and stop",
     )  # fmt: skip
+    parser.add_argument("--paired", metavar="CONFIG", help="print mmc against every other model of the finished run of CONFIG and stop")
     args = parser.parse_args(argv)
     os.chdir(REPO)
     if args.diagnostics:
         print(diagnostics_table(Path(args.diagnostics)), end="")
+        return 0
+    if args.paired:
+        print(paired_table(Path(args.paired)), end="")
         return 0
     out = Path(args.out)
     config_path = out / "sweep.yaml"
@@ -213,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         tmp = config_path.with_suffix(".yaml.tmp")
         tmp.write_text(
-            f"# written by benchmarks/study_sweep.py from {args.base} (--epochs {args.epochs}); do not edit\n"
+            f"# written by benchmarks/study.py from {args.base} (--epochs {args.epochs}); do not edit\n"
             + yaml.safe_dump(sweep_config(base, args.epochs, out), sort_keys=False)
         )
         os.replace(tmp, config_path)
