@@ -262,35 +262,54 @@ def test_resume_after_sigkill_of_training(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the report in a browser
-def click_text(browser, text: str) -> None:
-    """A real click on the innermost visible element whose text is ``text``."""
+def _click(browser, locate: str, arg: str, until: str | None, attempts: int = 3) -> None:
+    """A real click at the centre of the element ``locate`` finds (scrolled into view first); with
+    ``until``, clicked again (re-located) while ``until`` is not true 10 s after a click: a click
+    while the report's app is still laying the page out lands where the element was, not where it is."""
+    from browser import WebDriverError
+
+    for attempt in range(attempts):
+        rect = browser.run(
+            locate + " e.scrollIntoView({block: 'center'});"
+            "const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
+            arg,
+        )
+        browser.click(*rect)
+        if until is None:
+            return
+        try:
+            browser.wait_for(until, timeout=10.0)
+            return
+        except WebDriverError:
+            if attempt == attempts - 1:
+                raise
+
+
+def click_text(browser, text: str, until: str | None = None) -> None:
+    """A real click on the innermost visible element whose text is ``text`` (see :func:`_click`)."""
     browser.wait_for(
         "return Array.from(document.querySelectorAll('body *')).some(e => e.textContent.trim() === arguments[0]"
         " && e.getClientRects().length)",
         text,
     )
-    rect = browser.run(
+    locate = (
         "const all = Array.from(document.querySelectorAll('body *')).filter(e =>"
         " e.textContent.trim() === arguments[0] && e.getClientRects().length);"
-        "const e = all[all.length - 1]; e.scrollIntoView({block: 'center'});"
-        "const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
-        text,
+        "const e = all[all.length - 1];"
     )
-    browser.click(*rect)
+    _click(browser, locate, text, until)
 
 
-def click_view(browser, label: str) -> None:
-    """A real click on the "view" (eye) button of the report's result labelled ``label``."""
+def click_view(browser, label: str, until: str | None = None) -> None:
+    """A real click on the "view" (eye) button of the report's result labelled ``label`` (see :func:`_click`)."""
     browser.wait_for(
         "return Array.from(document.querySelectorAll('td')).some(e => e.textContent.trim() === arguments[0])", label
     )
-    rect = browser.run(
+    locate = (
         "const td = Array.from(document.querySelectorAll('td')).find(e => e.textContent.trim() === arguments[0]);"
-        "const a = td.closest('tr').querySelector('a'); a.scrollIntoView({block: 'center'});"
-        "const r = a.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2];",
-        label,
+        "const e = td.closest('tr').querySelector('a');"
     )
-    browser.click(*rect)
+    _click(browser, locate, label, until)
 
 
 def test_the_report_shows_numbers_figures_and_the_explorer(reference, tmp_path):
@@ -309,8 +328,8 @@ def test_the_report_shows_numbers_figures_and_the_explorer(reference, tmp_path):
         browser.wait_for("return typeof app !== 'undefined' && app !== undefined")
         shots = [browser.screenshot(tmp_path / "report_landing.png")]
         click_text(browser, "synthetic_val")  # the dataset's category in the menu
-        click_view(browser, "tables: segmentation and similarity")
-        browser.wait_for("return document.querySelectorAll('iframe').length === 1")
+        one_frame = "return document.querySelectorAll('iframe').length === 1"
+        click_view(browser, "tables: segmentation and similarity", until=one_frame)
         browser.switch_to_frame(0)
         cells = browser.wait_for(
             "return document.querySelectorAll('td').length && Array.from(document.querySelectorAll('td'),"
