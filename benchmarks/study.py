@@ -39,6 +39,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mmc.config import deep_merge  # noqa: E402  (light: no torch)
 
 # The sweep's starting point, written out so that the sweep does not change when config/study.yaml
 # takes its conclusion: the demo's (DINO's) [CLS]-distillation settings, scaled to short runs.
@@ -81,7 +84,7 @@ def sweep_config(base: dict, epochs: int, out: Path) -> dict:
     """The sweep's workflow config: the base config (the study's) with the variants of SWEEP_BASE
     as experiments, one seed, short runs, evaluated on the base's selection split only."""
     config = copy.deepcopy(base)
-    mmc = _merge(config.get("experiments", {}).get("mmc", {}), SWEEP_BASE)
+    mmc = deep_merge(config.get("experiments", {}).get("mmc", {}), SWEEP_BASE)
     select = config["selection"]["dataset"]
     seed = (config.get("seeds") or [config.get("seed", 0)])[0]
     config.update(
@@ -89,7 +92,7 @@ def sweep_config(base: dict, epochs: int, out: Path) -> dict:
         results_dir=str(out),
         state_dir=f"state/{out.name}",
         seeds=[seed],
-        experiments={name: _merge(mmc, override) for name, (_, override) in VARIANTS.items()},
+        experiments={name: deep_merge(mmc, override) for name, (_, override) in VARIANTS.items()},
         selection={"policy": "last", "dataset": None},
     )
     pretrain = config["pretrain"]
@@ -102,18 +105,10 @@ def sweep_config(base: dict, epochs: int, out: Path) -> dict:
     return config
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
-def last_epoch_means(metrics: Path, steps_per_epoch: int) -> dict[str, float]:
-    """Mean of each diagnostic over the logged steps of the run's last epoch."""
+def last_epoch_means(metrics: Path) -> dict[str, float]:
+    """Mean of each diagnostic over the logged steps of the run's last epoch (each row names its epoch)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    last = rows[-1]["step"]
-    tail = [r for r in rows if r["step"] > last - steps_per_epoch]
+    tail = [r for r in rows if r["epoch"] == rows[-1]["epoch"]]
     keys = ("distill_cls", "distill_patch", "teacher_entropy_cls", "teacher_entropy_patch", "mim", "contrast")
     return {k: sum(r[k] for r in tail) / len(tail) for k in keys if all(k in r for r in tail)}
 
@@ -125,7 +120,6 @@ def _interval(row: dict, key: str, signed: bool = False) -> str:
 
 
 def sweep_table(out: Path, config_path: Path) -> str:
-    sys.path.insert(0, str(REPO))
     from mmc import config as mmc_config
 
     cfg = mmc_config.load(config_path)
@@ -144,8 +138,7 @@ def sweep_table(out: Path, config_path: Path) -> str:
     lines.append(f"| init | the initial weights | {_interval(init, 'best_miou')} | - | - | - | - |")
     for name, (change, _) in VARIANTS.items():
         exp = cfg.experiments[name]
-        steps_per_epoch = _steps_per_epoch(cfg, exp)
-        diag = last_epoch_means(out / "pretrain" / name / f"seed{seed}" / "train_metrics.jsonl", steps_per_epoch)
+        diag = last_epoch_means(out / "pretrain" / name / f"seed{seed}" / "train_metrics.jsonl")
         ln_k = math.log(exp.distill.out_dim)
         ratios = " | ".join(_over_ln_k([diag], key, ln_k) for key in DIAGNOSTICS)
         row = rows[name]
@@ -158,7 +151,6 @@ def sweep_table(out: Path, config_path: Path) -> str:
 def diagnostics_table(config_path: Path) -> str:
     """Per experiment of a finished run (e.g. the study): the last epoch's [CLS] and patch losses
     and the teacher's [CLS] entropy, each / ln K, as the mean over the run's seeds (min-max)."""
-    sys.path.insert(0, str(REPO))
     from mmc import config as mmc_config
 
     cfg = mmc_config.load(config_path)
@@ -168,8 +160,7 @@ def diagnostics_table(config_path: Path) -> str:
     ]
     for name, exp in cfg.experiments.items():
         per_seed = [
-            last_epoch_means(Path(cfg.results_dir) / "pretrain" / name / f"seed{s}" / "train_metrics.jsonl",
-                             _steps_per_epoch(cfg, exp))
+            last_epoch_means(Path(cfg.results_dir) / "pretrain" / name / f"seed{s}" / "train_metrics.jsonl")
             for s in cfg.seeds
         ]
         if exp.loss.w_distill == 0:  # the term is not trained: its value says nothing
@@ -185,7 +176,6 @@ def paired_table(config_path: Path, model: str = "mmc") -> str:
     difference in mIoU (best τ) over the same objects with its paired bootstrap interval, seed by
     seed (experiments sharing a seed share their initial weights), exactly as ``mmc tables``
     computes a reference's Δ; the run's own tables compare each model with one reference only."""
-    sys.path.insert(0, str(REPO))
     from mmc import config as mmc_config
     from mmc.tables import BootstrapSettings, read_runs, segmentation_rows
 
@@ -216,11 +206,6 @@ def _over_ln_k(per_seed: list[dict[str, float]], key: str, ln_k: float) -> str:
         return "-"
     mean = sum(values) / len(values)
     return f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else f"{mean:.3f}"
-
-
-def _steps_per_epoch(cfg, exp) -> int:
-    images = sum(1 for p in Path(exp.data.path).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    return max(1, images // exp.optim.batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

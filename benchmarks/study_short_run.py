@@ -10,7 +10,6 @@ as paired reference; prints each checkpoint's Δ mIoU (best τ) with its 95 % bo
 
 from __future__ import annotations
 
-import csv
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import test_study  # noqa: E402  (the slow test's own config and command runner)
+import test_study  # noqa: E402  (the slow test's own config and evaluation)
 from workflow_helpers import write_config  # noqa: E402
 
 EPOCHS = (1, 2, 4)
@@ -36,19 +35,10 @@ def measure(seed: int, tmp: Path) -> None:
     test_study._mmc("data", "synthetic", "--config", config, "--out", tmp / "data" / "synthetic")
     test_study._mmc("pretrain", "--config", config, "--experiment", "mim_only", "--seed", seed, "--out", tmp / "pretrain")
     trained = time.perf_counter()
-    files: dict[str, list[Path]] = {"--summaries": [], "--objects": [], "--similarity": []}
-    checkpoints = {f"e{e}": f"epoch_{e:04d}.pth" for e in EPOCHS} | {"init": "epoch_0000.pth"}
-    for model, checkpoint in checkpoints.items():
-        args = ["--config", config, "--model", model, "--dataset", "synthetic_val", "--seed", seed,
-                "--checkpoint", tmp / "pretrain" / checkpoint]  # fmt: skip
-        test_study._mmc("segment", *args, "--out", tmp / "segment" / model)
-        test_study._mmc("similarity", *args, "--out", tmp / "similarity" / model)
-        files["--summaries"].append(tmp / "segment" / model / "summary.json")
-        files["--objects"].append(tmp / "segment" / model / "objects.parquet")
-        files["--similarity"].append(tmp / "similarity" / model / "similarity.json")
-    test_study._mmc("tables", "--config", config, *[x for k, v in files.items() for x in (k, *v)], "--out", tmp / "tables")
+    checkpoints = {f"e{e}": tmp / "pretrain" / f"epoch_{e:04d}.pth" for e in EPOCHS}
+    rows = test_study.evaluate_paired(tmp, config, seed, checkpoints | {"init": tmp / "pretrain" / "epoch_0000.pth"})
     done = time.perf_counter()
-    for row in csv.DictReader((tmp / "tables" / "segmentation.csv").open()):
+    for row in rows.values():
         if row["seed"] == "all" and row["reference"]:
             delta, lo, hi = (100 * float(row[k]) for k in ("delta_best_miou", "delta_best_miou_lo", "delta_best_miou_hi"))
             print(f"seed {seed}, {row['model'][1:]} epoch(s): Δ mIoU {delta:+.1f} [{lo:+.1f}, {hi:+.1f}]", flush=True)

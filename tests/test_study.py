@@ -51,11 +51,12 @@ def test_the_sweep_scores_variants_on_the_selection_split_only(tmp_path):
 
 
 def test_last_epoch_means(tmp_path):
-    rows = [{"step": s, "distill_cls": float(s), "mim": 1.0} for s in range(0, 10, 2)]
+    rows = [{"step": s, "epoch": s // 4, "distill_cls": float(s), "mim": 1.0} for s in range(0, 12, 2)]
     metrics = tmp_path / "train_metrics.jsonl"
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    # last step 8, epochs of 5 steps: the logged steps 4, 6, 8
-    assert _sweep_module().last_epoch_means(metrics, 5) == {"distill_cls": 6.0, "mim": 1.0}
+    # epochs of 4 steps, steps 0-10 logged every 2: the last epoch (2) logged steps 8 and 10
+    assert _sweep_module().last_epoch_means(metrics) == {"distill_cls": 9.0, "mim": 1.0}
+
 
 # The demo's scenes and model (config/test.yaml); 32 steps of batch 32 (4 epochs of 256 images).
 EPOCHS = 4
@@ -94,6 +95,23 @@ def _mmc(*args) -> None:
     assert done.returncode == 0, f"mmc {' '.join(map(str, args))} failed:\n{done.stdout}\n{done.stderr}"
 
 
+def evaluate_paired(tmp, config, seed: int, checkpoints: dict) -> dict:
+    """`mmc segment` and `mmc similarity` of each model's checkpoint (``checkpoints``: model -> file),
+    then `mmc tables`: the segmentation.csv rows by (model, seed)."""
+    files: dict[str, list] = {"--summaries": [], "--objects": [], "--similarity": []}
+    for model, checkpoint in checkpoints.items():
+        segment, similarity = tmp / "segment" / model, tmp / "similarity" / model
+        common = ["--config", config, "--model", model, "--dataset", "synthetic_val", "--checkpoint", checkpoint]
+        _mmc("segment", *common, "--seed", seed, "--out", segment)
+        _mmc("similarity", *common, "--seed", seed, "--out", similarity)
+        files["--summaries"].append(segment / "summary.json")
+        files["--objects"].append(segment / "objects.parquet")
+        files["--similarity"].append(similarity / "similarity.json")
+    tables = tmp / "tables"
+    _mmc("tables", "--config", config, *[x for flag, paths in files.items() for x in (flag, *paths)], "--out", tables)
+    return {(r["model"], r["seed"]): r for r in csv.DictReader((tables / "segmentation.csv").open())}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_mim_only_beats_its_initial_weights(tmp_path, seed):
@@ -102,20 +120,8 @@ def test_mim_only_beats_its_initial_weights(tmp_path, seed):
     trained = tmp_path / "pretrain"
     _mmc("pretrain", "--config", config, "--experiment", "mim_only", "--seed", seed, "--out", trained)
     checkpoints = {"mim_only": trained / f"epoch_{EPOCHS:04d}.pth", "init": trained / "epoch_0000.pth"}
-    summaries, objects, similarity = [], [], []
-    for model, checkpoint in checkpoints.items():
-        segment = tmp_path / "segment" / model
-        common = ["--config", config, "--model", model, "--dataset", "synthetic_val", "--checkpoint", checkpoint]
-        _mmc("segment", *common, "--seed", seed, "--out", segment)
-        _mmc("similarity", *common, "--seed", seed, "--out", tmp_path / "similarity" / model)
-        summaries.append(segment / "summary.json")
-        objects.append(segment / "objects.parquet")
-        similarity.append(tmp_path / "similarity" / model / "similarity.json")
-    tables = tmp_path / "tables"
-    _mmc("tables", "--config", config, "--summaries", *summaries, "--objects", *objects,
-         "--similarity", *similarity, "--out", tables)  # fmt: skip
+    rows = evaluate_paired(tmp_path, config, seed, checkpoints)
 
-    rows = {(r["model"], r["seed"]): r for r in csv.DictReader((tables / "segmentation.csv").open())}
     row = rows[("mim_only", "all")]
     assert row["reference"] == "init" and int(row["n_paired"]) > 100, row
     delta, lo, hi = (float(row[k]) for k in ("delta_best_miou", "delta_best_miou_lo", "delta_best_miou_hi"))
