@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mmc.errors import MMCError
-from mmc.files import atomic_path
+from mmc.files import atomic_path, md5_file  # md5_file: the md5 DVC 3 records for a file
 
 REMOTE_NAME = "storage"
 LOCK_NAME = "mmc-dvc.lock"
@@ -373,17 +373,6 @@ def tracked_files(
             if not _ignored(f"{prefix}{rel_folder}{name}", False, patterns):
                 found[rel_folder + name] = Path(folder, name)
     return found
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    """The md5 DVC 3 records for a file: of its bytes as they are."""
-    import hashlib
-
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def listing_md5(files: Mapping[str, str]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mmc.data import shards
 from mmc.errors import MMCError
+from mmc.files import md5_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +89,6 @@ def _check_size(path: Path, archive: Archive) -> None:
         raise MMCError(f"{path}: {size} bytes, the official archive has {archive.size} (incomplete or another file)")
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class Devkit:
     classes: list[str]  # the 1000 WordNet ids, sorted
@@ -106,7 +99,7 @@ def read_devkit(path: Path, archive: Archive) -> Devkit:
     """Verify the devkit's md5 and read the class list and the validation ground truth from it."""
     import scipy.io
 
-    digest = _md5_file(path)
+    digest = md5_file(path)
     if digest != archive.md5:
         raise ChecksumError(f"{path}: md5 {digest} differs from the expected {archive.md5}")
     wanted = {GROUND_TRUTH: None, META: None}
