@@ -143,8 +143,8 @@ def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = No
         if pin and isinstance(pin.get("sha256"), str):
             found.append(Reference("sha256", pin["sha256"], f"the pin of {spec.url} in {pins_path(cfg)}"))
     dvc_file = path.with_name(path.name + ".dvc")
-    md5 = dvc_md5(dvc_file) if dvc_file.is_file() else None
     if dvc_file.is_file():
+        md5 = dvc_md5(dvc_file)
         if md5 is None:
             raise MMCError(f"{dvc_file}: a DVC file without an md5 beside the checkpoint {path}")
         found.append(Reference("md5", md5, f"the DVC file {dvc_file}"))
@@ -153,16 +153,12 @@ def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = No
 
 def check_references(path: Path, sha256: str | None, references: list[Reference]) -> None:
     """Refuse the weights file if it does not hash to every reference, naming both hashes."""
-    import hashlib
+    from mmc.files import md5_file
 
     md5 = None
     for ref in references:
         if ref.algorithm == "md5" and md5 is None:
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            md5 = digest.hexdigest()
+            md5 = md5_file(path)
         got = sha256 if ref.algorithm == "sha256" else md5
         if got != ref.digest:
             raise MMCError(
