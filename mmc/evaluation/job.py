@@ -100,10 +100,10 @@ def configured_model(
     return EvaluatedModel(loaded, run_name(name, seed), seed)
 
 
-def selection_path(cfg: Any, experiment: str, seed: int) -> Path:
+def selection_file(results_dir: str, experiment: str, seed: int | str) -> str:
     """Where the workflow keeps the selection record (``mmc select --out``) of ``experiment`` trained
-    with ``seed``: the ``selection_file`` of workflow/rules/common.smk."""
-    return Path(cfg.results_dir) / "select" / experiment / f"seed{seed}.json"
+    with ``seed`` (workflow/rules/common.smk declares this path; ``seed`` may be a wildcard there)."""
+    return f"{results_dir}/select/{experiment}/seed{seed}.json"
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def checkpoint_references(cfg: Any, name: str, path: Path, seed: int | None = No
     found = []
     # the selection record names the selected checkpoint; `checkpoint: initial` is epoch_0000.pth
     if spec.source == "experiment" and spec.checkpoint == "selected" and seed is not None:
-        record = selection_path(cfg, spec.experiment, seed)
+        record = Path(selection_file(cfg.results_dir, spec.experiment, seed))
         if record.is_file():
             try:
                 sha = json.loads(record.read_text()).get("sha256")

@@ -18,6 +18,7 @@ from snakemake.utils import validate
 from mmc import config as mmc_config
 from mmc import dvc as mmc_dvc
 from mmc.errors import MMCError
+from mmc.evaluation.job import selection_file as mmc_selection_file
 from mmc.pretrain.launch import slurm_launcher
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
@@ -189,7 +190,7 @@ def select_inputs(wildcards):
 
 
 def selection_file(experiment, seed):
-    return f"{RESULTS}/select/{experiment}/seed{seed}.json"
+    return mmc_selection_file(RESULTS, experiment, seed)
 
 
 def published_checkpoint(experiment, seed):
