@@ -215,20 +215,16 @@ class _DataChecker:
 
 
 def _load_snapshot(path: str):
-    """A config snapshot (the resolved config, written with every unset key as null) as a config."""
+    """A config snapshot (the resolved config, written with every unset key as null) as a config, or None."""
     import yaml
 
     from mmc import config
 
-    def without_nulls(value):
-        if isinstance(value, dict):
-            return {k: without_nulls(v) for k, v in value.items() if v is not None}
-        return [without_nulls(v) for v in value] if isinstance(value, list) else value
-
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
-        return config.freeze(config.resolve(without_nulls(raw), where=path))
+        # the nulls that stand for absent keys go, as for `mmc reproduce`; nulls the schema allows stay
+        return config.freeze(config.resolve(config.without_absent(raw), where=path))
     except (MMCError, OSError, yaml.YAMLError, TypeError, ValueError):
         return None
 
