@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from workflow_helpers import REPO
 
-MMC = [sys.executable, "-m", "mmc"]
 # Quiet tests: no progress bars or lines (mmc.progress) from the commands they run; the tests of
 # progress itself set their own mode.
 os.environ.setdefault("MMC_PROGRESS", "off")

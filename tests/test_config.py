@@ -9,8 +9,7 @@ import textwrap
 import pytest
 import yaml
 from config_mutations import MUTATIONS, merged, mutation_params
-from conftest import MMC
-from workflow_helpers import REPO, write_config
+from workflow_helpers import MMC, REPO, write_config
 
 from mmc import config
 from mmc.errors import ConfigError

@@ -7,8 +7,7 @@ import time
 import tomllib
 
 import yaml
-from conftest import MMC
-from workflow_helpers import REPO
+from workflow_helpers import MMC, REPO
 
 from mmc import __version__
 from mmc.cli import COMMANDS

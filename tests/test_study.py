@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 import yaml
-from workflow_helpers import REPO, write_config
+from workflow_helpers import MMC, REPO, write_config
 
 from mmc import config as mmc_config
 
@@ -91,7 +91,7 @@ def _study_config(tmp, seed: int) -> dict:
 
 
 def _mmc(*args) -> None:
-    done = subprocess.run(["mmc", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([*MMC, *map(str, args)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, f"mmc {' '.join(map(str, args))} failed:\n{done.stdout}\n{done.stderr}"
 
 

@@ -14,6 +14,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 BIN = Path(sys.executable).parent
+# The command line as the tests run it: this interpreter's mmc, whether or not its environment is
+# activated (CI runs `make test` without activating it, so a bare "mmc" is not on PATH).
+MMC = [sys.executable, "-m", "mmc"]
 
 
 def snakemake_env(code: Path = REPO) -> dict[str, str]:
