@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MMC
-from workflow_helpers import REPO
+from workflow_helpers import MMC, REPO
 
 from mmc import config
 from mmc.config import deep_merge

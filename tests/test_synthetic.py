@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MMC
 from PIL import Image
 from scipy import ndimage
+from workflow_helpers import MMC
 
 from mmc.data import synthetic
 
