@@ -89,3 +89,23 @@ def test_resume_ignores_execution_keys_but_not_semantic_ones():
     old = {"optim": {"epochs": 4, "base_lr": 1e-3}, "data": {"num_workers": 4, "path": "a"}, "checkpoint": {"every_steps": 10}}
     new = {"optim": {"epochs": 4, "base_lr": 2e-3}, "data": {"num_workers": 0, "path": "a"}, "checkpoint": {"every_steps": 5}}
     assert _semantic_changes(old, new) == ["optim.base_lr"]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16), (2, 1, 4), (3, 5)])
+def test_masked_positions_gather_what_boolean_indexing_selects(shape):
+    gen = torch.Generator().manual_seed(len(shape))
+    masks = torch.rand(shape, generator=gen) < 0.4
+    masks.reshape(-1)[:2] = torch.tensor([True, False])  # at least one masked token, one not
+    features = torch.randn(*shape, 7, generator=gen, requires_grad=True)
+    positions = masking.masked_positions(masks)
+    # the flat row-major index of each True entry, counted by hand
+    expected = [i for i, flag in enumerate(masks.reshape(-1).tolist()) if flag]
+    assert positions.tolist() == expected
+    gathered = masking.take_masked(features, positions, masks.ndim)
+    assert torch.equal(gathered, features[masks])
+    weights = torch.randn(gathered.shape, generator=gen)
+    (grad,) = torch.autograd.grad((gathered * weights).sum(), features)
+    (reference,) = torch.autograd.grad((features[masks] * weights).sum(), features)
+    assert torch.equal(grad, reference)
+    nothing = masking.masked_positions(torch.zeros(shape, dtype=torch.bool))
+    assert masking.take_masked(features, nothing, masks.ndim).shape == (0, 7)

@@ -91,6 +91,23 @@ def test_accumulated_micro_batches_give_the_update_of_one_big_batch(tmp_path, mi
         torch.testing.assert_close(split.centers[key], whole.centers[key], rtol=1e-5, atol=1e-7)
 
 
+def test_a_step_gathers_masked_tokens_without_boolean_indexing(tmp_path):
+    """Boolean indexing reads its count back from a GPU (a device synchronisation per use): the step
+    computes the masked positions once per micro-batch from the host masks and gathers with them,
+    so its only nonzero calls are those, on the host (the other ops run the same way on every device)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(tmp_path, {"optim": {"micro_batch_size": 4}})
+    run_steps(trainer, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.step = 1
+        trainer._train_step(trainer.student, batch(1), 0)
+    nonzero = [e for e in prof.events() if e.name == "aten::nonzero"]
+    assert len(nonzero) == trainer.accumulation == 2
+    for event in nonzero:  # each called from masked_positions on the host, not from an indexing op
+        assert event.cpu_parent is None or event.cpu_parent.name not in ("aten::index", "aten::_index_put_impl_")
+
+
 def test_micro_batch_must_divide_the_per_process_batch(tmp_path):
     with pytest.raises(config.ConfigError, match=r"pretrain\.optim\.micro_batch_size: 3 does not divide pretrain\.optim\.batch_size \(8\): expected a divisor"):
         make_trainer(tmp_path, {"optim": {"micro_batch_size": 3}})

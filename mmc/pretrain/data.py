@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from mmc.errors import MMCError
 from mmc.pretrain import augment
-from mmc.pretrain.masking import view_masks
+from mmc.pretrain.masking import masked_positions, view_masks
 
 PERMUTATION = -1  # pseudo-index of the per-epoch permutation seed
 FORMATS = ("auto", "folder", "shards")
@@ -186,6 +186,15 @@ def to_device(batch, device: torch.device):
     global_views, local_views, masks = batch
     return (global_views.to(device, non_blocking=True), [v.to(device, non_blocking=True) for v in local_views],
             masks.to(device, non_blocking=True))  # fmt: skip
+
+
+def micro_batch_positions(batch, micro_batch: int, device: torch.device) -> list[torch.Tensor]:
+    """For each micro-batch of ``micro_batch`` images, the masked positions of its masks (V, b, N)
+    (:func:`mmc.pretrain.masking.masked_positions`), computed from the batch's host masks and sent
+    to ``device``: the step's masked-token gathers then never read a count back from the device."""
+    masks = batch.masks if isinstance(batch, (HostBatch, EncodedBatch)) else batch[2]
+    parts = masks.split(micro_batch, dim=1)
+    return [masked_positions(part.cpu()).to(device, non_blocking=True) for part in parts]
 
 
 def decode_and_crop(batch: EncodedBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

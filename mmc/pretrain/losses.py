@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mmc.pretrain.diagnostics import entropy
 from mmc.pretrain.distributed import all_gather_cat, all_reduce_sum, rank, world_size
+from mmc.pretrain.masking import masked_positions
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -170,15 +171,20 @@ def masked_distill_patch_loss(
     mask: torch.Tensor,
     student_temp: float,
     counts: GlobalCounts | None = None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`distill_patch_loss` on the masked tokens only, gathered in ``mask``'s order: (M, K) each.
 
     Only masked tokens enter this loss, so only their K-way distributions are computed.
+    ``positions``: ``masked_positions(mask)`` if the caller has them (no host synchronisation).
     """
     counts = _local(counts, mask)
+    if positions is None:
+        positions = masked_positions(mask)
     ce = soft_cross_entropy(teacher_masked_probs, student_masked, student_temp)  # (M,)
     per_view = mask.sum(dim=-1)  # (V, B)
-    per_token_weight = (1.0 / per_view.clamp(min=1).to(ce.dtype)).unsqueeze(-1).expand(mask.shape)[mask]
+    # each token weighs 1 / (masked tokens of its view); its (view, image) is its position // N
+    per_token_weight = (1.0 / per_view.clamp(min=1).to(ce.dtype)).reshape(-1)[positions // mask.shape[-1]]
     return _global_mean((ce * per_token_weight).sum(), counts.masked_views, counts.world)
 
 
@@ -267,6 +273,7 @@ def mmc_loss(
     pcfg,
     counts: GlobalCounts | None = None,
     entropies: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All active components and their weighted sum under ``"loss"``.
 
@@ -277,6 +284,7 @@ def mmc_loss(
     pixels of the masked patches; masks: (2, B, N). Entries of switched-off losses are absent.
     ``entropies``: also the teacher distributions' entropies as sums, "entropy_cls" and
     "entropy_patch" (``patch`` mode), each with its number of distributions under "...@count".
+    ``positions``: ``masked_positions(masks)`` if the caller has them.
     """
     counts = _local(counts, masks)
     w = pcfg.loss
@@ -294,7 +302,7 @@ def mmc_loss(
         if pcfg.distill.mode == "patch":
             t_patch = teacher_probs(teacher["dino_patch"], centers["patch"], teacher_temp)
             out["distill_patch"] = masked_distill_patch_loss(
-                student["dino_patch"], t_patch, masks, pcfg.distill.student_temp, counts
+                student["dino_patch"], t_patch, masks, pcfg.distill.student_temp, counts, positions
             )
         else:
             out["distill_patch"] = distill_cls_to_patch_loss(student["dino_patch"], t_cls, pcfg.distill.student_temp, counts)

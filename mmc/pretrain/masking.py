@@ -77,3 +77,20 @@ def view_masks(
         ratio = _uniform(generator, ratio_range[0], ratio_range[1])
         masks.append(block_mask(grid, ratio, min_block, aspect_range, generator).flatten())
     return torch.stack(masks)
+
+
+def masked_positions(masks: torch.Tensor) -> torch.Tensor:
+    """Flat row-major indices of the True entries of ``masks``: ``take_masked(x, positions, masks.ndim)``
+    equals ``x[masks]`` (same rows, same order).
+
+    The training step computes them once per micro-batch on the host copy of the masks (the loader
+    draws masks on the CPU) and every masked-token gather uses them: boolean indexing on a GPU
+    reads the number of selected entries back to the host, a device synchronisation per use.
+    """
+    return torch.nonzero(masks.reshape(-1)).squeeze(1)
+
+
+def take_masked(x: torch.Tensor, positions: torch.Tensor, mask_ndim: int) -> torch.Tensor:
+    """The rows of ``x`` (its first ``mask_ndim`` dimensions shaped like the masks) at ``positions``
+    (:func:`masked_positions`): an integer gather, with no host synchronisation on any device."""
+    return x.flatten(0, mask_ndim - 1)[positions]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmc.models.vit import ViTArch, build_vit
+from mmc.pretrain.masking import masked_positions, take_masked
 
 
 def arch_of(pcfg) -> dict:
@@ -110,13 +111,19 @@ class MMCNetwork(nn.Module):
         return vit.norm(x)
 
     def forward(
-        self, global_views: torch.Tensor, masks: torch.Tensor | None = None, local_views: list[torch.Tensor] | None = None
+        self,
+        global_views: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        local_views: list[torch.Tensor] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The outputs the losses use, and only those (docs/pretrain.md, "What a step computes").
 
         global_views: (V, B, 3, H, W); masks: (V, B, N) bool; local_views: [(B, 3, h, w)] (student).
         The student replaces the masked patches by ``mask_token``; the teacher sees clean views and
         uses ``masks`` only to select its patch outputs at the student's masked positions.
+        ``positions``: ``masked_positions(masks)``, when the caller has them (the training step
+        computes them on the host); otherwise computed here.
 
         Student: "recon" (M, P) and, in ``patch`` mode, "dino_patch" (M, K) at the masked tokens
         (M = masks.sum(), in the order of ``masks.nonzero()``), "dino_cls" (V, B, K), "dino_local"
@@ -129,12 +136,14 @@ class MMCNetwork(nn.Module):
         tokens = self.encode(global_views.flatten(0, 1), flat_masks).unflatten(0, (views, batch))
         if masks is None:  # nothing masked: no masked-token outputs
             masks = torch.zeros((*tokens.shape[:2], tokens.shape[2] - 1), dtype=torch.bool, device=tokens.device)
+        if positions is None:
+            positions = masked_positions(masks)
         out: dict[str, torch.Tensor] = {}
         patches = tokens[:, :, 1:]
         if hasattr(self, "recon_head"):
-            out["recon"] = self.recon_head(patches[masks])
+            out["recon"] = self.recon_head(take_masked(patches, positions, 3))
         if hasattr(self, "dino_head"):
-            out.update(self._dino(tokens, masks, local_views))
+            out.update(self._dino(tokens, positions, local_views))
         if hasattr(self, "projector"):
             projected = self.projector(tokens[:, :, 0].flatten(0, 1))
             if hasattr(self, "predictor"):
@@ -143,7 +152,7 @@ class MMCNetwork(nn.Module):
                 out["key"] = projected.unflatten(0, (views, batch))
         return out
 
-    def _dino(self, tokens: torch.Tensor, masks: torch.Tensor | None, local_views) -> dict[str, torch.Tensor]:
+    def _dino(self, tokens: torch.Tensor, positions: torch.Tensor, local_views) -> dict[str, torch.Tensor]:
         """The shared head on the tokens a distillation loss reads, in one call (one matmul per layer)."""
         head, (views, batch) = self.dino_head, tokens.shape[:2]
         cls, patches = tokens[:, :, 0].flatten(0, 1), tokens[:, :, 1:]
@@ -156,7 +165,7 @@ class MMCNetwork(nn.Module):
             features = head.bottleneck(tokens)  # (V, B, 1+N, bottleneck): every token
             patch_features = features[:, :, 1:]
             weight = head.prototype_weight()
-            masked = patch_features[masks]
+            masked = take_masked(patch_features, positions, 3)
             logits = F.linear(torch.cat([features[:, :, 0].flatten(0, 1), masked]), weight)
             with torch.autocast(tokens.device.type, enabled=False):
                 patch_sum = F.linear(patch_features.sum(dim=(0, 1, 2), dtype=torch.float32), weight.float())
@@ -164,7 +173,7 @@ class MMCNetwork(nn.Module):
             return {"dino_cls": dino_cls.unflatten(0, (views, batch)), "dino_patch": dino_patch, "dino_patch_sum": patch_sum}
         parts = [cls]
         if self.distill_mode == "patch":
-            parts.append(patches[masks])
+            parts.append(take_masked(patches, positions, 3))
         else:
             parts.append(patches.flatten(0, 2))
         if local_views:

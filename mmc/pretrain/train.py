@@ -29,11 +29,12 @@ from mmc.files import atomic_path, sha256_file
 from mmc.plan import GIB, MicroBatch, does_not_fit, micro_batch_for
 from mmc.pretrain import checkpoint as ckpt_mod
 from mmc.pretrain import distributed as dist_util
-from mmc.pretrain.data import PretrainDataset, make_run_loader, to_device
+from mmc.pretrain.data import PretrainDataset, make_run_loader, micro_batch_positions, to_device
 from mmc.pretrain.diagnostics import CollapseWatch
 from mmc.pretrain.distributed import all_gather_cat
 from mmc.pretrain.gradients import clip_
 from mmc.pretrain.losses import GlobalCounts, center_from_sum, mmc_loss, patchify
+from mmc.pretrain.masking import take_masked
 from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups, use_fused_attention
 from mmc.pretrain.schedules import pretrain_schedules
 
@@ -522,12 +523,13 @@ class Trainer:
         torch.manual_seed(_step_seed(self.seed, step, self.rank))
         self._choose_attention()
         views, local_views, masks = self._to_device(batch)
+        positions = micro_batch_positions(batch, self.micro_batch, self.device)  # from the host masks
         counts = GlobalCounts.of_masks(masks)
         micros = [slice(a * self.micro_batch, (a + 1) * self.micro_batch) for a in range(views.shape[1] // self.micro_batch)]
         keys_after_ema = self.teacher is not None and pcfg.contrast.keys_after_ema
         if keys_after_ema:  # MoCo v3's order: the teacher takes this step's student before it is used
             ema_update(self.teacher, self.student, sched["momentum"])
-        teacher_out = self._teacher_pass(views, masks, micros)
+        teacher_out = self._teacher_pass(views, masks, micros, positions)
         diagnose = bool(pcfg.diagnostics.every_steps) and step % pcfg.diagnostics.every_steps == 0
         entropies = self._logged(step) and pcfg.loss.w_distill > 0
         row: dict = {}
@@ -538,16 +540,16 @@ class Trainer:
             sync = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
             with sync:
                 with self._autocast():
-                    s_out = forward(views[:, part], masks[:, part], [v[part] for v in local_views] or None)
+                    s_out = forward(views[:, part], masks[:, part], [v[part] for v in local_views] or None, positions[a])
                     t_out = teacher_out[a] if teacher_out else None
                     targets = None
                     if pcfg.loss.w_mim > 0:
                         part_views = views[:, part]
                         targets = patchify(part_views.flatten(0, 1), pcfg.backbone.patch_size)
-                        targets = targets.unflatten(0, part_views.shape[:2])[masks[:, part]]
+                        targets = take_masked(targets.unflatten(0, part_views.shape[:2]), positions[a], 3)
                     micro_counts = dataclasses.replace(counts, key_offset=self.rank * views.shape[1] + part.start)
                     losses = mmc_loss(s_out, t_out, targets, masks[:, part], self.centers, sched["teacher_temp"], pcfg,
-                                      micro_counts, entropies=entropies)  # fmt: skip
+                                      micro_counts, entropies=entropies, positions=positions[a])  # fmt: skip
                 for name in [k for k in losses if k.startswith("entropy_")]:  # (sum, "@count") pairs
                     _accumulate(row, f"teacher_{name}", losses.pop(name).detach())
                 if diagnose:
@@ -580,13 +582,15 @@ class Trainer:
         return row
 
     @torch.no_grad()
-    def _teacher_pass(self, views: torch.Tensor, masks: torch.Tensor, micros: list[slice]) -> list[dict] | None:
+    def _teacher_pass(
+        self, views: torch.Tensor, masks: torch.Tensor, micros: list[slice], positions: list[torch.Tensor]
+    ) -> list[dict] | None:
         """Teacher outputs of every micro-batch, before any student pass: the contrast keys of the
         whole global batch are all-gathered once and every micro-batch scores its queries against them."""
         if self.teacher is None:
             return None
         with self._autocast():
-            outs = [self.teacher(views[:, part], masks[:, part]) for part in micros]
+            outs = [self.teacher(views[:, part], masks[:, part], None, positions[a]) for a, part in enumerate(micros)]
         if self.pcfg.loss.w_contrast > 0:
             keys = torch.cat([o["key"] for o in outs], dim=1)  # (2, B_rank, d)
             keys = torch.stack([all_gather_cat(keys[0]), all_gather_cat(keys[1])])
