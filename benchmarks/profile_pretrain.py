@@ -11,6 +11,10 @@ time, plus what a GPU step would wait for (host reads of values, boolean selecti
 PyTorch's fused kernel and with the explicit q @ k^T, softmax, @ v (best of 5, fp32 and bf16): the
 measurement behind the step's choice of the explicit form on CPU under 16-bit autocast.
 
+``--matmuls`` instead times the step's own matmul shapes (each linear layer's forward, input and
+weight gradients; attention's q @ k^T) as fractions of the square matmul the benchmark calls the
+peak: the ceiling of a step made only of matmuls.
+
 ``--code DIR`` profiles another checkout's ``mmc`` (e.g. ``git archive main mmc workflow/schemas``
 unpacked in DIR) with this script, to compare before and after a change.
 """
@@ -51,6 +55,59 @@ def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
                 best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
         print(f"attention {str(dtype).removeprefix('torch.'):9s} fused {best['fused'] * 1e3:7.1f} ms, explicit "
               f"{best['explicit'] * 1e3:7.1f} ms: fused / explicit = {best['fused'] / best['explicit']:.2f}")  # fmt: skip
+
+
+def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
+    """The ViT-S/16 step's own matmul shapes (2 views x ``batch`` images of 197 tokens; forward,
+    input gradient and weight gradient of each linear layer, and attention's q @ k^T) in float32
+    and bfloat16, each as a fraction of the n = 2048 square matmul (bench_pretrain.matmul_peak's
+    reference), measured beside it: how fast the step could be if it were only its matmuls."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    rows = 2 * batch * 197
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        square = torch.randn(2048, 2048, dtype=dtype)
+        peak = 2 * 2048**3 / best(lambda square=square: square @ square)
+        print(f"{str(dtype).removeprefix('torch.')}: n = 2048 square matmul {peak / 1e9:.0f} GFLOP/s")
+        for name, (k, n) in {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}.items():
+            x, w, grad = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(rows, n, dtype=dtype)
+            flops = 2 * rows * k * n
+            parts = {"forward": lambda x=x, w=w: x @ w.t(), "input grad": lambda grad=grad, w=w: grad @ w,
+                     "weight grad": lambda grad=grad, x=x: grad.t() @ x}  # fmt: skip
+            shares = ", ".join(f"{part} {flops / best(fn) / peak:.0%}" for part, fn in parts.items())
+            print(f"  {name:5s} ({rows} x {k} x {n}): {shares}")
+        q, kt = torch.randn(2 * batch * 6, 197, 64, dtype=dtype), torch.randn(2 * batch * 6, 64, 197, dtype=dtype)
+        flops = 2 * q.shape[0] * 197 * 197 * 64
+        print(f"  attention q @ k^T ({q.shape[0]} x 197 x 64 x 197): {flops / best(lambda q=q, kt=kt: torch.bmm(q, kt)) / peak:.0%}")
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution")
+CASTS = ("aten::copy_",)  # under autocast: float32 <-> 16-bit copies (and .contiguous() copies)
+
+
+def time_shares(averages) -> str:
+    """How the step's CPU self time splits: the matmuls (what the FLOP count counts), the copies
+    (autocast's casts, layout copies) and everything else (softmax, GELU, norms, the optimiser)."""
+    total = sum(e.self_cpu_time_total for e in averages)
+    matmul = sum(e.self_cpu_time_total for e in averages if e.key in MATMULS)
+    casts = sum(e.self_cpu_time_total for e in averages if e.key in CASTS)
+    return (
+        f"self time: matmuls {matmul / total:.0%}, copies {casts / total:.0%}, "
+        f"everything else {(total - matmul - casts) / total:.0%}"
+    )
 
 
 def host_reads(events, steps: int) -> str:
@@ -95,11 +152,16 @@ def main() -> int:
     parser.add_argument("--trace", type=Path, help="write a Chrome trace here")
     parser.add_argument("--attention", action="store_true", help="only time fused vs explicit attention")
     parser.add_argument("--shapes", action="store_true", help="also group the operators by input shape")
+    parser.add_argument("--matmuls", action="store_true", help="only time the step's matmul shapes against the peak")
     parser.add_argument("--code", type=Path, help="the checkout whose mmc package is profiled (default: this one)")
     args = parser.parse_args()
     if args.attention:
         print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
         attention_times(args.threads, args.batch)
+        return 0
+    if args.matmuls:
+        print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+        matmul_shapes(args.threads, args.batch)
         return 0
     sys.path.insert(0, str(HERE))
     from bench_pretrain import case_config, make_trainer, synthetic_batch  # puts this checkout on sys.path
@@ -130,6 +192,8 @@ def main() -> int:
     print(averages.table(sort_by=sort, row_limit=args.rows))
     if args.shapes:
         print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=args.rows))
+    if not args.device.startswith("cuda"):
+        print(time_shares(averages))
     print(host_reads(prof.events(), args.steps))
     if args.trace:
         prof.export_chrome_trace(str(args.trace))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO, write_config
+from workflow_helpers import REPO, paper_config
 
 from mmc.pretrain.launch import launcher, slurm_launcher
 
@@ -26,14 +26,6 @@ PROFILES = REPO / "workflow" / "profiles"
 SUBMITTED = {"pretrain", "select", "segment", "similarity", "figures", "explorer"}
 LOCAL = {"all", "download", "fetch_checkpoint", "publish", "report", "tables", "version_data"}
 GPU_RULES = {"pretrain", "segment", "similarity"}
-
-
-def paper_config(folder: Path) -> Path:
-    """config/config.yaml with its ImageNet path pointed at a folder that exists (the dry run checks it)."""
-    (folder / "imagenet").mkdir()
-    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw["pretrain"]["data"]["path"] = str(folder / "imagenet")
-    return write_config(folder, raw)
 
 
 def render(profile: Path, configfile: Path) -> dict:

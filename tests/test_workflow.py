@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-import yaml
 from config_mutations import mutation_params
-from workflow_helpers import BIN, REPO, config_with, job_counts, snakemake, write_config
+from workflow_helpers import BIN, REPO, config_with, job_counts, paper_config, snakemake, write_config
 
 STAGES = [
     "download",
@@ -28,16 +27,6 @@ STAGES = [
     "report",
     "all",
 ]
-
-
-def paper_config(workdir):
-    """config/config.yaml in ``workdir``, its ImageNet path pointed at a folder that exists."""
-    imagenet = workdir / "imagenet" / "train"
-    imagenet.mkdir(parents=True)
-    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw["pretrain"]["data"]["path"] = str(imagenet)
-    (workdir / "config").mkdir()
-    return write_config(workdir / "config" / "config.yaml", raw)
 
 
 @pytest.mark.parametrize("config", ["config/test.yaml", "config/config.yaml"])

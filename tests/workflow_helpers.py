@@ -57,6 +57,16 @@ def write_config(path_or_dir: Path, raw: dict) -> Path:
     return path
 
 
+def paper_config(folder: Path) -> Path:
+    """config/config.yaml (the paper run) as ``folder``/config/config.yaml, the default config file of
+    a run in ``folder``, its ImageNet path pointed at a folder that exists (the dry run checks it)."""
+    imagenet = Path(folder) / "imagenet" / "train"
+    imagenet.mkdir(parents=True)
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["pretrain"]["data"]["path"] = str(imagenet)
+    return write_config(Path(folder) / "config" / "config.yaml", raw)
+
+
 def config_with(**overrides) -> dict:
     """config/test.yaml with ``overrides`` merged in (nested mappings merge)."""
     from mmc.config import deep_merge
