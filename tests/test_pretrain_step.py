@@ -69,6 +69,13 @@ def test_student_heads_run_on_the_masked_tokens_and_the_teacher_centre_sum_cover
     # the centre statistic: the sum of the teacher's logits over all 2 x 3 x 16 patch tokens
     expected = t_full[:, :, 1:].double().sum(dim=(0, 1, 2))
     torch.testing.assert_close(t_out["dino_patch_sum"].double(), expected, rtol=1e-5, atol=1e-4)
+    # without masks: no masked-token outputs, the same [CLS] outputs and centre statistic
+    with torch.no_grad():
+        s_clean, t_clean = student(views), teacher(views)
+    assert s_clean["recon"].shape == (0, 8 * 8 * 3) and s_clean["dino_patch"].shape == (0, 64)
+    assert t_clean["dino_patch"].shape == (0, 64)
+    torch.testing.assert_close(t_clean["dino_cls"], t_out["dino_cls"])  # the teacher never sees the masks
+    torch.testing.assert_close(t_clean["dino_patch_sum"], t_out["dino_patch_sum"])
 
 
 @pytest.mark.parametrize("micro", [2, 4])

@@ -135,8 +135,8 @@ class MMCNetwork(nn.Module):
         flat_masks = masks.flatten(0, 1) if masks is not None and self.is_student else None
         tokens = self.encode(global_views.flatten(0, 1), flat_masks).unflatten(0, (views, batch))
         if masks is None:  # nothing masked: no masked-token outputs
-            masks = torch.zeros((*tokens.shape[:2], tokens.shape[2] - 1), dtype=torch.bool, device=tokens.device)
-        if positions is None:
+            positions = torch.zeros(0, dtype=torch.long, device=tokens.device)
+        elif positions is None:
             positions = masked_positions(masks)
         out: dict[str, torch.Tensor] = {}
         patches = tokens[:, :, 1:]
