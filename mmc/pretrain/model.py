@@ -139,11 +139,12 @@ class MMCNetwork(nn.Module):
         elif positions is None:
             positions = masked_positions(masks)
         out: dict[str, torch.Tensor] = {}
-        patches = tokens[:, :, 1:]
+        # the student's masked patch tokens, gathered once for the MIM and distillation heads
+        masked_patches = take_masked(tokens[:, :, 1:], positions, 3) if self.is_student else None
         if hasattr(self, "recon_head"):
-            out["recon"] = self.recon_head(take_masked(patches, positions, 3))
+            out["recon"] = self.recon_head(masked_patches)
         if hasattr(self, "dino_head"):
-            out.update(self._dino(tokens, positions, local_views))
+            out.update(self._dino(tokens, positions, masked_patches, local_views))
         if hasattr(self, "projector"):
             projected = self.projector(tokens[:, :, 0].flatten(0, 1))
             if hasattr(self, "predictor"):
@@ -152,8 +153,14 @@ class MMCNetwork(nn.Module):
                 out["key"] = projected.unflatten(0, (views, batch))
         return out
 
-    def _dino(self, tokens: torch.Tensor, positions: torch.Tensor, local_views) -> dict[str, torch.Tensor]:
-        """The shared head on the tokens a distillation loss reads, in one call (one matmul per layer)."""
+    def _dino(
+        self, tokens: torch.Tensor, positions: torch.Tensor, masked_patches: torch.Tensor | None, local_views
+    ) -> dict[str, torch.Tensor]:
+        """The shared head on the tokens a distillation loss reads, in one call (one matmul per layer).
+
+        The teacher selects at ``positions`` after its bottleneck; the student's ``masked_patches``
+        are its patch tokens at those positions.
+        """
         head, (views, batch) = self.dino_head, tokens.shape[:2]
         cls, patches = tokens[:, :, 0].flatten(0, 1), tokens[:, :, 1:]
         if not self.is_student:
@@ -173,7 +180,7 @@ class MMCNetwork(nn.Module):
             return {"dino_cls": dino_cls.unflatten(0, (views, batch)), "dino_patch": dino_patch, "dino_patch_sum": patch_sum}
         parts = [cls]
         if self.distill_mode == "patch":
-            parts.append(take_masked(patches, positions, 3))
+            parts.append(masked_patches)
         else:
             parts.append(patches.flatten(0, 2))
         if local_views:

@@ -544,9 +544,8 @@ class Trainer:
                     t_out = teacher_out[a] if teacher_out else None
                     targets = None
                     if pcfg.loss.w_mim > 0:
-                        part_views = views[:, part]
-                        targets = patchify(part_views.flatten(0, 1), pcfg.backbone.patch_size)
-                        targets = take_masked(targets.unflatten(0, part_views.shape[:2]), positions[a], 3)
+                        targets = patchify(views[:, part].flatten(0, 1), pcfg.backbone.patch_size)  # (V*b, N, P)
+                        targets = take_masked(targets, positions[a], 2)
                     micro_counts = dataclasses.replace(counts, key_offset=self.rank * views.shape[1] + part.start)
                     losses = mmc_loss(s_out, t_out, targets, masks[:, part], self.centers, sched["teacher_temp"], pcfg,
                                       micro_counts, entropies=entropies, positions=positions[a])  # fmt: skip
