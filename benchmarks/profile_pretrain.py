@@ -60,8 +60,8 @@ def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
 def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
     """The ViT-S/16 step's own matmul shapes (2 views x ``batch`` images of 197 tokens; forward,
     input gradient and weight gradient of each linear layer, and attention's q @ k^T) in float32
-    and bfloat16, each as a fraction of the n = 2048 square matmul (bench_pretrain.matmul_peak's
-    reference), measured beside it: how fast the step could be if it were only its matmuls."""
+    and bfloat16, each as a fraction of bench_pretrain.matmul_peak (the n = 2048 square matmul),
+    measured beside it: how fast the step could be if it were only its matmuls."""
     import time
 
     import torch
@@ -78,9 +78,11 @@ def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
             times.append(time.perf_counter() - start)
         return min(times)
 
+    sys.path.insert(0, str(HERE))
+    from bench_pretrain import matmul_peak
+
     for dtype in (torch.float32, torch.bfloat16):
-        square = torch.randn(2048, 2048, dtype=dtype)
-        peak = 2 * 2048**3 / best(lambda square=square: square @ square)
+        peak = matmul_peak(str(dtype).removeprefix("torch."))
         print(f"{str(dtype).removeprefix('torch.')}: n = 2048 square matmul {peak / 1e9:.0f} GFLOP/s")
         for name, (k, n) in {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}.items():
             x, w, grad = torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(rows, n, dtype=dtype)
