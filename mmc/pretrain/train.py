@@ -26,6 +26,7 @@ from mmc import records, tracking
 from mmc.data.digest import pretrain_entry
 from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
+from mmc.host_memory import keep_freed_memory
 from mmc.plan import GIB, MicroBatch, does_not_fit, micro_batch_for
 from mmc.pretrain import checkpoint as ckpt_mod
 from mmc.pretrain import distributed as dist_util
@@ -209,6 +210,8 @@ class Trainer:
         if pcfg.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+        if device.type == "cpu":  # every step allocates the same blocks: reuse their pages
+            keep_freed_memory()
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         self.dataset = PretrainDataset(pcfg, self.seed)
         self.batch_size = int(pcfg.optim.batch_size)
