@@ -21,6 +21,11 @@ achieved analytic FLOP/s over that peak, and each case's time per analytic FLOP 
 DINO-style and iBOT-style steps of the same round (median over rounds; > 1 = more efficient). Each
 case counts the FLOPs it really computes (``mmc.pretrain.flops.step_flops`` of its own code).
 
+The peer-style steps run in the ``mmc`` case's process, built after its Trainer, so they share the
+process-wide settings the Trainer makes (on a CPU with glibc, ``mmc.host_memory``'s allocator
+policy): the comparison is one of step designs. ``mmc-baseline`` runs in a process of its own, with
+its revision's settings.
+
     PYTHONPATH=$PWD python benchmarks/bench_pretrain.py [--threads 2] [--baseline-rev main] [--quick]
 """
 
