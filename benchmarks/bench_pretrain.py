@@ -5,6 +5,8 @@ clipping, AdamW, EMA) on a pre-built batch (data loading excluded) of ``--batch`
 224 px global crops, ViT-S/16, K = 8192 prototypes:
 
 - ``mmc``: ``mmc.pretrain.train.Trainer._train_step``, the very code ``mmc pretrain`` runs;
+- ``mmc-compiled`` (with ``--compile``): the same with ``compile: true``, each transformer block
+  compiled by ``torch.compile`` (its compilation happens in the warm-up rounds);
 - ``mmc-baseline`` (with ``--baseline-rev REV``): the same, from the ``mmc`` package of git
   revision REV of this repository (unpacked into a temporary folder), to measure a change;
 - ``dino-style``: timm's ViT + this project's DINO head, [CLS] self-distillation only (DINO,
@@ -215,11 +217,13 @@ def worker(code: str, model: str, batch: int, threads: int, names: list[str], co
     cfg = case_config(model, "float32", batch)
     cases = {}
     for name in names:
-        if name in ("mmc", "mmc-baseline", "mmc-diagnostics"):
-            if name == "mmc-diagnostics":  # every step: per-term gradient norms and entropies
-                cfg = case_config(model, "float32", batch, extra={"diagnostics": {"every_steps": 1}, "log_every_steps": 1})
+        if name in ("mmc", "mmc-baseline", "mmc-diagnostics", "mmc-compiled"):
+            extra = {
+                "mmc-diagnostics": {"diagnostics": {"every_steps": 1}, "log_every_steps": 1},  # every step
+                "mmc-compiled": {"compile": True},  # regional compilation of the blocks
+            }.get(name)
             with tempfile.TemporaryDirectory() as tmp:
-                trainer = make_trainer(cfg, batch, "cpu", Path(tmp))
+                trainer = make_trainer(case_config(model, "float32", batch, extra=extra), batch, "cpu", Path(tmp))
             data = synthetic_batch(trainer.pcfg, batch, "cpu")
             from mmc.pretrain.flops import step_flops
 
@@ -272,6 +276,8 @@ def main() -> int:
     parser.add_argument("--baseline-rev", help="also time the mmc step of this git revision (e.g. main)")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also time the mmc step with the per-term gradient diagnostics on (every step)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the mmc step with compile: true (each transformer block compiled)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds (a smoke test)")
     args = parser.parse_args()
     if args.quick:
@@ -282,7 +288,8 @@ def main() -> int:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)", flush=True)  # fmt: skip
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        groups = {str(REPO): ["mmc", "dino-style", "ibot-style"] + (["mmc-diagnostics"] if args.diagnostics else [])}
+        extra_cases = (["mmc-diagnostics"] if args.diagnostics else []) + (["mmc-compiled"] if args.compile else [])
+        groups = {str(REPO): ["mmc", "dino-style", "ibot-style", *extra_cases]}
         if args.baseline_rev:
             groups[str(unpack_revision(args.baseline_rev, Path(tmp)))] = ["mmc-baseline"]
         owner, flops = {}, {}

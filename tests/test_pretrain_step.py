@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -235,3 +237,31 @@ def test_collapse_watch_warns_once_per_near_uniform_episode():
     assert watch.observe("cls", 70, near) is not None  # a new episode of 20 steps
     assert watch.observe("patch", 70, near) is None  # each distribution has its own episode
     assert diagnostics.CollapseWatch(100, 0.02, 0).observe("cls", 10**6, near) is None  # span 0: never
+
+
+@pytest.mark.slow  # compiles the tiny model's blocks with inductor (20 s on 2 cores, cold)
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on CPU needs a C++ compiler (.ci/run installs g++)")
+def test_compiled_blocks_train_like_eager(tmp_path):
+    """``compile: true`` compiles each transformer block of student and teacher (regional
+    compilation): the same losses as eager within float32 reordering, every block compiled once per
+    variant (grad / no-grad), no graph break, and the diagnostics' retained-graph backward works."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    overrides = {"backbone": {"drop_path": 0.0}, "diagnostics": {"every_steps": 1}}
+    eager = make_trainer(tmp_path / "eager", overrides)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = make_trainer(tmp_path / "compiled", {**overrides, "compile": True})
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for n in (compiled.student, compiled.teacher) for b in n.backbone.blocks)
+    assert list(compiled.student.state_dict()) == list(eager.student.state_dict())  # the checkpoint's names
+    with torch._inductor.config.patch(fallback_random=True):
+        got = run_steps(compiled, 2)
+    want = run_steps(eager, 2)
+    for g, w in zip(got, want, strict=True):
+        for key in ("loss", "mim", "distill", "contrast", "backbone_grad_norm_mim"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+    counters = torch._dynamo.utils.counters
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # the blocks share their code: one graph for the student's (training) and one for the teacher's (no grad)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])

@@ -230,6 +230,31 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
+def compile_blocks(network: nn.Module) -> None:
+    """Regional compilation: ``torch.compile`` each transformer block of ``network`` in place.
+
+    The blocks are where the non-matmul time is (layer norms, GELU, softmax, residual adds,
+    autocast's casts), and the compiler fuses it. Compiling the whole network instead breaks its
+    graph at the data-dependent masked-token gathers and recompiles whenever the number of masked
+    tokens changes; a block always sees (images, 1 + N, D). Each block's drop-path rate is a
+    constant the compiled code specialises on (stochastic depth gives every block its own), so
+    dynamo keeps one compiled version per block and variant (with or without grad, autocast on
+    or off, a second input size such as local crops): its recompile limit is raised to cover them.
+    Donated buffers (an inductor memory saving) are switched off: the per-term gradient
+    diagnostics run one backward per loss term over the same graph (``retain_graph``).
+    """
+    import torch._dynamo
+    import torch._functorch.config
+
+    blocks = list(network.backbone.blocks)
+    needed = 4 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * needed)
+    torch._functorch.config.donated_buffer = False
+    for block in blocks:
+        block.compile()
+
+
 def use_fused_attention(module: nn.Module, enabled: bool) -> None:
     """Switch timm's attention layers between PyTorch's fused kernel and the explicit q @ k^T, softmax, @ v.
 

@@ -36,7 +36,14 @@ from mmc.pretrain.distributed import all_gather_cat
 from mmc.pretrain.gradients import clip_
 from mmc.pretrain.losses import GlobalCounts, center_from_sum, mmc_loss, patchify
 from mmc.pretrain.masking import take_masked
-from mmc.pretrain.model import arch_of, build_pair, ema_update, param_groups, use_fused_attention
+from mmc.pretrain.model import (
+    arch_of,
+    build_pair,
+    compile_blocks,
+    ema_update,
+    param_groups,
+    use_fused_attention,
+)
 from mmc.pretrain.schedules import pretrain_schedules
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; the rerun resumes from the checkpoint
@@ -241,6 +248,10 @@ class Trainer:
         self.student.to(device)
         if self.teacher is not None:
             self.teacher.to(device)
+        if pcfg.compile:
+            for network in (self.student, self.teacher):
+                if network is not None:
+                    compile_blocks(network)
         self.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[pcfg.precision]
         self._fused_attention = True  # timm's default; see _choose_attention
         k = pcfg.distill.out_dim
@@ -379,7 +390,6 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self.ddp = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-        forward = torch.compile(model) if pcfg.compile else model
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not self.is_main, unit="step",
             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -394,7 +404,7 @@ class Trainer:
             )  # fmt: skip
             for batch in loader:
                 epoch = self.step // self.steps_per_epoch
-                row = self._train_step(forward, batch, epoch)
+                row = self._train_step(model, batch, epoch)
                 self.step += 1
                 self._after_step(row, epoch, bar, metrics_file)
                 if row["stop"]:
