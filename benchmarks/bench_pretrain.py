@@ -20,7 +20,8 @@ runs every case once (in a rotated order), and each case re-measures the matmul 
 (best of 3 n^3 matmuls, in the same process) just before its step. After ``--warmup`` rounds,
 ``--rounds`` rounds are timed; the script prints min/median/max of the step time and of the
 achieved analytic FLOP/s over that peak, and each case's time per analytic FLOP relative to the
-DINO-style and iBOT-style steps of the same round (median over rounds; > 1 = more efficient). Each
+DINO-style and iBOT-style steps of the same round (median over rounds; > 1 = more efficient), and
+the minor page faults of its process during the step (median; ``mmc.host_memory``). Each
 case counts the FLOPs it really computes (``mmc.pretrain.flops.step_flops`` of its own code).
 
 The peer-style steps run in the ``mmc`` case's process, built after its Trainer, so they share the
@@ -37,6 +38,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -245,13 +247,16 @@ def worker(code: str, model: str, batch: int, threads: int, names: list[str], co
         target, data, _ = cases[name]
         target.amp_dtype = None if precision == "float32" else torch.bfloat16
         peak = matmul_peak(precision)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         if isinstance(target, PeerStep):
             target.step(data)
         else:  # steps 1, 2, ...: metrics read every log_every_steps, no per-term gradient diagnostics
             target.step = 1 + counter
             target._train_step(target.student, data, 0)
-        conn.send({"step_s": time.perf_counter() - start, "peak": peak})
+        step_s = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        conn.send({"step_s": step_s, "peak": peak, "page_faults": faults})
         counter += 1
 
 
@@ -305,6 +310,7 @@ def main() -> int:
         cases = [(name, p) for p in args.precisions for name in owner]
         times = {c: [] for c in cases}
         ratios = {c: [] for c in cases}
+        faults = {c: [] for c in cases}
         for r in range(args.warmup + args.rounds):
             order = cases[r % len(cases) :] + cases[: r % len(cases)]  # rotate: no case always first
             for name, precision in order:
@@ -312,6 +318,7 @@ def main() -> int:
                 result = owner[name].recv()
                 if r >= args.warmup:
                     times[(name, precision)].append(result["step_s"])
+                    faults[(name, precision)].append(result["page_faults"])
                     ratios[(name, precision)].append(flops[name] / result["step_s"] / result["peak"])
             print(f"  round {r + 1}/{args.warmup + args.rounds} done, load average {os.getloadavg()[0]:.2f}", flush=True)
         for conn in set(owner.values()):
@@ -319,7 +326,7 @@ def main() -> int:
         for proc in procs:
             proc.join()
     header = (f"{'case':13s} {'precision':9s} {'GFLOP/step':>10s} {'step s min/med/max':>20s} "
-              f"{'of matmul peak min/med/max':>27s} {'vs DINO-style':>13s} {'vs iBOT-style':>13s}")  # fmt: skip
+              f"{'of matmul peak min/med/max':>27s} {'vs DINO-style':>13s} {'vs iBOT-style':>13s} {'page faults':>11s}")  # fmt: skip
     print(header)
     rows = []
     for name, precision in cases:
@@ -328,11 +335,13 @@ def main() -> int:
             per_round = [a / b for a, b in zip(ratios[(name, precision)], ratios[(peer, precision)], strict=True)]
             relative[peer] = statistics.median(per_round)
         t, q = summarise(times[(name, precision)]), summarise(ratios[(name, precision)])
+        page_faults = statistics.median(faults[(name, precision)])
         rows.append({"case": name, "precision": precision, "flops_per_step": flops[name], "step_s": t,
                      "ratio_to_matmul_peak": q, "vs_dino_style": relative["dino-style"],
-                     "vs_ibot_style": relative["ibot-style"]})  # fmt: skip
+                     "vs_ibot_style": relative["ibot-style"], "page_faults_per_step": page_faults})  # fmt: skip
         print(f"{name:13s} {precision:9s} {flops[name] / 1e9:10.1f} {t[0]:6.2f}/{t[1]:6.2f}/{t[2]:6.2f} "
-              f"{q[0]:8.1%}/{q[1]:7.1%}/{q[2]:7.1%}   {relative['dino-style']:11.2f}x {relative['ibot-style']:11.2f}x")  # fmt: skip
+              f"{q[0]:8.1%}/{q[1]:7.1%}/{q[2]:7.1%}   {relative['dino-style']:11.2f}x {relative['ibot-style']:11.2f}x "
+              f"{page_faults:11.0f}")  # fmt: skip
     for precision in args.precisions if args.diagnostics else []:
         per_round = [a / b for a, b in zip(times[("mmc-diagnostics", precision)], times[("mmc", precision)], strict=True)]
         every = case_config(args.model, precision, args.batch).experiments["mmc"].diagnostics.every_steps

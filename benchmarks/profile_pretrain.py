@@ -2,7 +2,8 @@
 
 Builds the same Trainer and synthetic batch as ``bench_pretrain.py`` (ViT-S/16 at 224 px by
 default), warms up, profiles ``--steps`` steps and prints the operators that take the most self
-time, plus what a GPU step would wait for (host reads of values, boolean selections) per step.
+time, plus what a GPU step would wait for (host reads of values, boolean selections) per step and
+the minor page faults of one more step, run outside the profiler.
 ``--trace FILE`` also writes a Chrome trace (open in chrome://tracing or Perfetto).
 
     PYTHONPATH=$PWD python benchmarks/profile_pretrain.py [--precision bfloat16] [--case test] [--trace t.json]
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -181,10 +183,14 @@ def main() -> int:
     for i in range(args.warmup):
         trainer.step = i
         trainer._train_step(trainer.student, data, 0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # one more step, outside the profiler
+    trainer.step = args.warmup
+    trainer._train_step(trainer.student, data, 0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     with profile(activities=activities, record_shapes=args.shapes) as prof:
         for i in range(args.steps):
-            trainer.step = args.warmup + i
+            trainer.step = args.warmup + 1 + i
             trainer._train_step(trainer.student, data, 0)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -197,6 +203,7 @@ def main() -> int:
     if not args.device.startswith("cuda"):
         print(time_shares(averages))
     print(host_reads(prof.events(), args.steps))
+    print(f"minor page faults of the process in one step (outside the profiler): {faults} (mmc.host_memory)")
     if args.trace:
         prof.export_chrome_trace(str(args.trace))
     return 0

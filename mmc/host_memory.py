@@ -3,7 +3,7 @@
 A training step on the CPU allocates and frees the same few hundred megabytes every step
 (activations, gradients, the loss's K-way distributions). By default glibc serves large blocks
 with fresh ``mmap`` calls and unmaps them on ``free``, and trims the top of its heap, so every
-step touches new pages: about 90,000 minor page faults per ViT-S/16 step at batch 8, each a trip
+step touches new pages: 80,000-140,000 minor page faults per ViT-S/16 step at batch 8, each a trip
 into the kernel that zero-fills a page (docs/pretrain.md, "Host memory"). With every block served
 from the heap and the heap never trimmed, the next step reuses the same pages: no faults. PyTorch's
 CPU performance guide reaches the same end by preloading jemalloc or tcmalloc; ``mallopt`` does
