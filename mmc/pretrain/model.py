@@ -230,7 +230,7 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
 
 
-def compile_blocks(network: nn.Module) -> None:
+def compile_blocks(network: nn.Module, backend: str = "inductor") -> None:
     """Regional compilation: ``torch.compile`` each transformer block of ``network`` in place.
 
     The blocks are where the non-matmul time is (layer norms, GELU, softmax, residual adds,
@@ -242,6 +242,7 @@ def compile_blocks(network: nn.Module) -> None:
     or off, a second input size such as local crops): its recompile limit is raised to cover them.
     Donated buffers (an inductor memory saving) are switched off: the per-term gradient
     diagnostics run one backward per loss term over the same graph (``retain_graph``).
+    ``backend``: torch.compile's (the tests trace with ``eager``, which skips code generation).
     """
     import torch._dynamo
     import torch._functorch.config
@@ -252,7 +253,7 @@ def compile_blocks(network: nn.Module) -> None:
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * needed)
     torch._functorch.config.donated_buffer = False
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
 
 
 def use_fused_attention(module: nn.Module, enabled: bool) -> None:
