@@ -51,19 +51,24 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def best_time(call, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``call``, after one untimed warm-up call."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 3) -> float:
     """Best FLOP/s of an n x n x n matmul in ``dtype`` (the practical peak of this machine now)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
 
 def case_config(case: str, precision: str, batch: int, device: str = "cpu", extra: dict | None = None):

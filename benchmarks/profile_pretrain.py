@@ -64,24 +64,12 @@ def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
     input gradient and weight gradient of each linear layer, and attention's q @ k^T) in float32
     and bfloat16, each as a fraction of bench_pretrain.matmul_peak (the n = 2048 square matmul),
     measured beside it: how fast the step could be if it were only its matmuls."""
-    import time
-
     import torch
 
     torch.set_num_threads(threads)
     rows = 2 * batch * 197
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     sys.path.insert(0, str(HERE))
-    from bench_pretrain import matmul_peak
+    from bench_pretrain import best_time, matmul_peak
 
     for dtype in (torch.float32, torch.bfloat16):
         peak = matmul_peak(str(dtype).removeprefix("torch."))
@@ -91,11 +79,11 @@ def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
             flops = 2 * rows * k * n
             parts = {"forward": lambda x=x, w=w: x @ w.t(), "input grad": lambda grad=grad, w=w: grad @ w,
                      "weight grad": lambda grad=grad, x=x: grad.t() @ x}  # fmt: skip
-            shares = ", ".join(f"{part} {flops / best(fn) / peak:.0%}" for part, fn in parts.items())
+            shares = ", ".join(f"{part} {flops / best_time(fn, repeats) / peak:.0%}" for part, fn in parts.items())
             print(f"  {name:5s} ({rows} x {k} x {n}): {shares}")
         q, kt = torch.randn(2 * batch * 6, 197, 64, dtype=dtype), torch.randn(2 * batch * 6, 64, 197, dtype=dtype)
         flops = 2 * q.shape[0] * 197 * 197 * 64
-        print(f"  attention q @ k^T ({q.shape[0]} x 197 x 64 x 197): {flops / best(lambda q=q, kt=kt: torch.bmm(q, kt)) / peak:.0%}")
+        print(f"  attention q @ k^T ({q.shape[0]} x 197 x 64 x 197): {flops / best_time(lambda q=q, kt=kt: torch.bmm(q, kt), repeats) / peak:.0%}")
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution")
