@@ -155,7 +155,7 @@ def test_predicted_masks_reproduce_the_scored_ious(tmp_path, scenes, upsample):
     assert masks_off_score({**masks, (image_id, object_id): flipped}, samples, table, 0.6) == [(image_id, object_id)]
 
 
-def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):
+def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes, capsys):
     """With ``precision: bfloat16`` the drawn mask of every object has the IoU of objects.parquet at
     the model's best tau (and at every other tau of the grid): the figure takes the features of
     ``mmc segment`` (same precision, same cache), not a float32 recomputation of its own, whose
@@ -165,6 +165,7 @@ def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):
 
     from mmc import config
     from mmc.cli import main
+    from mmc.cpu_precision import cpu_runs_natively
     from mmc.evaluation.features import patch_features, preprocess
     from mmc.evaluation.job import configured_model
     from mmc.evaluation.summary import read_segmentation_summary
@@ -173,8 +174,12 @@ def test_figure_masks_in_bfloat16_are_the_scored_ones(tmp_path, scenes):
     path = write_config(tmp_path / "c.yaml", figures_config(tmp_path, scenes, precision="bfloat16", resolution=128))
     cfg = config.load(path)
     common = ["--config", str(path), "--model", "random", "--dataset", "d"]
+    capsys.readouterr()
     assert main(["segment", *common, "--out", str(tmp_path / "seg")]) == 0
     assert main(["similarity", *common, "--out", str(tmp_path / "sim")]) == 0
+    # on a CPU without bfloat16 matmuls each stage says why it is slow and what to set instead
+    warned = capsys.readouterr().err.count("warning: evaluation.precision: bfloat16 on a CPU without native")
+    assert warned == (0 if cpu_runs_natively("bfloat16") else 2)
     table = pd.read_parquet(tmp_path / "seg" / "objects.parquet")
     summary = read_segmentation_summary(tmp_path / "seg" / "summary.json")
     assert summary.settings["precision"] == "bfloat16" and summary.n_objects == len(table) > 0

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pretrain_support import TINY_PRETRAIN
 
-from mmc import config
+from mmc import config, cpu_precision
 from mmc.pretrain import diagnostics, gradients, train
 from mmc.pretrain.model import build_pair
 from mmc.tracking import JobRecorder
@@ -215,6 +215,30 @@ def test_term_gradients_add_up_to_the_backbone_gradient(tmp_path):
     assert 0 < row["teacher_entropy_cls"] <= math.log(64) + 1e-6
     assert 0 < row["teacher_entropy_patch"] <= math.log(64) + 1e-6
     assert row["center_norm_cls"] > 0 and row["center_norm_patch"] > 0
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_the_trainer_warns_before_a_low_precision_run_on_a_cpu_without_its_matmuls(tmp_path, capsys, precision):
+    """A bfloat16 run on a CPU whose oneDNN has no bfloat16 kernels (x86 with AVX2 only) runs every
+    matmul in the reference kernel: the trainer says so, naming the option, before the first step;
+    float32, and bfloat16 on a CPU that has the kernels, start silently."""
+    make_trainer(tmp_path, {"precision": precision})
+    err = capsys.readouterr().err
+    warned = "pretrain.precision: bfloat16 on a CPU without native bfloat16 matmuls" in err
+    assert warned == (precision == "bfloat16" and not cpu_precision.cpu_runs_natively("bfloat16"))
+    assert ("set pretrain.precision: float32" in err) == warned
+
+
+def test_the_slow_precision_warning_only_for_16_bit_on_a_cpu_without_its_matmuls():
+    warning = cpu_precision.slow_precision_warning
+    assert warning("evaluation.precision", "bfloat16", "cpu", native=False).startswith(
+        "evaluation.precision: bfloat16 on a CPU without native bfloat16 matmuls"
+    )
+    assert "float16 kernels" in warning("pretrain.precision", "float16", "cpu", native=False)
+    assert warning("pretrain.precision", "bfloat16", "cpu", native=True) is None
+    assert warning("pretrain.precision", "bfloat16", "cuda", native=False) is None
+    assert warning("pretrain.precision", "float32", "cpu", native=False) is None
+    assert cpu_precision.cpu_runs_natively("float32")
 
 
 def test_entropy_against_the_formula():

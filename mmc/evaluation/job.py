@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,8 @@ def evaluation_job(
     model of one evaluation command run with :func:`add_evaluation_arguments`. Yields
     ``(cfg, recorder, model)``."""
     from mmc import config, tracking
+    from mmc.cpu_precision import slow_precision_warning
+    from mmc.evaluation.features import resolve_device
     from mmc.models import check_model_request
 
     cfg = config.load(args.config)
@@ -207,6 +210,9 @@ def evaluation_job(
     wildcards = {"model": args.model, "dataset": args.dataset}
     if seed is not None:
         wildcards["seed"] = seed
+    warning = slow_precision_warning("evaluation.precision", cfg.evaluation.precision, resolve_device(cfg.device))
+    if warning:
+        print(f"mmc {stage}: warning: {warning}", file=sys.stderr, flush=True)
     with tracking.job(stage, cfg, wildcards=wildcards, config_path=args.config) as rec:
         model = configured_model(cfg, args.model, args.checkpoint, seed)
         params = {name: config.to_dict(getattr(cfg, name)) for name in sections}

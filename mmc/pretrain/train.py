@@ -23,6 +23,7 @@ import torch
 
 from mmc import config as config_mod
 from mmc import records, tracking
+from mmc.cpu_precision import slow_precision_warning
 from mmc.data.digest import pretrain_entry
 from mmc.errors import ConfigError, MMCError
 from mmc.files import atomic_path, sha256_file
@@ -219,6 +220,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         if device.type == "cpu":  # every step allocates the same blocks: reuse their pages
             keep_freed_memory()
+        option = f"experiments.{experiment}.precision" if experiment else "pretrain.precision"
+        warning = slow_precision_warning(option, pcfg.precision, device.type)
+        if warning:
+            _log(f"warning: {warning}")
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         self.dataset = PretrainDataset(pcfg, self.seed)
         self.batch_size = int(pcfg.optim.batch_size)
