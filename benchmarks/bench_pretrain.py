@@ -71,6 +71,26 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
 
+def runnable_precisions(precisions: list[str], threads: int) -> list[str]:
+    """``precisions`` less those whose matmuls this CPU runs only in PyTorch's reference kernel
+    (bfloat16 without AVX-512, ``mmc.cpu_precision``): their steps would take minutes each and
+    measure that kernel, not the step. Each one skipped is printed with its measured matmul rate."""
+    import torch
+
+    from mmc.cpu_precision import cpu_runs_natively
+
+    torch.set_num_threads(threads)
+    kept = []
+    for precision in precisions:
+        if cpu_runs_natively(precision):
+            kept.append(precision)
+            continue
+        slow, fast = matmul_peak(precision, n=512, repeats=1), matmul_peak("float32", n=512, repeats=1)
+        print(f"skipping {precision}: this CPU has no native {precision} matmuls (n = 512: {slow / 1e9:.3g} GFLOP/s "
+              f"against {fast / 1e9:.3g} in float32, {fast / slow:.0f}x slower)", flush=True)  # fmt: skip
+    return kept
+
+
 def case_config(case: str, precision: str, batch: int, device: str = "cpu", extra: dict | None = None):
     from mmc import config
 
@@ -296,6 +316,10 @@ def main() -> int:
 
     print(f"torch {torch.__version__}, {args.threads} of {os.cpu_count()} CPU threads, {args.model} batch {args.batch}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)", flush=True)  # fmt: skip
+    precisions = runnable_precisions(args.precisions, args.threads)
+    if not precisions:
+        print("nothing to time: no precision asked for runs natively on this CPU", file=sys.stderr)
+        return 2
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         extra_cases = (["mmc-diagnostics"] if args.diagnostics else []) + (["mmc-compiled"] if args.compile else [])
@@ -312,7 +336,7 @@ def main() -> int:
             flops.update(parent.recv())
             for name in names:
                 owner[name] = parent
-        cases = [(name, p) for p in args.precisions for name in owner]
+        cases = [(name, p) for p in precisions for name in owner]
         times = {c: [] for c in cases}
         ratios = {c: [] for c in cases}
         faults = {c: [] for c in cases}
@@ -347,7 +371,7 @@ def main() -> int:
         print(f"{name:13s} {precision:9s} {flops[name] / 1e9:10.1f} {t[0]:6.2f}/{t[1]:6.2f}/{t[2]:6.2f} "
               f"{q[0]:8.1%}/{q[1]:7.1%}/{q[2]:7.1%}   {relative['dino-style']:11.2f}x {relative['ibot-style']:11.2f}x "
               f"{page_faults:11.0f}")  # fmt: skip
-    for precision in args.precisions if args.diagnostics else []:
+    for precision in precisions if args.diagnostics else []:
         per_round = [a / b for a, b in zip(times[("mmc-diagnostics", precision)], times[("mmc", precision)], strict=True)]
         every = case_config(args.model, precision, args.batch).experiments["mmc"].diagnostics.every_steps
         overhead = statistics.median(per_round) - 1.0

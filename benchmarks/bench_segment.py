@@ -386,7 +386,12 @@ def protocol_costs(args, model) -> None:
         f"\nthroughput, batch {args.throughput_batch} at {res} px (best and median of {args.repeats}, interleaved):"
     )
     x = torch.randn(args.throughput_batch, 3, res, res)
-    seconds: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    seconds: dict[str, list[float]] = {"float32": []}
+    # inlined, not mmc.cpu_precision: this script also measures old checkouts, which lack that module
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        seconds["bfloat16"] = []
+    else:
+        print("  bfloat16: skipped, this CPU has no native bfloat16 matmuls (PyTorch's reference kernel)")
     for precision in seconds:
         patch_features(model, x[:1], precision=precision)  # warm-up
     for _ in range(args.repeats):

@@ -32,6 +32,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def runnable_dtypes(threads: int) -> list:
+    """float32 and bfloat16, less bfloat16 where this CPU has no native bfloat16 matmuls (it is
+    skipped with its measured rate: ``bench_pretrain.runnable_precisions``)."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from bench_pretrain import runnable_precisions
+
+    return [getattr(torch, name) for name in runnable_precisions(["float32", "bfloat16"], threads)]
+
+
 def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
     """Fused vs explicit attention, forward + backward, ViT-S/16 at 224 px (2 views x batch, 6 heads)."""
     import time
@@ -40,7 +51,7 @@ def attention_times(threads: int, batch: int, repeats: int = 5) -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in runnable_dtypes(threads):
         q, k, v = (torch.randn(2 * batch, 6, 197, 64, dtype=dtype, requires_grad=True) for _ in range(3))
 
         def fused(q=q, k=k, v=v):
@@ -71,7 +82,7 @@ def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
     sys.path.insert(0, str(HERE))
     from bench_pretrain import best_time, matmul_peak
 
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in runnable_dtypes(threads):
         peak = matmul_peak(str(dtype).removeprefix("torch."))
         print(f"{str(dtype).removeprefix('torch.')}: n = 2048 square matmul {peak / 1e9:.0f} GFLOP/s")
         for name, (k, n) in {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}.items():
