@@ -444,17 +444,6 @@ def iter_features(
         yield from flush(batch)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when available, else cpu."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MMCError("device: cuda was asked for but no CUDA device is available")
-    return name
-
-
 def settings_of(evaluation: Any, loaded) -> dict:
     """The evaluation options the features of ``loaded`` depend on (part of the cache key and of
     every summary); ``pos_embed_resize`` is the method used (``auto`` resolved for the format)."""
@@ -512,6 +501,7 @@ def dataset_features(
     ``evaluation.feature_cache`` is on (:func:`cache_enabled`). ``mmc segment``, ``mmc similarity``
     and ``mmc figures`` all get their features here, so they see the same numbers. The cache's
     writes are all finished when the iterator is exhausted or closed."""
+    from mmc.evaluation.job import resolve_device
     from mmc.models.pos_embed import pos_embed_for
 
     evaluation = cfg.evaluation

@@ -189,6 +189,17 @@ def checkpoint_model(path: str | Path, fmt: str = "mmc") -> EvaluatedModel:
     return EvaluatedModel(load_backbone(path, fmt))
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MMCError("device: cuda was asked for but no CUDA device is available")
+    return name
+
+
 @contextlib.contextmanager
 def evaluation_job(
     stage: str, args: argparse.Namespace, sections: tuple[str, ...] = ("evaluation",)
@@ -198,7 +209,6 @@ def evaluation_job(
     ``(cfg, recorder, model)``."""
     from mmc import config, tracking
     from mmc.cpu_precision import slow_precision_warning
-    from mmc.evaluation.features import resolve_device
     from mmc.models import check_model_request
 
     cfg = config.load(args.config)
