@@ -55,14 +55,21 @@ study: $(STAMP)
 study-sweep: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/study.py
 
+# Two pytest-xdist workers: the suite is half waiting (process starts, SLURM status polls), so two
+# keep both cores busy. tests/conftest.py groups the tests: a module per worker, and the demo
+# workflow run with the SLURM tests in one worker, one after another (make test PYTEST_WORKERS=0:
+# no workers, in this process).
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # the inner loop: everything but the tests marked slow (whole workflow runs, DDP, SLURM, browser)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -100,3 +100,20 @@ def test_version():
 def test_unknown_command_is_an_error():
     run = subprocess.run([*MMC, "frobnicate"], capture_output=True, text=True)
     assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def test_make_tests_workers_keep_each_module_in_one_worker():
+    """`make test`'s `-n 2 --dist loadgroup` with the locked pytest and pytest-xdist: the groups of
+    tests/conftest.py take effect (each test's id ends in its group, here its module) and a module's
+    tests all run in one worker, so its module-scoped fixtures are built once."""
+    modules = ["tests/test_files.py", "tests/test_progress.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", "-v", *modules],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran = re.findall(r"\[(gw\d+)\] \[\s*\d+%\] PASSED (tests/[\w/]+\.py)::\S+@(\S+)", done.stdout)
+    assert len(ran) == 10, done.stdout[-3000:]  # 6 + 4 tests, each with its group
+    for module in modules:
+        assert {group for _, name, group in ran if name == module} == {module}
+        assert len({worker for worker, name, _ in ran if name == module}) == 1, done.stdout[-3000:]
