@@ -48,6 +48,7 @@ import torch
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmc.cpu_precision import cpu_runs_natively
 from mmc.data.readers import Sample, SegObject
 from mmc.evaluation import metrics
 from mmc.evaluation.features import iter_features, patch_features, preprocess
@@ -387,8 +388,7 @@ def protocol_costs(args, model) -> None:
     )
     x = torch.randn(args.throughput_batch, 3, res, res)
     seconds: dict[str, list[float]] = {"float32": []}
-    # inlined, not mmc.cpu_precision: this script also measures old checkouts, which lack that module
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_runs_natively("bfloat16"):
         seconds["bfloat16"] = []
     else:
         print("  bfloat16: skipped, this CPU has no native bfloat16 matmuls (PyTorch's reference kernel)")
