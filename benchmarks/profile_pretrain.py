@@ -7,6 +7,7 @@ the minor page faults of one more step, run outside the profiler.
 ``--trace FILE`` also writes a Chrome trace (open in chrome://tracing or Perfetto).
 
     PYTHONPATH=$PWD python benchmarks/profile_pretrain.py [--precision bfloat16] [--case test] [--trace t.json]
+    PYTHONPATH=$PWD python benchmarks/profile_pretrain.py --attention | --matmuls | --patch-loss
 
 ``--attention`` instead times one attention layer's forward and backward at the step's shapes with
 PyTorch's fused kernel and with the explicit q @ k^T, softmax, @ v (best of 5, fp32 and bf16): the
@@ -15,6 +16,12 @@ measurement behind the step's choice of the explicit form on CPU under 16-bit au
 ``--matmuls`` instead times the step's own matmul shapes (each linear layer's forward, input and
 weight gradients; attention's q @ k^T) as fractions of the square matmul the benchmark calls the
 peak: the ceiling of a step made only of matmuls.
+
+``--patch-loss`` instead times the patch-distillation loss at the step's shapes (the masked tokens of
+the benchmark's batch, K prototypes), forward and backward, fused
+(``losses.distill_cross_entropy``: float32 row blocks that stay in cache) against the unfused
+``teacher_probs`` + ``soft_cross_entropy`` (float32 teacher probabilities and, under 16-bit
+autocast, a 16-bit student log-softmax, over whole (M, K) tensors); interleaved, min/median/max.
 
 ``--code DIR`` profiles another checkout's ``mmc`` (e.g. ``git archive main mmc workflow/schemas``
 unpacked in DIR) with this script, to compare before and after a change.
@@ -97,6 +104,50 @@ def matmul_shapes(threads: int, batch: int, repeats: int = 5) -> None:
         print(f"  attention q @ k^T ({q.shape[0]} x 197 x 64 x 197): {flops / best_time(lambda q=q, kt=kt: torch.bmm(q, kt), repeats) / peak:.0%}")
 
 
+def patch_loss_times(threads: int, batch: int, repeats: int = 9) -> None:
+    """Fused vs unfused patch-distillation loss, forward + backward, at the ViT-S/16 step's shapes."""
+    import statistics
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(HERE))
+    from bench_pretrain import case_config, synthetic_batch
+
+    from mmc.pretrain import losses
+
+    pcfg = case_config("vits16", "float32", batch).experiments["mmc"]
+    rows, k = int(synthetic_batch(pcfg, batch, "cpu")[2].sum()), pcfg.distill.out_dim
+    generator = torch.Generator().manual_seed(0)
+    teacher_temp, student_temp = pcfg.distill.teacher_temp[0], pcfg.distill.student_temp
+    for dtype in runnable_dtypes(threads):
+        student = torch.randn(rows, k, generator=generator).to(dtype)
+        teacher = torch.randn(rows, k, generator=generator).to(dtype)
+        center = 0.01 * torch.randn(k, generator=generator)
+
+        def fused(student=student, teacher=teacher, center=center):
+            x = student.clone().requires_grad_()
+            losses.distill_cross_entropy(x, teacher, center, teacher_temp, student_temp)[0].sum().backward()
+
+        def unfused(student=student, teacher=teacher, center=center):
+            x = student.clone().requires_grad_()
+            target = losses.teacher_probs(teacher, center, teacher_temp)
+            losses.soft_cross_entropy(target, x, student_temp).sum().backward()
+
+        times: dict[str, list[float]] = {"unfused": [], "fused": []}
+        for _ in range(repeats + 1):  # interleaved; the first round is a warm-up
+            for name, fn in (("unfused", unfused), ("fused", fused)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        cells = {name: [t * 1e3 for t in values[1:]] for name, values in times.items()}
+        ratios = [u / f for u, f in zip(cells["unfused"], cells["fused"], strict=True)]
+        print(f"patch loss {str(dtype).removeprefix('torch.'):9s} ({rows} x {k}): "
+              + ", ".join(f"{name} {min(v):.1f}/{statistics.median(v):.1f}/{max(v):.1f} ms" for name, v in cells.items())
+              + f"; unfused / fused min/median/max {min(ratios):.2f}/{statistics.median(ratios):.2f}/{max(ratios):.2f}")  # fmt: skip
+
+
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution")
 CASTS = ("aten::copy_",)  # under autocast: float32 <-> 16-bit copies (and .contiguous() copies)
 
@@ -156,11 +207,16 @@ def main() -> int:
     parser.add_argument("--attention", action="store_true", help="only time fused vs explicit attention")
     parser.add_argument("--shapes", action="store_true", help="also group the operators by input shape")
     parser.add_argument("--matmuls", action="store_true", help="only time the step's matmul shapes against the peak")
+    parser.add_argument("--patch-loss", action="store_true", help="only time the fused vs unfused patch loss")
     parser.add_argument("--code", type=Path, help="the checkout whose mmc package is profiled (default: this one)")
     args = parser.parse_args()
     if args.attention:
         print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
         attention_times(args.threads, args.batch)
+        return 0
+    if args.patch_loss:
+        print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+        patch_loss_times(args.threads, args.batch)
         return 0
     if args.matmuls:
         print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")

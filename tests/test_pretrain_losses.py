@@ -321,6 +321,93 @@ def test_low_precision_student_log_softmax_stays_within_stated_tolerances_of_flo
         assert losses.student_log_probs(logits, 0.1).dtype == dtype  # not cast up, not cast to bf16
 
 
+def np_distill_ce(student: np.ndarray, teacher: np.ndarray, center: np.ndarray, tt: float, ts: float):
+    """Per-row cross-entropy and teacher entropy, float64, one row at a time; and d(sum of
+    weight * ce)/d student from the closed form (softmax(s / T_s) - t) / T_s."""
+    rows = []
+    for s_row, t_row in zip(student.astype(np.float64), teacher.astype(np.float64), strict=True):
+        target = np_softmax((t_row - center) / tt)
+        rows.append((ce(target, s_row, ts), float(-(target * np.log(target)).sum()), target))
+    return rows
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 3])
+def test_distill_cross_entropy_matches_the_float64_formula_in_every_block_split(gen, block_rows):
+    m, k, tt, ts = 7, 11, 0.04, 0.1
+    student = torch.randn(m, k, generator=gen).requires_grad_()
+    teacher, center = torch.randn(m, k, generator=gen), 0.1 * torch.randn(k, generator=gen)
+    weight = torch.rand(m, generator=gen)
+    got, entropies = losses.distill_cross_entropy(student, teacher, center, tt, ts, with_entropy=True, block_rows=block_rows)
+    (got * weight).sum().backward()
+    expected = np_distill_ce(student.detach().numpy(), teacher.numpy(), center.double().numpy(), tt, ts)
+    np.testing.assert_allclose(got.detach().numpy(), [row[0] for row in expected], rtol=RTOL)
+    np.testing.assert_allclose(entropies.numpy(), [row[1] for row in expected], rtol=RTOL, atol=1e-6)
+    for i, (_, _, target) in enumerate(expected):
+        closed_form = (np_softmax(student[i].detach().double().numpy() / ts) - target) / ts * weight[i].item()
+        np.testing.assert_allclose(student.grad[i].numpy(), closed_form, rtol=1e-4, atol=1e-6)
+    assert not entropies.requires_grad
+    assert losses.distill_cross_entropy(student, teacher, center, tt, ts)[1] is None
+
+
+def test_distill_cross_entropy_gradient_passes_gradcheck_in_float64(gen):
+    student = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher, center = torch.randn(5, 6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen)
+
+    def fn(x):
+        return losses.distill_cross_entropy(x, teacher, center, 0.07, 0.1, block_rows=2)[0]
+
+    assert torch.autograd.gradcheck(fn, (student,))
+
+
+def test_distill_cross_entropy_equals_the_unfused_losses_and_survives_a_retained_graph(gen):
+    """The patch loss of the step (fused) against teacher_probs + soft_cross_entropy (unfused),
+    loss and gradient, in float32; a second backward over the retained graph (the per-term
+    gradient diagnostics) gives the same gradient."""
+    student, teacher = torch.randn(9, 16, generator=gen), torch.randn(9, 16, generator=gen)
+    center = torch.randn(16, generator=gen)
+    fused_x, unfused_x = student.clone().requires_grad_(), student.clone().requires_grad_()
+    fused = losses.distill_cross_entropy(fused_x, teacher, center, 0.04, 0.1, block_rows=4)[0]
+    unfused = losses.soft_cross_entropy(losses.teacher_probs(teacher, center, 0.04), unfused_x, 0.1)
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    (first,) = torch.autograd.grad(fused.sum(), fused_x, retain_graph=True)
+    fused.sum().backward()
+    unfused.sum().backward()
+    torch.testing.assert_close(fused_x.grad, unfused_x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first, fused_x.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_distill_cross_entropy_on_16_bit_logits_is_closer_to_float64_than_the_unfused_form(gen, dtype):
+    """Under autocast the head's logits arrive in 16 bits. The fused loss computes both softmaxes in
+    float32 from them: stated tolerances against float64 on the same rounded logits are 1e-5
+    relative for the loss and 1 % of the largest entry for the gradient (returned in the logits'
+    dtype), and both errors are below the unfused form's (16-bit student log-softmax)."""
+    m, k = 64, 512
+    z = torch.nn.functional.normalize(torch.randn(m, 32, generator=gen), dim=-1)
+    w = torch.nn.functional.normalize(torch.randn(k, 32, generator=gen), dim=-1)
+    student = (z @ w.t()).to(dtype)
+    teacher = ((z + 0.3 * torch.randn(m, 32, generator=gen)) @ w.t()).to(dtype)
+    center = 0.01 * torch.randn(k, generator=gen)
+    ref_x = student.double().requires_grad_()
+    t_ref = torch.softmax((teacher.double() - center.double()) / 0.04, dim=-1)
+    ref = -(t_ref * torch.log_softmax(ref_x / 0.1, dim=-1)).sum(-1).mean()
+    ref.backward()
+    errors = {}
+    for name in ("fused", "unfused"):
+        x = student.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if name == "fused":
+                loss = losses.distill_cross_entropy(x, teacher, center, 0.04, 0.1)[0].mean()
+            else:
+                loss = losses.soft_cross_entropy(losses.teacher_probs(teacher, center, 0.04), x, 0.1).mean()
+        loss.backward()
+        assert x.grad.dtype == dtype
+        errors[name] = (abs(loss.item() - ref.item()) / ref.item(),
+                        ((x.grad.double() - ref_x.grad).abs().max() / ref_x.grad.abs().max()).item())  # fmt: skip
+    assert errors["fused"][0] <= 1e-5 and errors["fused"][1] <= 0.01, errors
+    assert errors["fused"][0] < errors["unfused"][0] and errors["fused"][1] < errors["unfused"][1], errors
+
+
 def test_center_from_sum_is_the_ema_of_the_mean(gen):
     center, logits = torch.randn(5, generator=gen), torch.randn(7, 5, generator=gen)
     got = losses.center_from_sum(center, logits.sum(0), torch.tensor(7.0), 0.9)

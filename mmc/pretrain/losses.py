@@ -178,14 +178,105 @@ def masked_distill_patch_loss(
     Only masked tokens enter this loss, so only their K-way distributions are computed.
     ``positions``: ``masked_positions(mask)`` if the caller has them (no host synchronisation).
     """
+    ce = soft_cross_entropy(teacher_masked_probs, student_masked, student_temp)  # (M,)
+    return masked_token_mean(ce, mask, counts, positions)
+
+
+def masked_token_mean(
+    values: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts | None = None, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """iBOT's patch-loss normalisation of per-token ``values`` (M,), in ``mask``'s order: for each
+    (view, image) the mean over its masked tokens, then the mean over the (view, image) pairs of the
+    global batch that have at least one masked token; pairs without one contribute nothing."""
     counts = _local(counts, mask)
     if positions is None:
         positions = masked_positions(mask)
-    ce = soft_cross_entropy(teacher_masked_probs, student_masked, student_temp)  # (M,)
     per_view = mask.sum(dim=-1)  # (V, B)
     # each token weighs 1 / (masked tokens of its view); its (view, image) is its position // N
-    per_token_weight = (1.0 / per_view.clamp(min=1).to(ce.dtype)).reshape(-1)[positions // mask.shape[-1]]
-    return _global_mean((ce * per_token_weight).sum(), counts.masked_views, counts.world)
+    per_token_weight = (1.0 / per_view.clamp(min=1).to(values.dtype)).reshape(-1)[positions // mask.shape[-1]]
+    return _global_mean((values * per_token_weight).sum(), counts.masked_views, counts.world)
+
+
+# Elements of one float32 temporary of distill_cross_entropy's row blocks: 2 MiB on a CPU, so that a
+# block's softmaxes stay in the core's cache instead of streaming (M, K) float32 tensors through
+# memory several times; 256 MiB elsewhere (a handful of kernel launches, bounded temporaries).
+_BLOCK_ELEMENTS = {"cpu": 1 << 19}
+_DEFAULT_BLOCK_ELEMENTS = 1 << 26
+
+
+def distill_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    center: torch.Tensor,
+    teacher_temp: float,
+    student_temp: float,
+    with_entropy: bool = False,
+    block_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row cross-entropy of the student against the centred, sharpened teacher, fused.
+
+    Row m: ``-sum_k softmax((teacher_m - center) / T_t)_k * log softmax(student_m / T_s)_k``, i.e.
+    ``soft_cross_entropy(teacher_probs(teacher, center, T_t), student, T_s)``; student_logits,
+    teacher_logits: (M, K); returns (M,) in float32 (float64 for float64 logits) and, with
+    ``with_entropy``, the teacher distributions' entropies (M,) (no gradient), else None.
+
+    Both softmaxes run in float32 whatever the logits' dtype, ``block_rows`` rows at a time (default:
+    ``_BLOCK_ELEMENTS``), and the backward recomputes them from the logits,
+    d ce / d student = (softmax(student / T_s) - teacher_probs) / T_s: no (M, K) float32 tensor is
+    materialised, nor kept for the backward. Against the unfused form (float32 teacher softmax,
+    student log-softmax in the autocast dtype) it is more precise under 16-bit autocast, keeps less
+    memory for the backward and, on a CPU, is faster (docs/pretrain.md; measured by
+    ``benchmarks/profile_pretrain.py --patch-loss``).
+    """
+    ce, entropies = _DistillCrossEntropy.apply(
+        student_logits, teacher_logits, center, teacher_temp, student_temp, with_entropy, block_rows
+    )
+    return ce, (entropies if with_entropy else None)
+
+
+class _DistillCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, center, teacher_temp, student_temp, with_entropy, block_rows):
+        rows, block = student_logits.shape[0], _block_rows(student_logits, block_rows)
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        ce = torch.empty(rows, dtype=dtype, device=student_logits.device)
+        entropies = torch.empty(rows if with_entropy else 0, dtype=dtype, device=student_logits.device)
+        with _no_autocast(student_logits):
+            for a in range(0, rows, block):
+                target = _teacher_block(teacher_logits[a : a + block], center, teacher_temp, dtype)
+                log_probs = F.log_softmax(torch.div(student_logits[a : a + block].to(dtype), student_temp), dim=-1)
+                if with_entropy:
+                    entropies[a : a + block] = entropy(target)
+                ce[a : a + block] = -target.mul_(log_probs).sum(dim=-1)
+        ctx.save_for_backward(student_logits, teacher_logits, center)
+        ctx.temps, ctx.block, ctx.dtype = (teacher_temp, student_temp), block, dtype
+        ctx.mark_non_differentiable(entropies)
+        return ce, entropies
+
+    @staticmethod
+    def backward(ctx, grad_ce, _grad_entropies):
+        student_logits, teacher_logits, center = ctx.saved_tensors
+        (teacher_temp, student_temp), block, dtype = ctx.temps, ctx.block, ctx.dtype
+        grad = torch.empty_like(student_logits)
+        scale = (grad_ce.to(dtype) / student_temp).unsqueeze(-1)
+        with _no_autocast(student_logits):
+            for a in range(0, student_logits.shape[0], block):
+                target = _teacher_block(teacher_logits[a : a + block], center, teacher_temp, dtype)
+                probs = F.softmax(torch.div(student_logits[a : a + block].to(dtype), student_temp), dim=-1)
+                grad[a : a + block] = probs.sub_(target).mul_(scale[a : a + block])
+        return grad, None, None, None, None, None, None
+
+
+def _block_rows(logits: torch.Tensor, block_rows: int | None) -> int:
+    if block_rows is None:
+        elements = _BLOCK_ELEMENTS.get(logits.device.type, _DEFAULT_BLOCK_ELEMENTS)
+        block_rows = elements // max(1, logits.shape[-1])
+    return max(1, block_rows)
+
+
+def _teacher_block(logits: torch.Tensor, center: torch.Tensor, temp: float, dtype: torch.dtype) -> torch.Tensor:
+    """teacher_probs of a block of rows: the same float32 operations, in the same order."""
+    return F.softmax(torch.sub(logits.to(dtype), center).div_(temp), dim=-1)
 
 
 def distill_cls_to_patch_loss(
@@ -300,18 +391,19 @@ def mmc_loss(
             s_cls = torch.cat([s_cls, student["dino_local"]])
         out["distill_cls"] = distill_cls_loss(s_cls, t_cls, pcfg.distill.student_temp, counts)
         if pcfg.distill.mode == "patch":
-            t_patch = teacher_probs(teacher["dino_patch"], centers["patch"], teacher_temp)
-            out["distill_patch"] = masked_distill_patch_loss(
-                student["dino_patch"], t_patch, masks, pcfg.distill.student_temp, counts, positions
-            )
+            ce, patch_entropies = distill_cross_entropy(
+                student["dino_patch"], teacher["dino_patch"], centers["patch"], teacher_temp,
+                pcfg.distill.student_temp, with_entropy=entropies,
+            )  # fmt: skip
+            out["distill_patch"] = masked_token_mean(ce, masks, counts, positions)
         else:
             out["distill_patch"] = distill_cls_to_patch_loss(student["dino_patch"], t_cls, pcfg.distill.student_temp, counts)
         if entropies:
             out["entropy_cls"] = entropy(t_cls).sum()
             out["entropy_cls@count"] = torch.full((), float(t_cls.shape[0] * t_cls.shape[1]), device=t_cls.device)
             if pcfg.distill.mode == "patch":
-                out["entropy_patch"] = entropy(t_patch).sum()
-                out["entropy_patch@count"] = torch.full((), float(t_patch.shape[0]), device=t_patch.device)
+                out["entropy_patch"] = patch_entropies.sum()
+                out["entropy_patch@count"] = torch.full((), float(ce.shape[0]), device=ce.device)
         out["distill"] = out["distill_cls"] + out["distill_patch"]
         term = w.w_distill * out["distill"]
         total = term if total is None else total + term
