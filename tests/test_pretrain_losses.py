@@ -408,6 +408,24 @@ def test_distill_cross_entropy_on_16_bit_logits_is_closer_to_float64_than_the_un
     assert errors["fused"][0] < errors["unfused"][0] and errors["fused"][1] < errors["unfused"][1], errors
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_distill_cross_entropy_on_cuda_equals_the_cpu(gen, dtype):
+    """The CUDA path (one block of rows by default) against the CPU's blocks, loss and gradient."""
+    student, teacher = torch.randn(300, 1024, generator=gen).to(dtype), torch.randn(300, 1024, generator=gen).to(dtype)
+    center = 0.1 * torch.randn(1024, generator=gen)
+    results = []
+    for device in ("cpu", "cuda"):
+        x = student.to(device).requires_grad_()
+        ce, entropies = losses.distill_cross_entropy(x, teacher.to(device), center.to(device), 0.04, 0.1, with_entropy=True)
+        ce.sum().backward()
+        results.append((ce.cpu(), entropies.cpu(), x.grad.float().cpu()))
+    (cpu_ce, cpu_entropy, cpu_grad), (cuda_ce, cuda_entropy, cuda_grad) = results
+    torch.testing.assert_close(cuda_ce, cpu_ce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cuda_entropy, cpu_entropy, rtol=1e-5, atol=1e-5)
+    assert (cuda_grad - cpu_grad).abs().max() <= (1e-5 if dtype == torch.float32 else 0.01) * cpu_grad.abs().max()
+
+
 def test_center_from_sum_is_the_ema_of_the_mean(gen):
     center, logits = torch.randn(5, generator=gen), torch.randn(7, 5, generator=gen)
     got = losses.center_from_sum(center, logits.sum(0), torch.tensor(7.0), 0.9)
