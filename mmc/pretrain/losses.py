@@ -108,7 +108,7 @@ def teacher_probs(logits: torch.Tensor, center: torch.Tensor, temp: float) -> to
     (logits - centre) / T moves the exponent by up to ~0.1, i.e. ~10 % in a probability.
     """
     with _no_autocast(logits):
-        return F.softmax((logits.float() - center) / temp, dim=-1)
+        return _teacher_block(logits, center, temp, torch.float32)
 
 
 def student_log_probs(student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
@@ -244,7 +244,7 @@ class _DistillCrossEntropy(torch.autograd.Function):
         with _no_autocast(student_logits):
             for a in range(0, rows, block):
                 target = _teacher_block(teacher_logits[a : a + block], center, teacher_temp, dtype)
-                log_probs = F.log_softmax(torch.div(student_logits[a : a + block].to(dtype), student_temp), dim=-1)
+                log_probs = F.log_softmax(_student_block(student_logits[a : a + block], student_temp, dtype), dim=-1)
                 if with_entropy:
                     entropies[a : a + block] = entropy(target)
                 ce[a : a + block] = -target.mul_(log_probs).sum(dim=-1)
@@ -262,7 +262,7 @@ class _DistillCrossEntropy(torch.autograd.Function):
         with _no_autocast(student_logits):
             for a in range(0, student_logits.shape[0], block):
                 target = _teacher_block(teacher_logits[a : a + block], center, teacher_temp, dtype)
-                probs = F.softmax(torch.div(student_logits[a : a + block].to(dtype), student_temp), dim=-1)
+                probs = F.softmax(_student_block(student_logits[a : a + block], student_temp, dtype), dim=-1)
                 grad[a : a + block] = probs.sub_(target).mul_(scale[a : a + block])
         return grad, None, None, None, None, None, None
 
@@ -275,8 +275,15 @@ def _block_rows(logits: torch.Tensor, block_rows: int | None) -> int:
 
 
 def _teacher_block(logits: torch.Tensor, center: torch.Tensor, temp: float, dtype: torch.dtype) -> torch.Tensor:
-    """teacher_probs of a block of rows: the same float32 operations, in the same order."""
+    """softmax((logits - center) / temp) computed in ``dtype``: :func:`teacher_probs` (float32) and
+    the rows of one block of :class:`_DistillCrossEntropy`."""
     return F.softmax(torch.sub(logits.to(dtype), center).div_(temp), dim=-1)
+
+
+def _student_block(logits: torch.Tensor, temp: float, dtype: torch.dtype) -> torch.Tensor:
+    """The student's logits / temp in ``dtype``, a new tensor (the forward takes its log-softmax,
+    the backward its softmax)."""
+    return torch.div(logits.to(dtype), temp)
 
 
 def distill_cls_to_patch_loss(
