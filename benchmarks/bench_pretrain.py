@@ -224,7 +224,7 @@ class PeerStep:
         float(loss.detach())
 
     def flops(self) -> int:
-        from mmc.pretrain.flops import vit_forward_flops
+        from mmc.pretrain.flops import patch_embed_flops, vit_forward_flops
 
         b, d = self.pcfg.backbone, self.pcfg.distill
         grid = self.pcfg.data.global_crop_size // b.patch_size
@@ -232,7 +232,9 @@ class PeerStep:
         backbone = vit_forward_flops(tokens, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
         head = 2 * (b.embed_dim * d.hidden_dim + d.hidden_dim**2 + d.hidden_dim * d.bottleneck_dim + d.bottleneck_dim * d.out_dim)
         forward = 2 * self.batch * (backbone + (tokens if self.patches else 1) * head)
-        return 3 * forward + forward  # student forward + backward (2x), teacher forward
+        # the student's backward: 2x its forward less the images' gradient (as step_flops counts)
+        backward = 2 * forward - 2 * self.batch * patch_embed_flops(grid * grid, b.patch_size, b.embed_dim)
+        return forward + backward + forward  # student forward and backward, teacher forward
 
 
 # ----------------------------------------------------------------------------- worker processes

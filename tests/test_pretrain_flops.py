@@ -1,4 +1,5 @@
-"""The analytic FLOP count against torch's own FLOP counter on a real forward pass (heads on the masked tokens)."""
+"""The analytic FLOP count against torch's own FLOP counter on a real forward and backward pass (heads on
+the masked tokens)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,20 @@ def test_step_flops_match_torch_flop_counter(mode):
     with FlopCounterMode(display=False) as t_count, torch.no_grad():
         t_out = teacher(views, masks)
     with FlopCounterMode(display=False) as nce_count:
-        torch.nn.functional.normalize(s_out["query"][0], dim=-1) @ t_out["key"][1].t()
-        torch.nn.functional.normalize(s_out["query"][1], dim=-1) @ t_out["key"][0].t()
+        scores = [
+            torch.nn.functional.normalize(s_out["query"][0], dim=-1) @ t_out["key"][1].t(),
+            torch.nn.functional.normalize(s_out["query"][1], dim=-1) @ t_out["key"][0].t(),
+        ]
+    # every student output and score feeds a loss in the step, so all of them get a gradient
+    loss = sum(s_out[name].float().square().sum() for name in ("recon", "dino_cls", "dino_patch", "query"))
+    loss = loss + sum(score.square().sum() for score in scores)
+    with FlopCounterMode(display=False) as backward_count:
+        loss.backward()
     analytic = step_flops(pcfg, batch, masked_tokens=int(masks.sum()))
     assert 0 < int(masks.sum()) < masks.numel()
     assert analytic["student_forward"] == s_count.get_total_flops() + nce_count.get_total_flops()
     assert analytic["teacher_forward"] == t_count.get_total_flops()
+    # less than 2x the forward: no gradient for the images (patch embedding) or the teacher's keys
+    assert analytic["student_backward"] == backward_count.get_total_flops()
+    assert analytic["student_backward"] < 2 * analytic["student_forward"]
+    assert analytic["step"] == sum(analytic[part] for part in ("student_forward", "student_backward", "teacher_forward"))
