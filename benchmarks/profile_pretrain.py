@@ -7,7 +7,7 @@ the minor page faults of one more step, run outside the profiler.
 ``--trace FILE`` also writes a Chrome trace (open in chrome://tracing or Perfetto).
 
     PYTHONPATH=$PWD python benchmarks/profile_pretrain.py [--precision bfloat16] [--case test] [--trace t.json]
-    PYTHONPATH=$PWD python benchmarks/profile_pretrain.py --attention | --matmuls | --patch-loss
+    PYTHONPATH=$PWD python benchmarks/profile_pretrain.py --attention | --matmuls | --patch-loss | --backbone
 
 ``--attention`` instead times one attention layer's forward and backward at the step's shapes with
 PyTorch's fused kernel and with the explicit q @ k^T, softmax, @ v (best of 5, fp32 and bf16): the
@@ -22,6 +22,12 @@ the benchmark's batch, K prototypes), forward and backward, fused
 (``losses.distill_cross_entropy``: float32 row blocks that stay in cache) against the unfused
 ``teacher_probs`` + ``soft_cross_entropy`` (float32 teacher probabilities and, under 16-bit
 autocast, a 16-bit student log-softmax, over whole (M, K) tensors); interleaved, min/median/max.
+
+``--backbone`` instead times the ViT backbone alone at the step's shapes, the way the step runs it:
+the student's forward and backward (stochastic depth on) and the teacher's forward (no gradient),
+eager and with compiled blocks (``compile: true``, ``mmc.pretrain.model.compile_blocks``; needs a
+C++ compiler), interleaved, each as a fraction of the matmul peak measured beside it
+(min/median/max): which part of a step falls short of the peak, and what a compiler recovers there.
 
 ``--code DIR`` profiles another checkout's ``mmc`` (e.g. ``git archive main mmc workflow/schemas``
 unpacked in DIR) with this script, to compare before and after a change.
@@ -148,6 +154,74 @@ def patch_loss_times(threads: int, batch: int, repeats: int = 9) -> None:
               + f"; unfused / fused min/median/max {min(ratios):.2f}/{statistics.median(ratios):.2f}/{max(ratios):.2f}")  # fmt: skip
 
 
+def backbone_times(threads: int, batch: int, rounds: int = 9) -> None:
+    """Student forward + backward and teacher forward of the benchmark's backbone, eager and with
+    compiled blocks, in each runnable precision, as fractions of the matmul peak."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(HERE))
+    from bench_pretrain import case_config, matmul_peak, synthetic_batch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from mmc.host_memory import keep_freed_memory
+    from mmc.pretrain.flops import patch_embed_flops, vit_forward_flops
+    from mmc.pretrain.model import compile_blocks, use_fused_attention
+
+    keep_freed_memory()  # as the Trainer does on a CPU
+    pcfg = case_config("vits16", "float32", batch).experiments["mmc"]
+    b = pcfg.backbone
+    images = synthetic_batch(pcfg, batch, "cpu")[0].flatten(0, 1)  # both views
+    grid = pcfg.data.global_crop_size // b.patch_size
+    forward = len(images) * vit_forward_flops(grid * grid + 1, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
+    backward = 2 * forward - len(images) * patch_embed_flops(grid * grid, b.patch_size, b.embed_dim)
+    torch.manual_seed(0)
+    eager = torch.nn.Module()
+    eager.backbone = VisionTransformer(
+        img_size=b.img_size, patch_size=b.patch_size, embed_dim=b.embed_dim, depth=b.depth,
+        num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, num_classes=0, drop_path_rate=b.drop_path,
+    )  # fmt: skip
+    compiled = copy.deepcopy(eager)
+    compile_blocks(compiled)
+    for dtype in runnable_dtypes(threads):
+        name = str(dtype).removeprefix("torch.")
+        for net in (eager, compiled):  # the step's kernel choice (explicit attention under CPU autocast)
+            use_fused_attention(net, dtype == torch.float32)
+
+        def student(net, dtype=dtype):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                tokens = net.backbone.forward_features(images)
+            tokens.float().sum().backward()
+            net.zero_grad(set_to_none=True)
+
+        def teacher(net, dtype=dtype):
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                net.backbone.forward_features(images)
+
+        parts = {("student forward + backward", tag): (lambda net=net: student(net), forward + backward)
+                 for tag, net in (("eager", eager), ("compiled", compiled))}  # fmt: skip
+        parts |= {("teacher forward", tag): (lambda net=net: teacher(net), forward)
+                  for tag, net in (("eager", eager), ("compiled", compiled))}  # fmt: skip
+        for call, _ in parts.values():  # warm-up (and compilation)
+            call()
+            call()
+        shares: dict = {key: [] for key in parts}
+        for _ in range(rounds):  # interleaved
+            for key, (call, flops) in parts.items():
+                peak = matmul_peak(name)
+                start = time.perf_counter()
+                call()
+                seconds = time.perf_counter() - start
+                shares[key].append(flops / seconds / max(peak, matmul_peak(name)))
+        for (part, tag), values in shares.items():
+            print(f"{name:9s} {part:27s} {tag:8s} of matmul peak min/median/max "
+                  f"{min(values):.1%} / {statistics.median(values):.1%} / {max(values):.1%}")  # fmt: skip
+
+
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution")
 CASTS = ("aten::copy_",)  # under autocast: float32 <-> 16-bit copies (and .contiguous() copies)
 
@@ -208,6 +282,9 @@ def main() -> int:
     parser.add_argument("--shapes", action="store_true", help="also group the operators by input shape")
     parser.add_argument("--matmuls", action="store_true", help="only time the step's matmul shapes against the peak")
     parser.add_argument("--patch-loss", action="store_true", help="only time the fused vs unfused patch loss")
+    parser.add_argument("--backbone", action="store_true",
+                        help="only time the backbone's student and teacher passes, eager and compiled")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds of --backbone")
     parser.add_argument("--code", type=Path, help="the checkout whose mmc package is profiled (default: this one)")
     args = parser.parse_args()
     if args.attention:
@@ -221,6 +298,11 @@ def main() -> int:
     if args.matmuls:
         print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
         matmul_shapes(args.threads, args.batch)
+        return 0
+    if args.backbone:
+        print(f"{args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+        backbone_times(args.threads, args.batch, args.rounds)
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
         return 0
     sys.path.insert(0, str(HERE))
     from bench_pretrain import case_config, make_trainer, synthetic_batch  # puts this checkout on sys.path
