@@ -135,6 +135,16 @@ def synthetic_batch(pcfg, batch: int, device: str):
 
 
 # ----------------------------------------------------------------------------- peer-style steps
+def timm_backbone(b):
+    """timm's ViT with the backbone config ``b`` (no classifier): the peer-style steps' backbone."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=b.img_size, patch_size=b.patch_size, embed_dim=b.embed_dim, depth=b.depth,
+        num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, num_classes=0, drop_path_rate=b.drop_path,
+    )  # fmt: skip
+
+
 class PeerStep:
     """A DINO-style (``patches=False``) or iBOT-style (``patches=True``) step from timm and project parts."""
 
@@ -142,7 +152,6 @@ class PeerStep:
         import copy
 
         import torch
-        from timm.models.vision_transformer import VisionTransformer
 
         from mmc.pretrain.model import DINOHead
 
@@ -150,10 +159,7 @@ class PeerStep:
         self.pcfg, self.patches, self.amp_dtype = pcfg, patches, None
         torch.manual_seed(0)
         student = torch.nn.Module()
-        student.backbone = VisionTransformer(
-            img_size=b.img_size, patch_size=b.patch_size, embed_dim=b.embed_dim, depth=b.depth,
-            num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, num_classes=0, drop_path_rate=b.drop_path,
-        )  # fmt: skip
+        student.backbone = timm_backbone(b)
         student.head = DINOHead(b.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim)
         if patches:
             student.mask_token = torch.nn.Parameter(torch.zeros(1, 1, b.embed_dim))

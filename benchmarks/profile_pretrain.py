@@ -165,8 +165,7 @@ def backbone_times(threads: int, batch: int, rounds: int = 9) -> None:
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(HERE))
-    from bench_pretrain import case_config, matmul_peak, synthetic_batch
-    from timm.models.vision_transformer import VisionTransformer
+    from bench_pretrain import case_config, matmul_peak, synthetic_batch, timm_backbone
 
     from mmc.host_memory import keep_freed_memory
     from mmc.pretrain.flops import patch_embed_flops, vit_forward_flops
@@ -181,10 +180,7 @@ def backbone_times(threads: int, batch: int, rounds: int = 9) -> None:
     backward = 2 * forward - len(images) * patch_embed_flops(grid * grid, b.patch_size, b.embed_dim)
     torch.manual_seed(0)
     eager = torch.nn.Module()
-    eager.backbone = VisionTransformer(
-        img_size=b.img_size, patch_size=b.patch_size, embed_dim=b.embed_dim, depth=b.depth,
-        num_heads=b.num_heads, mlp_ratio=b.mlp_ratio, num_classes=0, drop_path_rate=b.drop_path,
-    )  # fmt: skip
+    eager.backbone = timm_backbone(b)
     compiled = copy.deepcopy(eager)
     compile_blocks(compiled)
     for dtype in runnable_dtypes(threads):
