@@ -230,16 +230,16 @@ class PeerStep:
         float(loss.detach())
 
     def flops(self) -> int:
-        from mmc.pretrain.flops import patch_embed_flops, vit_forward_flops
+        from mmc.pretrain.flops import vit_backward_flops, vit_forward_flops
 
         b, d = self.pcfg.backbone, self.pcfg.distill
         grid = self.pcfg.data.global_crop_size // b.patch_size
         tokens = grid * grid + 1
-        backbone = vit_forward_flops(tokens, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
+        shape = (tokens, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
         head = 2 * (b.embed_dim * d.hidden_dim + d.hidden_dim**2 + d.hidden_dim * d.bottleneck_dim + d.bottleneck_dim * d.out_dim)
-        forward = 2 * self.batch * (backbone + (tokens if self.patches else 1) * head)
-        # the student's backward: 2x its forward less the images' gradient (as step_flops counts)
-        backward = 2 * forward - 2 * self.batch * patch_embed_flops(grid * grid, b.patch_size, b.embed_dim)
+        heads = (tokens if self.patches else 1) * head
+        forward = 2 * self.batch * (vit_forward_flops(*shape) + heads)
+        backward = 2 * self.batch * (vit_backward_flops(*shape) + 2 * heads)
         return forward + backward + forward  # student forward and backward, teacher forward
 
 

@@ -168,7 +168,7 @@ def backbone_times(threads: int, batch: int, rounds: int = 9) -> None:
     from bench_pretrain import case_config, matmul_peak, synthetic_batch, timm_backbone
 
     from mmc.host_memory import keep_freed_memory
-    from mmc.pretrain.flops import patch_embed_flops, vit_forward_flops
+    from mmc.pretrain.flops import vit_backward_flops, vit_forward_flops
     from mmc.pretrain.model import compile_blocks, use_fused_attention
 
     keep_freed_memory()  # as the Trainer does on a CPU
@@ -176,8 +176,8 @@ def backbone_times(threads: int, batch: int, rounds: int = 9) -> None:
     b = pcfg.backbone
     images = synthetic_batch(pcfg, batch, "cpu")[0].flatten(0, 1)  # both views
     grid = pcfg.data.global_crop_size // b.patch_size
-    forward = len(images) * vit_forward_flops(grid * grid + 1, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
-    backward = 2 * forward - len(images) * patch_embed_flops(grid * grid, b.patch_size, b.embed_dim)
+    shape = (grid * grid + 1, grid * grid, b.patch_size, b.embed_dim, b.depth, b.mlp_ratio)
+    forward, backward = (len(images) * count(*shape) for count in (vit_forward_flops, vit_backward_flops))
     torch.manual_seed(0)
     eager = torch.nn.Module()
     eager.backbone = timm_backbone(b)

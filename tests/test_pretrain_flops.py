@@ -56,3 +56,24 @@ def test_step_flops_match_torch_flop_counter(mode):
     assert analytic["student_backward"] == backward_count.get_total_flops()
     assert analytic["student_backward"] < 2 * analytic["student_forward"]
     assert analytic["step"] == sum(analytic[part] for part in ("student_forward", "student_backward", "teacher_forward"))
+
+
+def test_vit_flops_match_torch_flop_counter():
+    """The backbone alone (the benchmarks' peer-style steps): forward, and backward without the images' gradient."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from mmc.pretrain.flops import vit_backward_flops, vit_forward_flops
+
+    set_fused_attn(False)
+    try:
+        vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    finally:
+        set_fused_attn(True)
+    images = torch.randn(3, 3, 32, 32)
+    with FlopCounterMode(display=False) as forward:
+        tokens = vit.forward_features(images)
+    with FlopCounterMode(display=False) as backward:
+        tokens.square().sum().backward()
+    shape = (17, 16, 8, 32, 2, 4.0)
+    assert forward.get_total_flops() == 3 * vit_forward_flops(*shape)
+    assert backward.get_total_flops() == 3 * vit_backward_flops(*shape)

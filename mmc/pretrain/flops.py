@@ -22,6 +22,13 @@ def vit_forward_flops(tokens: int, patches: int, patch_size: int, dim: int, dept
     return patch_embed_flops(patches, patch_size, dim) + 2 * depth * per_block
 
 
+def vit_backward_flops(tokens: int, patches: int, patch_size: int, dim: int, depth: int, mlp_ratio: float) -> int:
+    """The backward of :func:`vit_forward_flops` (one image): 2x it, less the images' gradient,
+    which is never computed (only the patch embedding's weight gets one there)."""
+    forward = vit_forward_flops(tokens, patches, patch_size, dim, depth, mlp_ratio)
+    return 2 * forward - patch_embed_flops(patches, patch_size, dim)
+
+
 def _dino_mlp_macs(dim: int, d) -> int:
     return dim * d.hidden_dim + d.hidden_dim * d.hidden_dim + d.hidden_dim * d.bottleneck_dim
 
